@@ -1,0 +1,47 @@
+# The two commands users need are `make run` and `make test`; both set up everything first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint fmt unit test-faults bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/cfn fetch-kafka
+	touch $(STAMP)
+
+## run: start a local broker, ingest and worker in the foreground (Ctrl-C stops all)
+run: $(STAMP)
+	$(BIN)/cfn run
+
+## test: lint, then the whole suite against a real broker and a real Prometheus
+test: $(STAMP) lint
+	$(BIN)/pytest -m "not faults"
+
+## lint: ruff format --check, ruff check, mypy --strict
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy ingest processors schemas tests
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## unit: the fast tests only (no broker)
+unit: $(STAMP)
+	$(BIN)/pytest -m "not broker and not prometheus and not faults"
+
+## test-faults: broker loss, worker crash, Kafka down, flood, hostile input
+test-faults: $(STAMP)
+	$(BIN)/pytest -m faults
+
+## bench: same-run ratio benchmarks; writes bench/results.json and README's Performance table
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache

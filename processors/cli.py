@@ -1,0 +1,49 @@
+"""The `cfn` command line: one entry point, each subcommand imported only when used."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from processors.broker import run_broker
+
+    return run_broker(Path(args.data_dir), args.port, args.nodes)
+
+
+def _fetch_kafka(_args: argparse.Namespace) -> int:
+    from processors.broker import BrokerError, ensure_jars
+
+    try:
+        print(f"Kafka jars ready in {ensure_jars()}")
+    except BrokerError as exc:
+        print(f"cfn fetch-kafka: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cfn", description="Cloudflare Notifications webhooks into Kafka."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    broker = sub.add_parser("broker", help="run a local Apache Kafka (KRaft) in the foreground")
+    broker.add_argument("--port", type=int, default=9092, help="first broker port (default 9092)")
+    broker.add_argument("--data-dir", default=".local/kafka", help="storage and logs")
+    broker.add_argument("--nodes", type=int, choices=(1, 3), default=1, help="1 or 3 nodes")
+    broker.set_defaults(func=_broker)
+
+    fetch = sub.add_parser("fetch-kafka", help="download the Kafka broker jars into the cache")
+    fetch.set_defaults(func=_fetch_kafka)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    sys.exit(func(args))

@@ -1,0 +1,1 @@
+"""Payload parsing, record shapes and their JSON Schemas, shared by ingest and processors."""

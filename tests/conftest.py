@@ -1,0 +1,94 @@
+"""Shared fixtures: one real Apache Kafka for the whole run, unique names for every test."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from processors.broker import BrokerError, LocalKafka
+from tests.kafka_util import create_topics, run
+
+
+def _free_port_pair() -> int:
+    """A port p such that p and p+10000 (the controller port) are both free on loopback."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port + 10000 > 65535:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair on loopback")
+
+
+def free_port_block(size: int) -> int:
+    """A first port p such that p..p+size-1 and their controller ports are all free."""
+    for _ in range(200):
+        base = _free_port_pair()
+        ok = True
+        for p in range(base, base + size):
+            for q in (p, p + 10000):
+                try:
+                    with socket.socket() as s:
+                        s.bind(("127.0.0.1", q))
+                except OSError:
+                    ok = False
+        if ok and base + size + 10000 < 65535:
+            return base
+    raise RuntimeError("no free port block on loopback")
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of a real broker: CFN_KAFKA_BOOTSTRAP if set, else one we start.
+
+    A broker that cannot start FAILS every test using it, with the reason; it never skips.
+    """
+    existing = os.environ.get("CFN_KAFKA_BOOTSTRAP")
+    if existing:
+        yield existing
+        return
+    broker = LocalKafka(data_dir=tmp_path_factory.mktemp("kafka"), port=free_port_block(1))
+    try:
+        broker.start()
+    except BrokerError as exc:
+        broker.stop()
+        pytest.fail(f"the test broker could not start: {exc}", pytrace=False)
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """Makes names no other test uses: topics, groups, app ids."""
+    token = uuid.uuid4().hex[:10]
+    return lambda stem: f"{stem}-{token}"
+
+
+@pytest.fixture
+def topic_factory(kafka: str, unique: Callable[[str], str]) -> Callable[..., str]:
+    """Creates a uniquely named topic on the session broker and returns its name."""
+
+    def make(stem: str, partitions: int = 1) -> str:
+        name = unique(stem)
+        run(create_topics(kafka, [name], partitions))
+        return name
+
+    return make
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
