@@ -25,6 +25,12 @@ def _fetch_kafka(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _ingest(args: argparse.Namespace) -> int:
+    from ingest.server import serve
+
+    return serve(workers=args.workers, allow_unauthenticated=args.allow_unauthenticated)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cfn", description="Cloudflare Notifications webhooks into Kafka."
@@ -36,6 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--data-dir", default=".local/kafka", help="storage and logs")
     broker.add_argument("--nodes", type=int, choices=(1, 3), default=1, help="1 or 3 nodes")
     broker.set_defaults(func=_broker)
+
+    ingest = sub.add_parser("ingest", help="serve the Cloudflare webhook endpoint")
+    ingest.add_argument("--workers", type=int, default=1, help="processes on one port")
+    ingest.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="accept webhooks without a secret (prints a warning)",
+    )
+    ingest.set_defaults(func=_ingest)
 
     fetch = sub.add_parser("fetch-kafka", help="download the Kafka broker jars into the cache")
     fetch.set_defaults(func=_fetch_kafka)

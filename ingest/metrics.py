@@ -1,0 +1,82 @@
+"""Prometheus metrics of the ingest, built on an injected registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BODY_BUCKETS = (256, 512, 1024, 2048, 4096, 16384, 65536, 262144, 1048576)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestMetrics:
+    requests: Counter
+    request_duration: Histogram
+    ack_duration: Histogram
+    body_bytes: Histogram
+    auth_failures: Counter
+    in_flight: Gauge
+    kafka_errors: Counter
+    dead_letters: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> IngestMetrics:
+        return cls(
+            # Every answered request, by HTTP status code.
+            requests=Counter(
+                "cfn_ingest_requests",
+                "Requests answered, by status code.",
+                ["code"],
+                registry=registry,
+            ),
+            # Time from the first byte of the request to the answer, whatever the answer.
+            request_duration=Histogram(
+                "cfn_ingest_request_duration_seconds",
+                "Request handling time.",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            # Time the acks=all write to Kafka took (successful or not).
+            ack_duration=Histogram(
+                "cfn_ingest_kafka_ack_duration_seconds",
+                "Kafka acks=all write time.",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            # Size of authenticated request bodies.
+            body_bytes=Histogram(
+                "cfn_ingest_body_bytes",
+                "Authenticated request body size.",
+                buckets=BODY_BUCKETS,
+                registry=registry,
+            ),
+            # 401s by reason: the header was missing, or matched no tenant's secret.
+            auth_failures=Counter(
+                "cfn_ingest_auth_failures",
+                "Rejected authentications, by reason.",
+                ["reason"],
+                registry=registry,
+            ),
+            # Requests being handled right now (429 above CFN_INGEST_MAX_INFLIGHT).
+            in_flight=Gauge(
+                "cfn_ingest_requests_in_flight",
+                "Requests in flight.",
+                registry=registry,
+            ),
+            # Failed Kafka writes: timeout and retriable give 503, permanent gives 500.
+            kafka_errors=Counter(
+                "cfn_ingest_kafka_errors",
+                "Failed Kafka writes, by kind.",
+                ["kind"],
+                registry=registry,
+            ),
+            # Authenticated bodies written to the dead-letter topic at ingest, by reason.
+            dead_letters=Counter(
+                "cfn_ingest_dead_letters",
+                "Bodies dead-lettered at ingest.",
+                ["reason"],
+                registry=registry,
+            ),
+        )

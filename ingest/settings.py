@@ -1,0 +1,68 @@
+"""The ingest process's settings: one frozen object built from the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas.config import Env, topic_names
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Everything `cfn ingest` reads from CFN_* variables (see the README's table)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = "cfn."
+    secret: str | None = None
+    secrets_file: Path | None = None
+    max_body: int = 1024 * 1024
+    ack_timeout: float = 3.0
+    max_inflight: int = 512
+    body_timeout: float = 10.0
+    linger_ms: int = 0
+    compression: str = "lz4"
+    partitions: int = 12
+    replication: int = 1
+    retry_after: int = 5
+
+    @property
+    def raw_topic(self) -> str:
+        return topic_names(self.topic_prefix)["raw"]
+
+    @property
+    def dlq_topic(self) -> str:
+        return topic_names(self.topic_prefix)["dlq"]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> IngestSettings:
+        env = Env(os.environ if environ is None else environ)
+        secrets_file = env.raw("CFN_INGEST_SECRETS_FILE")
+        compression = env.text("CFN_INGEST_COMPRESSION", "lz4")
+        if compression not in ("lz4", "gzip", "zstd", "snappy", "none"):
+            from schemas.config import ConfigError
+
+            raise ConfigError(
+                f"CFN_INGEST_COMPRESSION must be lz4, gzip, zstd, snappy or none, "
+                f"got {compression!r}"
+            )
+        return cls(
+            host=env.text("CFN_INGEST_HOST", cls.host),
+            port=env.integer("CFN_INGEST_PORT", cls.port),
+            bootstrap=env.text("CFN_KAFKA_BOOTSTRAP", cls.bootstrap),
+            topic_prefix=env.text("CFN_TOPIC_PREFIX", cls.topic_prefix),
+            secret=env.raw("CFN_INGEST_SECRET"),
+            secrets_file=Path(secrets_file) if secrets_file else None,
+            max_body=env.integer("CFN_INGEST_MAX_BODY", cls.max_body, minimum=1),
+            ack_timeout=env.duration("CFN_INGEST_ACK_TIMEOUT", cls.ack_timeout),
+            max_inflight=env.integer("CFN_INGEST_MAX_INFLIGHT", cls.max_inflight, minimum=1),
+            body_timeout=env.duration("CFN_INGEST_BODY_TIMEOUT", cls.body_timeout),
+            linger_ms=env.integer("CFN_INGEST_LINGER_MS", cls.linger_ms),
+            compression=compression,
+            partitions=env.integer("CFN_PARTITIONS", cls.partitions, minimum=1),
+            replication=env.integer("CFN_REPLICATION", cls.replication, minimum=1),
+        )

@@ -1,0 +1,64 @@
+"""Creating cfn's topics at startup, with the partition count the keying relies on."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
+
+RAW_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+
+
+def topic_config(role: str, replication: int) -> dict[str, str]:
+    """Per-topic settings: the raw log keeps large bodies; RF>=3 gets min.insync.replicas=2."""
+    config: dict[str, str] = {}
+    if role in ("raw", "dlq"):
+        config["max.message.bytes"] = str(RAW_MAX_MESSAGE_BYTES)
+    if replication >= 3:
+        config["min.insync.replicas"] = "2"
+    return config
+
+
+async def ensure_topics(
+    bootstrap: str,
+    topics: Iterable[tuple[str, str]],
+    partitions: int,
+    replication: int,
+    timeout_ms: int = 10_000,
+) -> list[str]:
+    """Create each (role, name) topic that does not exist yet; return the names created.
+
+    An existing topic is left as it is (its partition count is the operator's decision), but a
+    mismatch is logged, because keyed co-partitioning depends on it.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    await admin.start()
+    created: list[str] = []
+    try:
+        existing = set(await admin.list_topics())
+        for role, name in topics:
+            if name in existing:
+                continue
+            try:
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            name,
+                            partitions,
+                            replication,
+                            topic_configs=topic_config(role, replication),
+                        )
+                    ]
+                )
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+    if created:
+        log.info("created topics %s (%d partitions, RF %d)", created, partitions, replication)
+    return created

@@ -1,0 +1,101 @@
+"""Reading CFN_* settings from a mapping, with errors that name the variable."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+class ConfigError(ValueError):
+    """A CFN_* variable is missing or malformed; the message names it."""
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "90", "90s", "10m", "24h", "1.5d" or "250ms".
+
+    Raises:
+        ValueError: the text is not a non-negative duration.
+    """
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 10m, 24h)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+class Env:
+    """Typed reads from an environment mapping; every error names the variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def raw(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        return value if value not in (None, "") else None
+
+    def text(self, name: str, default: str) -> str:
+        return self.raw(name) or default
+
+    def integer(self, name: str, default: int, *, minimum: int = 0) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+        if number < minimum:
+            raise ConfigError(f"{name} must be >= {minimum}, got {number}")
+        return number
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+        if number < minimum:
+            raise ConfigError(f"{name} must be >= {minimum}, got {number}")
+        return number
+
+    def duration(self, name: str, default: float) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+    def durations(self, name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            items = tuple(parse_duration(part) for part in value.split(",") if part.strip())
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+        if not items or any(item <= 0 for item in items):
+            raise ConfigError(f"{name} must list positive durations, got {value!r}")
+        return items
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def topic_names(prefix: str) -> dict[str, str]:
+    """Every topic cfn uses, by role, under one prefix (CFN_TOPIC_PREFIX)."""
+    roles = ("raw", "events", "incidents", "rates", "dlq", "ticks", "rate-input")
+    return {role: f"{prefix}{role}" for role in roles}

@@ -1,0 +1,117 @@
+"""The records cfn writes downstream; each field is documented where it is defined.
+
+Every record carries a deterministic id derived from its inputs, so a replay or a restart
+produces the same ids, and `schema_version`, bumped on any incompatible change. The JSON Schema
+files beside this module describe the same shapes; a test keeps both in step.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+def short_hash(*parts: str | bytes) -> str:
+    """32 hex chars of sha256 over the NUL-joined parts: stable across processes and runs."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a record came from in `cfn.raw` (or the ingest request for ingest dead letters)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class DlqRecord:
+    """A body that could not become an event, kept whole so it can be fixed and replayed."""
+
+    dlq_id: str  # ingest: "dlq_" + request id; worker: hash of the source position
+    reason: str  # a code: invalid_json, not_an_object, bad_ts, bad_field, ...
+    detail: str  # a human explanation naming the field ("at $.ts: ...")
+    stage: str  # "ingest" or "worker"
+    tenant: str | None
+    received_at: int | None  # epoch ms at ingest
+    source: Source | None  # None at ingest (the bytes never reached cfn.raw)
+    raw_b64: str  # the original bytes, base64
+    raw_size: int
+    schema_version: int = SCHEMA_VERSION
+
+    @staticmethod
+    def encode_raw(raw: bytes) -> str:
+        return base64.b64encode(raw).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One unique notification (after dedup), in `cfn.events`."""
+
+    event_id: str  # "ev_" + fingerprint: the same content for the same tenant, the same id
+    kind: str  # "alert" or "test" (Cloudflare's Save-and-Test message)
+    tenant: str
+    account_id: str | None
+    policy_id: str | None
+    policy_name: str | None
+    alert_type: str | None
+    event: str | None  # "start" | "end" | the alert_event as received | None
+    correlation_id: str | None
+    ts: int | None  # event time, epoch seconds, as Cloudflare stamped it
+    received_at: int  # epoch ms when ingest accepted it
+    name: str | None
+    text: str | None
+    data: Any  # as received
+    catalog: dict[str, str | None] | None  # None for unknown alert types
+    source: Source
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentRecord:
+    """One version of an incident in `cfn.incidents`; (incident_id, version) is unique."""
+
+    incident_id: str  # hash of tenant, account, correlation id and the first event's id
+    version: int  # 1, 2, ... rises with each change of this incident
+    state: str  # open | resolved | orphan_end | expired
+    tenant: str
+    account_id: str | None
+    alert_type: str | None
+    correlation_id: str
+    opened_at: int | None  # START ts (epoch s); None for an orphan END
+    closed_at: int | None  # END ts, or the expiry time for expired
+    duration_s: int | None  # closed_at - opened_at when both are known
+    close_reason: str | None  # end | stale_timeout | orphan_end | None while open
+    renotify_count: int  # repeated STARTs while open
+    ordering: str  # in_order | end_before_start
+    late_end: bool  # an END arrived after the incident expired
+    first_event_id: str
+    last_event_id: str
+    catalog: dict[str, str | None] | None
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class RateRecord:
+    """The count of unique events in one closed tumbling window, in `cfn.rates`."""
+
+    rate_id: str  # hash of scope, alert_type, account_id, window_start, window_s
+    revision: int  # 1 when the window closes; +1 for each correction by a late event
+    scope: str  # "type" or "account_type"
+    alert_type: str | None
+    account_id: str | None  # only for scope "account_type"
+    window_start: int  # epoch s, inclusive
+    window_end: int  # epoch s, exclusive
+    window_s: int
+    count: int
+    rate_per_min: float
+    schema_version: int = SCHEMA_VERSION

@@ -1,0 +1,145 @@
+"""Starting cfn's own processes for broker tests, and a tiny HTTP client."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas import jsonio
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return jsonio.loads(self.body)
+
+
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> Response:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=dict(headers or {}))
+        resp = conn.getresponse()
+        data = resp.read()
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+    finally:
+        conn.close()
+
+
+@dataclass
+class Process:
+    """A cfn subprocess whose combined output is captured to a file for later assertions."""
+
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def cfn_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """The current environment minus anything Faust or cfn would read by accident, plus extra."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CFN_") and k not in ("BROKER_URL", "WEB_PORT", "APP_ID")
+    }
+    env.update(extra)
+    return env
+
+
+def start_ingest(
+    tmp: Path, bootstrap: str, prefix: str, env: Mapping[str, str], *args: str
+) -> Process:
+    """Start `cfn ingest` on a free port and wait until /readyz answers 200."""
+    port = free_port()
+    process = Process(
+        [sys.executable, "-m", "processors", "ingest", *args],
+        cfn_env(
+            {
+                "CFN_KAFKA_BOOTSTRAP": bootstrap,
+                "CFN_TOPIC_PREFIX": prefix,
+                "CFN_INGEST_PORT": str(port),
+                "CFN_PARTITIONS": "4",
+                **env,
+            }
+        ),
+        tmp / f"ingest-{port}.log",
+        port=port,
+    )
+    process.start()
+    wait_ready(process, port, "/readyz")
+    return process
+
+
+def wait_ready(process: Process, port: int, path: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.proc is not None
+        if process.proc.poll() is not None:
+            raise AssertionError(f"process exited early:\n{process.output}")
+        try:
+            if request(port, "GET", path, timeout=2).status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    process.stop()
+    raise AssertionError(f"{path} never answered 200:\n{process.output}")
