@@ -31,6 +31,12 @@ def _ingest(args: argparse.Namespace) -> int:
     return serve(workers=args.workers, allow_unauthenticated=args.allow_unauthenticated)
 
 
+def _worker(_args: argparse.Namespace) -> int:
+    from processors.worker import run
+
+    return run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cfn", description="Cloudflare Notifications webhooks into Kafka."
@@ -51,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept webhooks without a secret (prints a warning)",
     )
     ingest.set_defaults(func=_ingest)
+
+    worker = sub.add_parser("worker", help="run the stream processor (Faust worker)")
+    worker.set_defaults(func=_worker)
 
     fetch = sub.add_parser("fetch-kafka", help="download the Kafka broker jars into the cache")
     fetch.set_defaults(func=_fetch_kafka)

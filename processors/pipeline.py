@@ -1,0 +1,264 @@
+"""What happens to one input record: parse, dedup, correlate, count; outputs as plain data.
+
+Agents call these methods and send what comes back; nothing here imports Faust, so the same
+code runs in unit tests over dicts, in benchmarks, and in the worker over changelog tables.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from processors.correlate import Correlator
+from processors.dedup import Deduplicator
+from processors.metrics import WorkerMetrics, event_label, type_label
+from processors.rates import RateCounter
+from processors.settings import WorkerSettings
+from schemas import jsonio
+from schemas.catalog import known_ids, record_for
+from schemas.payload import Notification, Rejected, parse
+from schemas.records import (
+    DlqRecord,
+    EventRecord,
+    IncidentRecord,
+    RateRecord,
+    Source,
+    short_hash,
+)
+
+_KNOWN = known_ids()
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One record to send: the topic role (events, incidents, ...), key and encoded value."""
+
+    role: str
+    key: bytes
+    value: bytes
+    partition: int | None = None
+
+
+def header_map(headers: Iterable[tuple[str, bytes]] | dict[str, bytes] | None) -> dict[str, bytes]:
+    if headers is None:
+        return {}
+    if isinstance(headers, dict):
+        return headers
+    return dict(headers)
+
+
+@dataclass
+class DlqBrake:
+    """Tracks the dead-letter share of recent input; a high share raises an alarm metric.
+
+    Like arroyo's DlqLimit it makes a bad deploy visible instead of letting it quietly
+    dead-letter the stream, but it only alarms: dead letters are never dropped.
+    """
+
+    sample: int
+    threshold: float
+    _recent: deque[bool] = field(default_factory=deque)
+    _bad: int = 0
+
+    def observe(self, dead: bool) -> float:
+        self._recent.append(dead)
+        self._bad += dead
+        if len(self._recent) > self.sample:
+            self._bad -= self._recent.popleft()
+        return self._bad / len(self._recent)
+
+    @property
+    def alarm(self) -> bool:
+        return len(self._recent) >= min(self.sample, 100) and (
+            self._bad / len(self._recent) > self.threshold
+        )
+
+
+class Pipeline:
+    """The worker's logic over injected state mappings, metrics and clock.
+
+    Args:
+        settings: windows, timeouts and topic names.
+        dedup_store / incident_store / rate_store: mappings (Faust tables in the worker).
+        metrics: where to count.
+        clock: epoch seconds; used only for processing lag and rate idleness.
+    """
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        dedup_store: MutableMapping[str, list[int]],
+        incident_store: MutableMapping[str, dict[str, Any]],
+        rate_store: MutableMapping[str, dict[str, Any]],
+        metrics: WorkerMetrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.raw_topic = settings.topic("raw")
+        self.dedup = Deduplicator(dedup_store, settings.dedup_window)
+        self.correlator = Correlator(
+            incident_store,
+            stale_after=settings.stale_after_for,
+            orphan_hold_s=settings.orphan_end_hold,
+            closed_retention_s=settings.dedup_window,
+            describe=record_for,
+        )
+        self.rates = RateCounter(
+            rate_store,
+            windows=settings.rate_windows,
+            lateness_s=settings.rate_lateness,
+            idle_after_s=settings.rate_idle_after,
+        )
+        self.brake = DlqBrake(settings.dlq_alarm_sample, settings.dlq_alarm_ratio)
+        self.last_offset: dict[int, int] = {}
+
+    # ---- recovery ---------------------------------------------------------------------------
+
+    def rebuild(
+        self,
+        dedup_items: Iterable[tuple[str, list[int]]],
+        incident_items: Iterable[tuple[str, dict[str, Any]]],
+        rate_items: Iterable[tuple[str, dict[str, Any]]],
+    ) -> None:
+        """Re-derive timers, indexes and gauges from the stores after a restart or rebalance."""
+        self.dedup.rebuild(dedup_items)
+        self.correlator.rebuild(incident_items)
+        self.rates.rebuild(rate_items)
+        self.metrics.incidents_open.clear()
+        self._publish_open()
+
+    # ---- raw records ------------------------------------------------------------------------
+
+    def on_raw(
+        self,
+        raw: bytes,
+        key: bytes | None,
+        headers: dict[str, bytes],
+        partition: int,
+        offset: int,
+        timestamp_ms: int,
+    ) -> list[Output]:
+        """One record of `cfn.raw` -> events, incidents, rate inputs or a dead letter."""
+        self.last_offset[partition] = offset
+        tenant = headers.get("cfn-tenant", b"default").decode(errors="replace")
+        received_header = headers.get("cfn-received-at")
+        received_at = int(received_header) if received_header else int(timestamp_ms)
+        source = Source(self.raw_topic, partition, offset)
+        key = key or tenant.encode()
+
+        result = parse(raw, tenant, received_at)
+        dead = isinstance(result, Rejected)
+        ratio = self.brake.observe(dead)
+        self.metrics.dlq_ratio.set(ratio)
+        self.metrics.dlq_alarm.set(1 if self.brake.alarm else 0)
+        if isinstance(result, Rejected):
+            self.metrics.dlq.labels(result.reason).inc()
+            record = DlqRecord(
+                dlq_id="dlq_" + short_hash(source.topic, str(partition), str(offset)),
+                reason=result.reason,
+                detail=result.detail,
+                stage="worker",
+                tenant=tenant,
+                received_at=received_at,
+                source=source,
+                raw_b64=DlqRecord.encode_raw(raw),
+                raw_size=len(raw),
+            )
+            return [Output("dlq", key, jsonio.dumps(record))]
+
+        n = result
+        label = type_label(n.alert_type)
+        if self.dedup.is_duplicate(n.event_id, received_at // 1000, partition):
+            self.metrics.duplicates.labels(label).inc()
+            return []
+        return self._unique(n, key, source, label)
+
+    def _unique(self, n: Notification, key: bytes, source: Source, label: str) -> list[Output]:
+        metrics = self.metrics
+        metrics.notifications.labels(label, event_label(n.event)).inc()
+        if n.alert_type is not None and n.alert_type not in _KNOWN:
+            metrics.unknown_types.inc()
+        metrics.delivery_delay.observe(max(0.0, n.received_at / 1000 - n.ts))
+        metrics.processing_lag.observe(max(0.0, self.clock() - n.received_at / 1000))
+        event = EventRecord(
+            event_id=n.event_id,
+            kind=n.kind,
+            tenant=n.tenant,
+            account_id=n.account_id,
+            policy_id=n.policy_id,
+            policy_name=n.policy_name,
+            alert_type=n.alert_type,
+            event=n.event,
+            correlation_id=n.correlation_id,
+            ts=n.ts,
+            received_at=n.received_at,
+            name=n.name,
+            text=n.text,
+            data=n.data,
+            catalog=record_for(n.alert_type),
+            source=source,
+        )
+        outputs = [Output("events", key, jsonio.dumps(event))]
+        for incident in self.correlator.on_event(n, source.partition):
+            outputs.append(self._incident_output(key, incident))
+        if n.kind == "alert":
+            rate_input = jsonio.dumps({"t": n.alert_type, "a": n.account_id, "ts": n.ts})
+            outputs.append(Output("rate-input", (n.alert_type or "").encode(), rate_input))
+        return outputs
+
+    def _incident_output(self, key: bytes, incident: IncidentRecord) -> Output:
+        if incident.close_reason is not None and not incident.late_end:
+            label = type_label(incident.alert_type)
+            self.metrics.incidents_closed.labels(label, incident.close_reason).inc()
+            if incident.state == "resolved" and incident.duration_s is not None:
+                self.metrics.incident_duration.labels(label).observe(max(0, incident.duration_s))
+        self._publish_open()
+        return Output("incidents", key, jsonio.dumps(incident))
+
+    def _publish_open(self) -> None:
+        totals: dict[str, int] = {}
+        for alert_type, count in self.correlator.open_by_type.items():
+            label = type_label(alert_type)
+            totals[label] = totals.get(label, 0) + count
+        for label, count in totals.items():
+            self.metrics.incidents_open.labels(label).set(count)
+
+    # ---- timers -----------------------------------------------------------------------------
+
+    def on_tick(self, now: float, partition: int) -> list[Output]:
+        """A timer tick for one raw partition: expiry, orphan release, dedup TTL."""
+        self.dedup.expire(now, partition)
+        outputs = []
+        for incident in self.correlator.tick(now, partition):
+            key = f"{incident.tenant}|{incident.account_id or ''}|{incident.correlation_id}"
+            outputs.append(self._incident_output(key.encode(), incident))
+        outputs.append(Output("rate-input", b"", jsonio.dumps({"tick": now}), partition=partition))
+        return outputs
+
+    # ---- rates ------------------------------------------------------------------------------
+
+    def on_rate_input(self, value: bytes, partition: int) -> list[Output]:
+        """One record of the rate repartition topic: a unique event to count, or a tick."""
+        item = jsonio.loads(value)
+        now = self.clock()
+        if "tick" in item:
+            records: Sequence[RateRecord] = self.rates.tick(float(item["tick"]), partition)
+        else:
+            result = self.rates.add(item["t"], item["a"], int(item["ts"]), partition, now)
+            for window_s, dropped in result.dropped_late.items():
+                self.metrics.dropped_late.labels(f"{window_s}s").inc(dropped)
+            records = result.records
+        outputs = []
+        for record in records:
+            if record.scope == "type":
+                self.metrics.rate_per_minute.labels(
+                    type_label(record.alert_type), f"{record.window_s}s"
+                ).set(record.rate_per_min)
+            outputs.append(
+                Output("rates", (record.alert_type or "").encode(), jsonio.dumps(record))
+            )
+        return outputs

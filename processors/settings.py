@@ -1,0 +1,99 @@
+"""The worker's settings: one frozen object built from CFN_* variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from schemas.config import ConfigError, Env, parse_duration, topic_names
+
+
+def _per_type(name: str, text: str | None) -> dict[str, float]:
+    """Parse "type_a=1h,type_b=30m" into {"type_a": 3600.0, "type_b": 1800.0}."""
+    result: dict[str, float] = {}
+    if not text:
+        return result
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        alert_type, sep, duration = item.partition("=")
+        if not sep or not alert_type.strip():
+            raise ConfigError(f"{name}: expected alert_type=duration, got {item!r}")
+        try:
+            result[alert_type.strip()] = parse_duration(duration)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    return result
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything `cfn worker` reads (see the README's configuration table)."""
+
+    app_id: str = "cfn"
+    bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = "cfn."
+    partitions: int = 12
+    replication: int = 1
+    processing_guarantee: str = "exactly_once"
+    commit_interval: float = 0.5
+    dedup_window: float = 24 * 3600.0
+    orphan_end_hold: float = 600.0
+    stale_after: float = 24 * 3600.0
+    stale_after_by_type: Mapping[str, float] = field(default_factory=dict)
+    rate_windows: tuple[int, ...] = (60, 300, 3600)
+    rate_lateness: int = 120
+    rate_idle_after: float = 5.0
+    tick_interval: float = 1.0
+    dlq_alarm_ratio: float = 0.05
+    dlq_alarm_sample: int = 1000
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+    data_dir: str = ".local/worker"
+
+    def topic(self, role: str) -> str:
+        return topic_names(self.topic_prefix)[role]
+
+    def stale_after_for(self, alert_type: str | None) -> float:
+        if alert_type is not None:
+            override = self.stale_after_by_type.get(alert_type)
+            if override is not None:
+                return override
+        return self.stale_after
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
+        env = Env(os.environ if environ is None else environ)
+        guarantee = env.text("CFN_PROCESSING_GUARANTEE", cls.processing_guarantee)
+        if guarantee not in ("exactly_once", "at_least_once"):
+            raise ConfigError(
+                f"CFN_PROCESSING_GUARANTEE must be exactly_once or at_least_once, got {guarantee!r}"
+            )
+        windows = env.durations("CFN_RATE_WINDOWS", (60.0, 300.0, 3600.0))
+        if any(w != int(w) for w in windows):
+            raise ConfigError("CFN_RATE_WINDOWS must be whole seconds")
+        return cls(
+            app_id=env.text("CFN_APP_ID", cls.app_id),
+            bootstrap=env.text("CFN_KAFKA_BOOTSTRAP", cls.bootstrap),
+            topic_prefix=env.text("CFN_TOPIC_PREFIX", cls.topic_prefix),
+            partitions=env.integer("CFN_PARTITIONS", cls.partitions, minimum=1),
+            replication=env.integer("CFN_REPLICATION", cls.replication, minimum=1),
+            processing_guarantee=guarantee,
+            commit_interval=env.duration("CFN_COMMIT_INTERVAL", cls.commit_interval),
+            dedup_window=env.duration("CFN_DEDUP_WINDOW", cls.dedup_window),
+            orphan_end_hold=env.duration("CFN_ORPHAN_END_HOLD", cls.orphan_end_hold),
+            stale_after=env.duration("CFN_INCIDENT_STALE_AFTER", cls.stale_after),
+            stale_after_by_type=_per_type(
+                "CFN_INCIDENT_STALE_AFTER_BY_TYPE", env.raw("CFN_INCIDENT_STALE_AFTER_BY_TYPE")
+            ),
+            rate_windows=tuple(sorted(int(w) for w in windows)),
+            rate_lateness=int(env.duration("CFN_RATE_LATENESS", cls.rate_lateness)),
+            rate_idle_after=env.duration("CFN_RATE_IDLE_AFTER", cls.rate_idle_after),
+            tick_interval=env.duration("CFN_TICK_INTERVAL", cls.tick_interval),
+            dlq_alarm_ratio=env.number("CFN_DLQ_ALARM_RATIO", cls.dlq_alarm_ratio),
+            dlq_alarm_sample=env.integer("CFN_DLQ_ALARM_SAMPLE", cls.dlq_alarm_sample, minimum=1),
+            metrics_host=env.text("CFN_WORKER_METRICS_HOST", cls.metrics_host),
+            metrics_port=env.integer("CFN_WORKER_METRICS_PORT", cls.metrics_port),
+            data_dir=env.text("CFN_WORKER_DATA_DIR", cls.data_dir),
+        )
