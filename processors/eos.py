@@ -7,8 +7,13 @@ alert_type) then either fails with "No transaction producer found" (the partitio
 another worker) or lands in a transaction that commits independently of the input offsets,
 which is not exactly-once. Here a send made while an event is being processed joins the
 transaction of that event's source partition, so input offsets, table changelogs and every
-output of one partition commit or abort together. Sends with no current event (our timer
-ticks, changelog flushes) keep Faust's rule.
+output of one partition commit or abort together.
+
+Sends with no current event: changelog flushes keep Faust's rule (their partition is the
+source partition). Anything else, our timer ticks, goes through the plain idempotent producer:
+a tick inside a transaction would stay invisible until that partition commits, which on an
+idle partition is never, so the timers would never fire. A lost or repeated tick is harmless:
+handling one is idempotent.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ def source_partition_transactions() -> None:
             transactional_id = (
                 f"{self.app.conf.id}-{assignor.group_for_topic(tp.topic)}-{tp.partition}"
             )
-        elif p is not None:
+        elif p is not None and topic.endswith("-changelog"):
             transactional_id = f"{self.app.conf.id}-{assignor.group_for_topic(topic)}-{p}"
         else:
             transactional_id = None

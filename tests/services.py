@@ -143,3 +143,51 @@ def wait_ready(process: Process, port: int, path: str, timeout: float = 60.0) ->
         time.sleep(0.2)
     process.stop()
     raise AssertionError(f"{path} never answered 200:\n{process.output}")
+
+
+def start_worker(
+    tmp: Path,
+    bootstrap: str,
+    prefix: str,
+    app_id: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    partitions: int = 4,
+    wait: bool = True,
+) -> Process:
+    """Start `cfn worker` with its own metrics port and wait until it has its partitions."""
+    port = free_port()
+    process = Process(
+        [sys.executable, "-m", "processors", "worker"],
+        cfn_env(
+            {
+                "CFN_KAFKA_BOOTSTRAP": bootstrap,
+                "CFN_TOPIC_PREFIX": prefix,
+                "CFN_APP_ID": app_id,
+                "CFN_PARTITIONS": str(partitions),
+                "CFN_WORKER_METRICS_PORT": str(port),
+                "CFN_WORKER_DATA_DIR": str(tmp / f"worker-{port}"),
+                "CFN_TICK_INTERVAL": "0.5s",
+                **(env or {}),
+            }
+        ),
+        tmp / f"worker-{port}.log",
+        port=port,
+    )
+    process.start()
+    if wait:
+        wait_worker(process)
+    return process
+
+
+def wait_worker(process: Process, timeout: float = 90.0) -> None:
+    """Wait until /readyz says the worker has rebuilt its state for an assignment."""
+    wait_ready(process, process.port, "/readyz", timeout)
+
+
+def metric_value(port: int, sample: str) -> float:
+    """The value of one exposition line (exact name and labels), or 0 when absent."""
+    for line in request(port, "GET", "/metrics").body.decode().splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
