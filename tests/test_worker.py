@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -201,7 +202,7 @@ def test_test_message_unknown_type_and_nested_shapes_flow_through(stack: Stack) 
 def test_malformed_bodies_go_to_the_dlq_with_reasons(stack: Stack) -> None:
     marker = uuid.uuid4().hex
     stack.post(encode(alert(correlation=marker, ts="yesterday")))
-    stack.post(encode(alert(correlation=marker, account={"nested": True})))
+    stack.post(encode(alert(correlation=marker, policy_name={"nested": True})))
     dead = stack.wait(
         "dlq", lambda r: marker.encode() in __import__("base64").b64decode(r["raw_b64"]), 2
     )
