@@ -18,6 +18,8 @@ def topic_config(role: str, replication: int) -> dict[str, str]:
     config: dict[str, str] = {}
     if role in ("raw", "dlq"):
         config["max.message.bytes"] = str(RAW_MAX_MESSAGE_BYTES)
+    if role == "changelog":
+        config["cleanup.policy"] = "compact"
     if replication >= 3:
         config["min.insync.replicas"] = "2"
     return config

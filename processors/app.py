@@ -11,6 +11,7 @@ from processors.eos import source_partition_transactions
 from processors.settings import WorkerSettings
 
 OUTPUT_ROLES = ("events", "incidents", "rates", "dlq", "rate-input", "ticks")
+TABLES = ("dedup", "incidents", "rates")
 
 
 @dataclass
@@ -42,6 +43,9 @@ def build_app(settings: WorkerSettings) -> CfnApp:
         store="memory://",
         processing_guarantee=settings.processing_guarantee,
         broker_commit_interval=settings.commit_interval,
+        # A crashed worker's partitions move after this long, not Faust's default 60 s.
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout / 5),
         topic_partitions=n,
         topic_replication_factor=settings.replication,
         topic_allow_declare=True,

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas import jsonio
 from schemas.payload import Notification
 from schemas.records import IncidentRecord, short_hash
 
@@ -18,7 +19,8 @@ OPEN, RESOLVED, EXPIRED, ORPHAN, HELD = "open", "resolved", "expired", "orphan_e
 
 
 def correlation_key(tenant: str, account_id: str | None, correlation_id: str) -> str:
-    return f"{tenant}|{account_id or ''}|{correlation_id}"
+    """The table key of one incident: a JSON array, so no field value can forge another's."""
+    return jsonio.dumps([tenant, account_id or "", correlation_id]).decode()
 
 
 def _no_catalog(_alert_type: str | None) -> dict[str, str | None] | None:

@@ -18,6 +18,7 @@ from processors.rates import RateCounter
 from processors.settings import WorkerSettings
 from schemas import jsonio
 from schemas.catalog import known_ids, record_for
+from schemas.keys import incident_key
 from schemas.payload import Notification, Rejected, parse
 from schemas.records import (
     DlqRecord,
@@ -234,8 +235,14 @@ class Pipeline:
         self.dedup.expire(now, partition)
         outputs = []
         for incident in self.correlator.tick(now, partition):
-            key = f"{incident.tenant}|{incident.account_id or ''}|{incident.correlation_id}"
-            outputs.append(self._incident_output(key.encode(), incident))
+            key = incident_key(
+                incident.tenant,
+                {
+                    "account_id": incident.account_id,
+                    "alert_correlation_id": incident.correlation_id,
+                },
+            )
+            outputs.append(self._incident_output(key, incident))
         outputs.append(Output("rate-input", b"", jsonio.dumps({"tick": now}), partition=partition))
         return outputs
 

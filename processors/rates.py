@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
 
+from schemas import jsonio
 from schemas.records import RateRecord, short_hash
 
 State = dict[str, Any]
@@ -37,8 +38,8 @@ class RateCounter:
     No Faust windowed table and no window-close callback: the mapping plus an explicit,
     rebuildable heap of window ends is all the state.
 
-    Mapping layout: "<scope>|<alert_type>|<account_id>" -> {"p": partition, "scope", "type",
-    "acc", "w": {"<window_s>:<start>": [count, revision]}}, and "wm|<partition>" -> {"wm": s}.
+    Mapping layout: '["<scope>","<alert_type>"(,"<account_id>")]' -> {"p": partition, "scope",
+    "type", "acc", "w": {"<window_s>:<start>": [count, revision]}}, and "wm|<p>" -> {"wm": s}.
     """
 
     store: MutableMapping[str, State]
@@ -84,9 +85,14 @@ class RateCounter:
         result = RateResult()
         self._last_event[partition] = now
         mark = self.watermark(partition)
+        # JSON arrays as keys: no alert_type or account_id value can collide with another.
         keys = (
-            (f"type|{alert_type or ''}|", "type", None),
-            (f"account_type|{alert_type or ''}|{account_id or ''}", "account_type", account_id),
+            (jsonio.dumps(["type", alert_type or ""]).decode(), "type", None),
+            (
+                jsonio.dumps(["account_type", alert_type or "", account_id or ""]).decode(),
+                "account_type",
+                account_id,
+            ),
         )
         for key, scope, account in keys:
             state = self.store.get(key)

@@ -38,6 +38,7 @@ class WorkerSettings:
     replication: int = 1
     processing_guarantee: str = "exactly_once"
     commit_interval: float = 0.5
+    session_timeout: float = 15.0
     dedup_window: float = 24 * 3600.0
     orphan_end_hold: float = 600.0
     stale_after: float = 24 * 3600.0
@@ -81,6 +82,7 @@ class WorkerSettings:
             replication=env.integer("CFN_REPLICATION", cls.replication, minimum=1),
             processing_guarantee=guarantee,
             commit_interval=env.duration("CFN_COMMIT_INTERVAL", cls.commit_interval),
+            session_timeout=env.duration("CFN_SESSION_TIMEOUT", cls.session_timeout),
             dedup_window=env.duration("CFN_DEDUP_WINDOW", cls.dedup_window),
             orphan_end_hold=env.duration("CFN_ORPHAN_END_HOLD", cls.orphan_end_hold),
             stale_after=env.duration("CFN_INCIDENT_STALE_AFTER", cls.stale_after),

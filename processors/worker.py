@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from ingest.topics import ensure_topics
 from processors.agents import Runtime, register
-from processors.app import build_app
+from processors.app import TABLES, build_app
 from processors.clock import wall_clock
 from processors.metrics import WorkerMetrics
 from processors.pipeline import Pipeline
@@ -99,6 +99,9 @@ def run() -> int:
 async def _ensure(settings: WorkerSettings) -> None:
     """Create cfn's topics with CFN_PARTITIONS, waiting for Kafka if it is not up yet."""
     roles = [(role, settings.topic(role)) for role in TOPIC_ROLES]
+    # Faust would create the changelogs itself, but a worker that sees its first record before
+    # their metadata arrives crashes with PartitionsMismatch; creating them first avoids it.
+    roles += [("changelog", f"{settings.app_id}-{table}-changelog") for table in TABLES]
     for attempt in range(120):
         try:
             await ensure_topics(

@@ -58,7 +58,7 @@ class Env:
             number = float(value)
         except ValueError:
             raise ConfigError(f"{name} must be a number, got {value!r}") from None
-        if number < minimum:
+        if not number >= minimum:  # also refuses NaN, which compares false with everything
             raise ConfigError(f"{name} must be >= {minimum}, got {number}")
         return number
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,8 +75,10 @@ def _timestamp(value: Any, received_at: int) -> int | Rejected:
             value = float(value.strip())
         except ValueError:
             return Rejected("bad_ts", f"at $.ts: {value[:40]!r} is not a number")
-    if not isinstance(value, int | float) or value != value:  # NaN never equals itself
+    if not isinstance(value, int | float):
         return Rejected("bad_ts", f"at $.ts: expected epoch seconds, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        return Rejected("bad_ts", f"at $.ts: {value} is not a finite number")
     seconds = int(value)
     if TS_MIN * 1000 <= seconds < TS_MAX * 1000:
         seconds //= 1000  # milliseconds: accept, but store seconds as documented
@@ -127,8 +130,14 @@ def parse(raw: bytes, tenant: str, received_at: int) -> Notification | Rejected:
     ts = _timestamp(body.get("ts"), received_at)
     if isinstance(ts, Rejected):
         return ts
+    try:
+        event_id = "ev_" + fingerprint(tenant, body)
+    except (TypeError, ValueError):
+        # orjson reads 1024 levels of nesting but writes only ~254: such a body cannot be
+        # fingerprinted, so it cannot be deduplicated; keep it whole in the DLQ instead.
+        return Rejected("bad_field", "at $: the body is nested too deeply to fingerprint")
     return Notification(
-        event_id="ev_" + fingerprint(tenant, body),
+        event_id=event_id,
         kind="test" if is_test_message(body) else "alert",
         tenant=tenant,
         account_id=fields["account_id"],

@@ -89,7 +89,7 @@ class IncidentRecord:
     correlation_id: str
     opened_at: int | None  # START ts (epoch s); None for an orphan END
     closed_at: int | None  # END ts, or the expiry time for expired
-    duration_s: int | None  # closed_at - opened_at when both are known
+    duration_s: int | None  # END ts - START ts; None until a real END is seen (expiry is no END)
     close_reason: str | None  # end | stale_timeout | orphan_end | None while open
     renotify_count: int  # repeated STARTs while open
     ordering: str  # in_order | end_before_start

@@ -44,6 +44,26 @@ async def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None
         await producer.stop()
 
 
+async def produce_with_headers(
+    bootstrap: str,
+    topic: str,
+    items: Iterable[tuple[bytes, bytes, list[tuple[str, bytes]]]],
+) -> int:
+    """Produce many records fast (batched, acks=all); returns how many were acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, key=key, value=value, headers=headers)
+            for key, value, headers in items
+        ]
+        await producer.flush()
+        results = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return len(results)
+
+
 async def drain(
     bootstrap: str,
     topic: str,

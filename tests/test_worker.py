@@ -203,9 +203,7 @@ def test_malformed_bodies_go_to_the_dlq_with_reasons(stack: Stack) -> None:
     marker = uuid.uuid4().hex
     stack.post(encode(alert(correlation=marker, ts="yesterday")))
     stack.post(encode(alert(correlation=marker, policy_name={"nested": True})))
-    dead = stack.wait(
-        "dlq", lambda r: marker.encode() in __import__("base64").b64decode(r["raw_b64"]), 2
-    )
+    dead = stack.wait("dlq", lambda r: marker.encode() in base64.b64decode(r["raw_b64"]), 2)
     assert sorted(d["reason"] for d in dead) == ["bad_field", "bad_ts"]
     for d in dead:
         assert d["stage"] == "worker" and d["tenant"] == "default"

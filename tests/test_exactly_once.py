@@ -1,0 +1,134 @@
+"""Exactly once downstream through a worker SIGKILL, and two workers sharing the partitions."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kafka_util import create_topics, drain, produce_with_headers, run
+from tests.records_check import checked
+from tests.services import Process, request, start_worker
+from tests.workload import build
+
+pytestmark = pytest.mark.broker
+
+PARTITIONS = 12
+FAST_FAILOVER = {"CFN_SESSION_TIMEOUT": "6s"}
+
+
+def processed(worker: Process) -> int:
+    try:
+        body: dict[str, Any] = request(worker.port, "GET", "/readyz", timeout=2).json()
+    except OSError:
+        return 0
+    return int(body.get("processed", 0))
+
+
+def read_all(
+    kafka: str, topic: str, role: str, expect: int, timeout: float
+) -> list[dict[str, Any]]:
+    """Committed records of a topic, once at least `expect` are there (or at the timeout)."""
+    deadline = time.monotonic() + timeout
+    records: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        raw = run(drain(kafka, topic, settle=1.5, timeout=120))
+        records = checked(role, [r.value for r in raw])
+        if len(records) >= expect:
+            time.sleep(2.0)
+            raw = run(drain(kafka, topic, settle=1.5, timeout=120))
+            return checked(role, [r.value for r in raw])
+        time.sleep(1.0)
+    return records
+
+
+def assert_exactly_once(
+    events: list[dict[str, Any]],
+    incidents: list[dict[str, Any]],
+    expected_ids: set[str],
+    pairs: int,
+) -> None:
+    ids = Counter(e["event_id"] for e in events)
+    duplicated = [i for i, n in ids.items() if n > 1]
+    assert not duplicated, f"{len(duplicated)} event_ids appear more than once"
+    missing = expected_ids - set(ids)
+    assert not missing, f"{len(missing)} notifications lost"
+    versions = Counter((i["incident_id"], i["version"]) for i in incidents)
+    assert not [v for v, n in versions.items() if n > 1], "duplicate (incident_id, version)"
+    resolved = [i for i in incidents if i["state"] == "resolved"]
+    assert len(resolved) == pairs
+    assert all(i["duration_s"] is not None and i["duration_s"] >= 30 for i in resolved)
+
+
+def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
+    kafka: str, tmp_path: Path
+) -> None:
+    token = uuid.uuid4().hex[:8]
+    prefix, app_id = f"k{token}.", f"kill-{token}"
+    work = build(n_incidents=2500, n_one_offs=2500, now_ms=int(time.time() * 1000))
+    run(create_topics(kafka, [f"{prefix}raw"], PARTITIONS))
+    sent = run(produce_with_headers(kafka, f"{prefix}raw", work.records))
+    assert sent == len(work.records)
+
+    worker = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
+    deadline = time.monotonic() + 120
+    while processed(worker) < len(work.records) // 5:
+        assert time.monotonic() < deadline, "the worker made no progress"
+        time.sleep(0.05)
+    done_before_kill = processed(worker)
+    worker.kill()
+    assert done_before_kill < len(work.records), "the stream finished before the kill"
+
+    killed_at = time.monotonic()
+    again = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
+    try:
+        events = read_all(kafka, f"{prefix}events", "events", len(work.unique_event_ids), 240)
+        recovery = time.monotonic() - killed_at
+        incidents = read_all(kafka, f"{prefix}incidents", "incidents", 2 * work.pairs, 60)
+    finally:
+        again.stop()
+    assert_exactly_once(events, incidents, work.unique_event_ids, work.pairs)
+    print(
+        f"\nSIGKILL after {done_before_kill}/{len(work.records)} records; "
+        f"all {len(work.unique_event_ids)} unique events present once, "
+        f"{len(incidents)} incident versions unique; recovered in {recovery:.1f}s"
+    )
+
+
+def test_two_workers_split_partitions_and_state_moves(kafka: str, tmp_path: Path) -> None:
+    token = uuid.uuid4().hex[:8]
+    prefix, app_id = f"s{token}.", f"split-{token}"
+    now_ms = int(time.time() * 1000)
+    work = build(n_incidents=600, n_one_offs=0, now_ms=now_ms, seed=11)
+    starts = [r for r in work.records if b"EVENT_START" in r[1]]
+    ends = [r for r in work.records if b"EVENT_END" in r[1]]
+    run(create_topics(kafka, [f"{prefix}raw"], PARTITIONS))
+
+    first = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
+    second: Process | None = None
+    try:
+        run(produce_with_headers(kafka, f"{prefix}raw", starts))
+        opened = read_all(kafka, f"{prefix}incidents", "incidents", work.pairs, 120)
+        assert len({i["incident_id"] for i in opened}) == work.pairs  # all open, on one worker
+
+        second = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
+        deadline = time.monotonic() + 60
+        while request(first.port, "GET", "/readyz").status != 200:
+            assert time.monotonic() < deadline, "the first worker never settled after the rebalance"
+            time.sleep(0.2)
+        before = (processed(first), processed(second))
+        run(produce_with_headers(kafka, f"{prefix}raw", ends))
+        incidents = read_all(kafka, f"{prefix}incidents", "incidents", 2 * work.pairs, 120)
+        after = (processed(first), processed(second))
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    events = checked("events", [r.value for r in run(drain(kafka, f"{prefix}events", settle=1))])
+    assert_exactly_once(events, incidents, work.unique_event_ids, work.pairs)
+    # Both workers handled ENDs, and ENDs on moved partitions found their START's state.
+    assert after[0] > before[0] and after[1] > before[1], (before, after)
