@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from processors.app import CfnApp
+from processors.eos import processing_guard
 from processors.pipeline import Output, Pipeline, header_map
 from schemas import jsonio
 
@@ -23,6 +24,8 @@ class Runtime:
         self.dirty = True
         self.ready = False
         self.processed = 0
+        self.next_offset: dict[Any, int] = {}
+        self.rewinding: dict[Any, int] = {}
 
     def assigned(self, topic: str) -> set[int]:
         return {
@@ -34,12 +37,15 @@ class Runtime:
         if not self.dirty:
             return
         self.dirty = False
+        self.next_offset.clear()
+        self.rewinding.clear()
         mine = self.assigned(self.cfn.settings.topic("raw"))
         started = time.monotonic()
         dedup = [(k, v) for k, v in self.cfn.dedup.items() if v[1] in mine]
         incidents = [(k, v) for k, v in self.cfn.incidents.items() if v["p"] in mine]
         rates = [(k, v) for k, v in self.cfn.rates.items() if v["p"] in mine]
         self.pipeline.rebuild(dedup, incidents, rates)
+
         self.ready = True
         log.info(
             "state rebuilt for partitions %s: %d dedup ids, %d incidents, %d rate keys in %.2fs",
@@ -49,6 +55,39 @@ class Runtime:
             len(rates),
             time.monotonic() - started,
         )
+
+    async def in_order(self, message: Any) -> bool:
+        """False for a raw record that must not be processed now; rewinds over skipped ones.
+
+        After recovery, faust-streaming 0.15 sometimes hands the agent a record from beyond
+        records it never delivered (a prefetched batch dropped at the post-recovery seek), and
+        records the hole as a "gap" that its commit then treats as done: those notifications
+        would be lost. `cfn.raw` is written without transactions, so its offsets have no
+        holes: any jump is that bug. We seek back to the first missing offset, forget Faust's
+        gap, and skip the early record; it is fetched again, in order.
+        """
+        tp = message.tp
+        consumer = self.cfn.app.consumer
+        expected = self.next_offset.get(tp)
+        if expected is None:
+            expected = consumer._committed_offset.get(tp)  # where this assignment starts
+        offset = message.offset
+        if expected is not None and offset > expected:
+            # Seek again for every early record: a prefetched batch arriving after our seek
+            # moves Faust's read offset forward and would drop the re-fetched records.
+            consumer._gap.pop(tp, None)
+            if self.rewinding.get(tp) != expected:
+                log.warning("raw %s: got offset %d before %d; rewinding", tp, offset, expected)
+                self.rewinding[tp] = expected
+            # Through the consumer thread: Faust's plain seek() touches aiokafka's fetcher from
+            # this thread and races with it (KeyError in fetched_records).
+            await consumer._thread.seek_wait({tp: expected})
+            return False
+        if expected is not None and offset < expected:
+            return False  # already handled in this assignment (re-delivered after a rewind)
+        self.next_offset[tp] = offset + 1
+        self.rewinding.pop(tp, None)
+        return True
 
     async def emit(self, outputs: Iterable[Output]) -> None:
         topics = self.cfn.outputs
@@ -68,31 +107,38 @@ def register(cfn: CfnApp, pipeline: Pipeline) -> Runtime:
 
     app.on_rebalance_complete.connect(on_rebalance)
 
+    guard = processing_guard()
+
     @app.agent(cfn.raw, name="cfn-process")
     async def process(stream: Any) -> None:
         async for event in stream.events():
-            runtime.maybe_rebuild()
-            message = event.message
-            if message.topic == ticks_topic:
-                now = float(jsonio.loads(event.value)["now"])
-                await runtime.emit(pipeline.on_tick(now, message.partition))
-                continue
-            outputs = pipeline.on_raw(
-                event.value or b"",
-                message.key,
-                header_map(message.headers),
-                message.partition,
-                message.offset,
-                int(message.timestamp * 1000),
-            )
-            await runtime.emit(outputs)
-            runtime.processed += 1
+            async with guard:  # state, outputs and the ack commit together (see eos.py)
+                runtime.maybe_rebuild()
+                message = event.message
+                if message.topic == ticks_topic:
+                    now = float(jsonio.loads(event.value)["now"])
+                    await runtime.emit(pipeline.on_tick(now, message.partition))
+                elif await runtime.in_order(message):
+                    outputs = pipeline.on_raw(
+                        event.value or b"",
+                        message.key,
+                        header_map(message.headers),
+                        message.partition,
+                        message.offset,
+                        int(message.timestamp * 1000),
+                    )
+                    await runtime.emit(outputs)
+                    runtime.processed += 1
+
+                event.ack()
 
     @app.agent(cfn.rate_input, name="cfn-rates")
     async def rates(stream: Any) -> None:
         async for event in stream.events():
-            runtime.maybe_rebuild()
-            await runtime.emit(pipeline.on_rate_input(event.value, event.message.partition))
+            async with guard:
+                runtime.maybe_rebuild()
+                await runtime.emit(pipeline.on_rate_input(event.value, event.message.partition))
+                event.ack()
 
     @app.timer(interval=cfn.settings.tick_interval)
     async def tick() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import faust
 
-from processors.eos import source_partition_transactions
+from processors.eos import CHANGELOG_SOURCES, source_partition_transactions
 from processors.settings import WorkerSettings
 
 OUTPUT_ROLES = ("events", "incidents", "rates", "dlq", "rate-input", "ticks")
@@ -57,6 +57,11 @@ def build_app(settings: WorkerSettings) -> CfnApp:
         datadir=settings.data_dir,
         stream_wait_empty=False,
     )
+    # Faust's Consumer copies app.in_transaction once, when it is created, and Faust's Worker
+    # sets in_worker (part of in_transaction) only later, in on_start: left alone, the
+    # consumer reads uncommitted data (aborted table writes come back on recovery) and commits
+    # offsets outside the transactions. This app only ever runs as a worker, so say so now.
+    app.in_worker = True
     raw = app.topic(
         settings.topic("raw"), settings.topic("ticks"), key_serializer="raw", value_serializer="raw"
     )
@@ -74,6 +79,10 @@ def build_app(settings: WorkerSettings) -> CfnApp:
         # Keys and values go through the app's default json codec (orjson underneath).
         return app.Table(name, partitions=n)
 
+    sources = {"dedup": settings.topic("raw"), "incidents": settings.topic("raw")}
+    sources["rates"] = settings.topic("rate-input")
+    for name in TABLES:
+        CHANGELOG_SOURCES[f"{settings.app_id}-{name}-changelog"] = sources[name]
     return CfnApp(
         settings=settings,
         app=app,

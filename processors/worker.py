@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from typing import Any
 
@@ -91,7 +92,8 @@ def run() -> int:
         finally:
             await runner.cleanup()
 
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    level = os.environ.get("CFN_LOG_LEVEL", "WARNING").upper()
+    worker = faust.Worker(app, loglevel=level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
 

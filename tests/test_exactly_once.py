@@ -69,7 +69,7 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
 ) -> None:
     token = uuid.uuid4().hex[:8]
     prefix, app_id = f"k{token}.", f"kill-{token}"
-    work = build(n_incidents=2500, n_one_offs=2500, now_ms=int(time.time() * 1000))
+    work = build(n_incidents=1500, n_one_offs=1500, now_ms=int(time.time() * 1000))
     run(create_topics(kafka, [f"{prefix}raw"], PARTITIONS))
     sent = run(produce_with_headers(kafka, f"{prefix}raw", work.records))
     assert sent == len(work.records)
