@@ -27,6 +27,21 @@ class IngestMetrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> IngestMetrics:
+        metrics = cls._create(registry)
+        # Every series a rule or panel divides by exists from the start, at zero, so a healthy
+        # ingest shows "0% 5xx" rather than "no data".
+        for code in ("202", "400", "401", "404", "405", "408", "413", "429", "500", "503"):
+            metrics.requests.labels(code)
+        for reason in ("missing", "mismatch"):
+            metrics.auth_failures.labels(reason)
+        for kind in ("timeout", "retriable", "permanent"):
+            metrics.kafka_errors.labels(kind)
+        for reason in ("invalid_json", "not_an_object"):
+            metrics.dead_letters.labels(reason)
+        return metrics
+
+    @classmethod
+    def _create(cls, registry: CollectorRegistry) -> IngestMetrics:
         return cls(
             # Every answered request, by HTTP status code.
             requests=Counter(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,6 +38,51 @@ def _worker(_args: argparse.Namespace) -> int:
     return run()
 
 
+def _run(args: argparse.Namespace) -> int:
+    from processors.runner import run_all
+
+    return run_all(args.kafka_port)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from processors.replay import run_replay
+
+    return run_replay(args.start, args.stop, args.output_prefix)
+
+
+def _send(args: argparse.Namespace) -> int:
+    from processors.tools import send
+
+    secret = args.secret or os.environ.get("CFN_INGEST_SECRET")
+    local = Path(".local/secret")
+    if secret is None and local.exists():
+        secret = local.read_text().strip()
+    return send(args.target, args.url, secret)
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from processors.tools import tail
+
+    return tail(
+        args.topic,
+        args.bootstrap or os.environ.get("CFN_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        args.prefix or os.environ.get("CFN_TOPIC_PREFIX", "cfn."),
+        from_beginning=args.from_beginning,
+        limit=args.max,
+        idle=args.idle,
+    )
+
+
+def _catalog(args: argparse.Namespace) -> int:
+    from schemas.catalog import describe, describe_all, lookup
+
+    if args.alert_type is None:
+        print(describe_all())
+        return 0
+    print(describe(args.alert_type))
+    return 0 if lookup(args.alert_type) is not None else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cfn", description="Cloudflare Notifications webhooks into Kafka."
@@ -60,6 +106,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run the stream processor (Faust worker)")
     worker.set_defaults(func=_worker)
+
+    run = sub.add_parser("run", help="start a local broker, the ingest and the worker (make run)")
+    run.add_argument("--kafka-port", type=int, default=9092)
+    run.set_defaults(func=_run)
+
+    replay = sub.add_parser("replay", help="reprocess a range of cfn.raw deterministically")
+    replay.add_argument(
+        "--from",
+        dest="start",
+        required=True,
+        help="ISO time (2026-11-22T10:00:00Z) or partition:offset",
+    )
+    replay.add_argument("--to", dest="stop", help="ISO time or partition:offset (exclusive)")
+    replay.add_argument("--output-prefix", help="write to <prefix>events... (default: live)")
+    replay.set_defaults(func=_replay)
+
+    send_cmd = sub.add_parser("send", help="POST payload files to an ingest")
+    send_cmd.add_argument("target", help="a .json file, a folder of them, or - for stdin")
+    send_cmd.add_argument("--url", default="http://127.0.0.1:8080/webhooks/cloudflare")
+    send_cmd.add_argument("--secret", help="default: CFN_INGEST_SECRET, then .local/secret")
+    send_cmd.set_defaults(func=_send)
+
+    tail_cmd = sub.add_parser("tail", help="pretty-print a cfn topic as it flows")
+    tail_cmd.add_argument("topic", choices=("events", "incidents", "rates", "dlq"))
+    tail_cmd.add_argument("--from-beginning", action="store_true")
+    tail_cmd.add_argument("--max", type=int, help="stop after this many records")
+    tail_cmd.add_argument("--idle", type=float, help="stop after this many quiet seconds")
+    tail_cmd.add_argument("--bootstrap", help="default: CFN_KAFKA_BOOTSTRAP")
+    tail_cmd.add_argument("--prefix", help="default: CFN_TOPIC_PREFIX")
+    tail_cmd.set_defaults(func=_tail)
+
+    catalog = sub.add_parser("catalog", help="what an alert type is and what to do about it")
+    catalog.add_argument("alert_type", nargs="?")
+    catalog.set_defaults(func=_catalog)
 
     fetch = sub.add_parser("fetch-kafka", help="download the Kafka broker jars into the cache")
     fetch.set_defaults(func=_fetch_kafka)

@@ -75,7 +75,9 @@ def source_partition_transactions() -> None:
         *,
         transactional_id: str | None = None,
     ) -> Any:
-        p = self.consumer.key_partition(topic, key, partition)
+        # Faust's key_partition drops an explicit partition when its consumer has no metadata
+        # for the topic yet; an explicit partition (our per-partition ticks) must win.
+        p = partition if partition is not None else self.consumer.key_partition(topic, key)
         event = current_event()
         if event is not None:
             transactional_id = transactional_id_for(self.app.conf.id, event.message.tp.partition)

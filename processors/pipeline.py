@@ -248,6 +248,10 @@ class Pipeline:
 
     # ---- rates ------------------------------------------------------------------------------
 
+    def finish_rates(self, partition: int, now: int) -> list[Output]:
+        """Close every window of one rate partition (end of a replay); returns their records."""
+        return self._rate_outputs(self.rates.close_all(partition, now))
+
     def on_rate_input(self, value: bytes, partition: int) -> list[Output]:
         """One record of the rate repartition topic: a unique event to count, or a tick."""
         item = jsonio.loads(value)
@@ -259,6 +263,9 @@ class Pipeline:
             for window_s, dropped in result.dropped_late.items():
                 self.metrics.dropped_late.labels(f"{window_s}s").inc(dropped)
             records = result.records
+        return self._rate_outputs(records)
+
+    def _rate_outputs(self, records: Sequence[RateRecord]) -> list[Output]:
         outputs = []
         for record in records:
             if record.scope == "type":

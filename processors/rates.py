@@ -138,6 +138,10 @@ class RateCounter:
             return []
         return self._advance(partition, int(now - self.idle_delay_s))
 
+    def close_all(self, partition: int, now: int) -> list[RateRecord]:
+        """Move the watermark to `now` regardless of idleness: the end of a replay."""
+        return self._advance(partition, now)
+
     def _advance(self, partition: int, to: int) -> list[RateRecord]:
         step = self.step
         quantised = to - to % step
