@@ -41,7 +41,7 @@ test-faults: $(STAMP)
 
 ## bench: same-run ratio benchmarks; writes bench/results.json and README's Performance table
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m tests.bench
 
 clean:
 	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache
