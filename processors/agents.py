@@ -26,19 +26,22 @@ class Runtime:
         self.processed = 0
         self.next_offset: dict[Any, int] = {}
         self.rewinding: dict[Any, int] = {}
+        self.resume_at: dict[int, int] = {}
 
     def assigned(self, topic: str) -> set[int]:
         return {
             tp.partition for tp in self.cfn.app.assignor.assigned_actives() if tp.topic == topic
         }
 
-    def maybe_rebuild(self) -> None:
-        """After a rebalance, re-derive timers and indexes from the (recovered) tables."""
+    async def maybe_rebuild(self) -> None:
+        """After a rebalance, re-derive timers and indexes from the (recovered) tables, and
+        learn from the broker where each owned raw partition really resumes."""
         if not self.dirty:
             return
         self.dirty = False
         self.next_offset.clear()
         self.rewinding.clear()
+        self.resume_at = await self._committed_raw_offsets()
         mine = self.assigned(self.cfn.settings.topic("raw"))
         started = time.monotonic()
         dedup = [(k, v) for k, v in self.cfn.dedup.items() if v[1] in mine]
@@ -56,6 +59,24 @@ class Runtime:
             time.monotonic() - started,
         )
 
+    async def _committed_raw_offsets(self) -> dict[int, int]:
+        """The group's committed offsets of the raw topic, asked of the broker directly:
+        Faust's own copy is sometimes empty right after recovery."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        settings = self.cfn.settings
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+        try:
+            await admin.start()
+            offsets = await admin.list_consumer_group_offsets(settings.app_id)
+        except Exception as exc:  # without them we fall back to accepting the first record
+            log.warning("could not read committed offsets: %s", type(exc).__name__)
+            return {}
+        finally:
+            await admin.close()
+        raw = settings.topic("raw")
+        return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == raw}
+
     async def in_order(self, message: Any) -> bool:
         """False for a raw record that must not be processed now; rewinds over skipped ones.
 
@@ -70,7 +91,7 @@ class Runtime:
         consumer = self.cfn.app.consumer
         expected = self.next_offset.get(tp)
         if expected is None:
-            expected = consumer._committed_offset.get(tp)  # where this assignment starts
+            expected = self.resume_at.get(tp.partition)  # where this assignment starts
         offset = message.offset
         if expected is not None and offset > expected:
             # Seek again for every early record: a prefetched batch arriving after our seek
@@ -113,7 +134,7 @@ def register(cfn: CfnApp, pipeline: Pipeline) -> Runtime:
     async def process(stream: Any) -> None:
         async for event in stream.events():
             async with guard:  # state, outputs and the ack commit together (see eos.py)
-                runtime.maybe_rebuild()
+                await runtime.maybe_rebuild()
                 message = event.message
                 if message.topic == ticks_topic:
                     now = float(jsonio.loads(event.value)["now"])
@@ -136,7 +157,7 @@ def register(cfn: CfnApp, pipeline: Pipeline) -> Runtime:
     async def rates(stream: Any) -> None:
         async for event in stream.events():
             async with guard:
-                runtime.maybe_rebuild()
+                await runtime.maybe_rebuild()
                 await runtime.emit(pipeline.on_rate_input(event.value, event.message.partition))
                 event.ack()
 
