@@ -1,0 +1,120 @@
+"""The ingest baselines: a bare raw-ASGI handler on the same uvicorn stack as `cfn ingest`.
+
+With BENCH_BARE_BOOTSTRAP set it does only what any durable webhook receiver must: read the
+body, send it with the same idempotent acks=all lz4 aiokafka producer cfn uses, await the ack,
+answer 202. Without it, it reads the body and answers 202 (the HTTP stack's own ceiling).
+No auth, no parsing, no key, no headers, no metrics.
+
+Run: BENCH_BARE_PORT=8081 BENCH_BARE_BOOTSTRAP=127.0.0.1:9092 BENCH_BARE_TOPIC=t \
+     python -m tests.bench.bare_ingest [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+ACCEPTED = b'{"status":"accepted"}'
+_HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"21")]
+
+
+class BareIngest:
+    """POST anything -> (optionally) Kafka -> 202; GET /readyz -> 200 once the producer runs."""
+
+    def __init__(self, bootstrap: str | None, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.producer: Any = None
+        self.ready = bootstrap is None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        if scope["method"] != "POST":
+            status = 200 if self.ready else 503
+            await send({"type": "http.response.start", "status": status, "headers": _HEADERS})
+            await send({"type": "http.response.body", "body": ACCEPTED})
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        if self.producer is not None:
+            future = await self.producer.send(self.topic, value=b"".join(chunks))
+            await future
+        await send({"type": "http.response.start", "status": 202, "headers": _HEADERS})
+        await send({"type": "http.response.body", "body": ACCEPTED})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self.bootstrap is not None:
+                    # The same producer settings as ingest.sink.KafkaSink's defaults.
+                    self.producer = AIOKafkaProducer(
+                        bootstrap_servers=self.bootstrap,
+                        acks="all",
+                        enable_idempotence=True,
+                        compression_type="lz4",
+                        linger_ms=0,
+                        max_request_size=2 * 1024 * 1024,
+                        request_timeout_ms=3000,
+                        client_id="bench-bare-ingest",
+                    )
+                    await self.producer.start()
+                    self.ready = True
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.producer is not None:
+                    await self.producer.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app() -> BareIngest:
+    """The uvicorn factory: each worker process reads the same environment."""
+    return BareIngest(
+        os.environ.get("BENCH_BARE_BOOTSTRAP") or None,
+        os.environ.get("BENCH_BARE_TOPIC", "bench.bare"),
+    )
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    # Exactly the uvicorn options ingest.server.serve passes.
+    uvicorn.run(
+        "tests.bench.bare_ingest:create_app",
+        factory=True,
+        host="127.0.0.1",
+        port=int(os.environ["BENCH_BARE_PORT"]),
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_keep_alive=15,
+        limit_concurrency=512 * 4,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Section 3: webhook to incident record latency through `cfn ingest` and one `cfn worker`.
+
+START/END pairs are POSTed at a fixed rate (END right after its START's 202); a read_committed
+consumer of `cfn.incidents` notes when each incident version appears. Latency of the `open`
+record = seen - the START's 202, of the `resolved` record = seen - the END's 202 (also
+reported from the moment the POST was sent). The rate is half of the slower of cfn's ingest
+peak and one worker's events/s, both measured earlier in the same invocation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer
+
+from schemas import jsonio
+from tests.bench.core import SECRET, Context, finite_or_none, percentile, progress
+from tests.bench.load import WEBHOOK_PATH, webhook_body
+from tests.services import start_ingest, start_worker
+
+FALLBACK_RATE = 200.0
+EVENTS = (("ALERT_STATE_EVENT_START", "open"), ("ALERT_STATE_EVENT_END", "resolved"))
+
+
+def choose_rate(ctx: Context, override: float | None) -> tuple[float, str]:
+    """The POST rate, and where it came from."""
+    if override:
+        return override, "set with --e2e-rate"
+    peaks: list[float] = []
+    ingest = ctx.results.get("ingest")
+    if ingest:
+        one = next((w for w in ingest["by_workers"] if w["workers"] == 1), None)
+        if one and one["cfn"]["ok_rps"]:
+            peaks.append(float(one["cfn"]["ok_rps"]))
+    pipeline = ctx.results.get("pipeline")
+    if pipeline and pipeline.get("cfn_one_eps"):
+        peaks.append(float(pipeline["cfn_one_eps"]))
+    if not peaks:
+        return FALLBACK_RATE, "no peak measured in this invocation: fixed fallback"
+    return min(peaks) / 2, "half of min(cfn ingest peak, one worker's events/s)"
+
+
+async def _measure(
+    bootstrap: str, ingest_port: int, incidents_topic: str, rate: float, seconds: float
+) -> dict[str, Any]:
+    consumer = AIOKafkaConsumer(
+        incidents_topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        fetch_max_wait_ms=50,
+    )
+    await consumer.start()
+    seen: dict[tuple[str, str], float] = {}
+    sent: dict[tuple[str, str], float] = {}
+    answered: dict[tuple[str, str], float] = {}
+    failures: dict[str, int] = {}
+    stop = asyncio.Event()
+
+    async def consume() -> None:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=50)
+            now = time.perf_counter()
+            for records in batch.values():
+                for record in records:
+                    value = jsonio.loads(record.value)
+                    seen.setdefault((value["correlation_id"], value["state"]), now)
+
+    token = uuid.uuid4().hex[:8]
+    url = f"http://127.0.0.1:{ingest_port}{WEBHOOK_PATH}"
+    headers = {"content-type": "application/json", "cf-webhook-auth": SECRET}
+    base_ts = int(time.time()) - 600
+
+    async def pair(session: aiohttp.ClientSession, i: int) -> None:
+        correlation = f"e2e-{token}-{i}"
+        for event, state in EVENTS:
+            body = webhook_body(correlation, event, base_ts + (0 if state == "open" else 120))
+            key = (correlation, state)
+            sent[key] = time.perf_counter()
+            try:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
+                return
+            if status != 202:
+                failures[str(status)] = failures.get(str(status), 0) + 1
+                return
+            answered[key] = time.perf_counter()
+
+    reader = asyncio.create_task(consume())
+    try:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64), timeout=aiohttp.ClientTimeout(total=30)
+        ) as session:
+            # Warm up: a few pairs all the way through before anything is measured.
+            await asyncio.gather(*(pair(session, -1 - i) for i in range(5)))
+            warm_deadline = time.perf_counter() + 60
+            while time.perf_counter() < warm_deadline and not all(k in seen for k in answered):
+                await asyncio.sleep(0.1)
+            for store in (seen, sent, answered):
+                store.clear()
+            pairs = max(1, int(rate * seconds / 2))
+            interval = 2.0 / rate
+            start = time.perf_counter() + 0.05
+            tasks = []
+            for i in range(pairs):
+                delay = start + i * interval - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(pair(session, i)))
+            await asyncio.gather(*tasks)
+        deadline = time.perf_counter() + 20
+        while time.perf_counter() < deadline and not all(k in seen for k in answered):
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await reader
+        await consumer.stop()
+    from_answer = [(seen[k] - answered[k]) * 1000 for k in answered if k in seen]
+    # In sending order: latency that grows from the first quarter to the last means the
+    # worker fell behind (a backlog), not a fixed delay.
+    ordered = sorted((sent[k], (seen[k] - answered[k]) * 1000) for k in answered if k in seen)
+    quarter = max(1, len(ordered) // 4)
+    first_q = [latency for _, latency in ordered[:quarter]]
+    last_q = [latency for _, latency in ordered[-quarter:]]
+    from_send = [(seen[k] - sent[k]) * 1000 for k in answered if k in seen]
+    return {
+        "posts": len(sent),
+        "accepted": len(answered),
+        "incident_versions_seen": len(from_answer),
+        "missing": sum(1 for k in answered if k not in seen),
+        "failures": failures,
+        "p50_ms": finite_or_none(percentile(from_answer, 50)),
+        "p99_ms": finite_or_none(percentile(from_answer, 99)),
+        "max_ms": finite_or_none(max(from_answer, default=float("nan"))),
+        "from_send_p50_ms": finite_or_none(percentile(from_send, 50)),
+        "from_send_p99_ms": finite_or_none(percentile(from_send, 99)),
+        "first_quarter_p50_ms": finite_or_none(percentile(first_q, 50)),
+        "last_quarter_p50_ms": finite_or_none(percentile(last_q, 50)),
+    }
+
+
+def run_e2e(ctx: Context, rate_override: float | None = None) -> dict[str, Any]:
+    """The chosen rate, preceded by a light one (a tenth of it) that shows the floor."""
+    rate, why = choose_rate(ctx, rate_override)
+    light = max(4.0, rate / 10)
+    prefix = f"bench-e2e-{uuid.uuid4().hex[:6]}."
+    app_id = f"bench-e2e-{uuid.uuid4().hex[:6]}"
+    progress(f"e2e: starting a worker and cfn ingest on {prefix}*")
+    worker = start_worker(
+        ctx.tmp,
+        ctx.bootstrap,
+        prefix,
+        app_id,
+        {"CFN_TICK_INTERVAL": "1s"},
+        partitions=12,
+    )
+    seconds = ctx.sizes.e2e_duration
+    try:
+        ingest = start_ingest(
+            ctx.tmp, ctx.bootstrap, prefix, {"CFN_INGEST_SECRET": SECRET, "CFN_PARTITIONS": "12"}
+        )
+        try:
+            points = []
+            for point_rate, point_seconds in ((light, seconds / 2), (rate, seconds)):
+                progress(f"e2e: {point_rate:.0f} POST/s for {point_seconds:.0f}s")
+                point = asyncio.run(
+                    _measure(
+                        ctx.bootstrap,
+                        ingest.port,
+                        f"{prefix}incidents",
+                        point_rate,
+                        point_seconds,
+                    )
+                )
+                point.update(rate=point_rate, seconds=point_seconds)
+                progress(
+                    f"e2e:   p50 {point['p50_ms'] or float('nan'):.0f} ms, "
+                    f"p99 {point['p99_ms'] or float('nan'):.0f} ms over "
+                    f"{point['incident_versions_seen']} incident versions "
+                    f"({point['missing']} missing)"
+                )
+                points.append(point)
+        finally:
+            ingest.stop()
+    finally:
+        worker.stop(timeout=30)
+    light_point, result = points
+    result.update(rate_source=why, light=light_point)
+    return result

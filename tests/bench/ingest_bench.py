@@ -1,0 +1,218 @@
+"""Section 1: `cfn ingest` against a bare handler on the same uvicorn stack, with and without Kafka.
+
+For each process count (1 and 2), three servers run side by side on one broker:
+
+* cfn: `cfn ingest` with a secret set (auth, JSON parse, key, headers, metrics, acks=all);
+* bare_kafka: tests/bench/bare_ingest.py, the same acks=all idempotent aiokafka send, nothing else;
+* bare_http: the same handler without Kafka: the HTTP stack's own ceiling.
+
+wrk loads each in turn at fixed concurrency, rounds interleaved and rotated; a ratio is the
+median over rounds of that round's ratio. Then the fixed-rate client measures latency at half
+of cfn's peak against cfn and bare_kafka.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from schemas import jsonio
+from tests.bench.core import (
+    SECRET,
+    Context,
+    bench_env,
+    cpu_seconds,
+    finite_or_none,
+    median,
+    progress,
+    ratio,
+    tree_pids,
+)
+from tests.bench.load import WEBHOOK_PATH, WrkResult, lua_script, run_wrk, webhook_body
+from tests.kafka_util import create_topics, run
+from tests.services import Process, free_port, request, start_ingest, wait_ready
+
+CONTENDERS = ("cfn", "bare_kafka", "bare_http")
+BARE_TOPIC = "bench.bare-raw"
+
+
+def _start_bare(ctx: Context, workers: int, with_kafka: bool) -> Process:
+    port = free_port()
+    process = Process(
+        [sys.executable, "-m", "tests.bench.bare_ingest", "--workers", str(workers)],
+        bench_env(
+            {
+                "BENCH_BARE_PORT": str(port),
+                "BENCH_BARE_BOOTSTRAP": ctx.bootstrap if with_kafka else "",
+                "BENCH_BARE_TOPIC": BARE_TOPIC,
+            }
+        ),
+        ctx.tmp / f"bare-ingest-{port}.log",
+        port=port,
+    )
+    process.start()
+    wait_ready(process, port, "/readyz")
+    return process
+
+
+def _settled(process: Process, times: int = 20) -> None:
+    """/readyz 200 several times in a row: with two workers, each must have its producer."""
+    streak = 0
+    deadline = time.monotonic() + 60
+    while streak < times and time.monotonic() < deadline:
+        streak = streak + 1 if request(process.port, "GET", "/readyz").status == 200 else 0
+        time.sleep(0.05)
+
+
+def start_servers(ctx: Context, workers: int) -> dict[str, Process]:
+    args = ("--workers", str(workers)) if workers > 1 else ()
+    servers: dict[str, Process] = {}
+    try:
+        servers["cfn"] = start_ingest(
+            ctx.tmp,
+            ctx.bootstrap,
+            "bench-ingest.",
+            {"CFN_INGEST_SECRET": SECRET, "CFN_PARTITIONS": "12"},
+            *args,
+        )
+        servers["bare_kafka"] = _start_bare(ctx, workers, with_kafka=True)
+        servers["bare_http"] = _start_bare(ctx, workers, with_kafka=False)
+        for process in servers.values():
+            _settled(process)
+    except BaseException:
+        for process in servers.values():
+            process.stop()
+        raise
+    return servers
+
+
+def wrk_once(ctx: Context, process: Process, script: Path, duration: float) -> WrkResult:
+    assert process.proc is not None
+    pids = tree_pids(process.proc.pid)
+    before = cpu_seconds(pids)
+    result = run_wrk(
+        f"http://127.0.0.1:{process.port}{WEBHOOK_PATH}",
+        script,
+        duration,
+        ctx.sizes.wrk_connections,
+        ctx.sizes.wrk_threads,
+    )
+    result.server_cpu_s = cpu_seconds(pids) - before
+    return result
+
+
+def fixed_rate(port: int, rate: float, seconds: float, connections: int) -> dict[str, Any]:
+    """Run tests/bench/rate_client.py in its own process; its JSON answer."""
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.bench.rate_client",
+        f"http://127.0.0.1:{port}{WEBHOOK_PATH}",
+        f"{rate:.1f}",
+        str(seconds),
+        "--connections",
+        str(connections),
+    ]
+    result = subprocess.run(
+        argv, capture_output=True, text=True, env=bench_env(), check=False, timeout=seconds + 120
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"rate client failed:\n{result.stderr[-3000:]}")
+    answer: dict[str, Any] = jsonio.loads(result.stdout.strip().splitlines()[-1])
+    return answer
+
+
+def _summary(rounds: list[dict[str, WrkResult]], name: str) -> dict[str, Any]:
+    return {
+        "ok_rps": finite_or_none(median([r[name].ok_rps for r in rounds])),
+        "p50_ms": finite_or_none(median([r[name].p50_ms for r in rounds])),
+        "p99_ms": finite_or_none(median([r[name].p99_ms for r in rounds])),
+        "rps_per_cpu_s": finite_or_none(
+            median(
+                [ratio(r[name].requests - r[name].non_2xx, r[name].server_cpu_s) for r in rounds]
+            )
+        ),
+        "non_2xx": sum(r[name].non_2xx for r in rounds),
+        "socket_errors": sum(r[name].socket_errors for r in rounds),
+    }
+
+
+def _round_ratio(rounds: list[dict[str, WrkResult]], a: str, b: str) -> float | None:
+    return finite_or_none(median([ratio(r[a].ok_rps, r[b].ok_rps) for r in rounds]))
+
+
+def bench_workers(ctx: Context, workers: int, script: Path) -> dict[str, Any]:
+    sizes = ctx.sizes
+    progress(f"ingest[{workers}p]: starting cfn ingest and the two bare servers")
+    servers = start_servers(ctx, workers)
+    try:
+        if sizes.wrk_warmup > 0:
+            for name in CONTENDERS:
+                wrk_once(ctx, servers[name], script, sizes.wrk_warmup)
+        rounds: list[dict[str, WrkResult]] = []
+        for r in range(sizes.runs):
+            order = list(CONTENDERS[r % 3 :] + CONTENDERS[: r % 3])
+            round_result: dict[str, WrkResult] = {}
+            for name in order:
+                round_result[name] = wrk_once(ctx, servers[name], script, sizes.wrk_duration)
+                got = round_result[name]
+                progress(
+                    f"ingest[{workers}p]: run {r + 1}/{sizes.runs} {name}: "
+                    f"{got.ok_rps:.0f} req/s p50 {got.p50_ms:.1f} ms p99 {got.p99_ms:.1f} ms"
+                    + (f" ({got.non_2xx} non-2xx)" if got.non_2xx else "")
+                )
+            rounds.append(round_result)
+        peak = median([r["cfn"].ok_rps for r in rounds])
+        half = max(10.0, peak / 2)
+        half_rate: dict[str, Any] = {"rate": half}
+        for name in ("cfn", "bare_kafka"):
+            progress(f"ingest[{workers}p]: {name} at a fixed {half:.0f} req/s (half of cfn's peak)")
+            half_rate[name] = fixed_rate(
+                servers[name].port, half, sizes.half_rate_duration, sizes.wrk_connections
+            )
+        half_rate["ratio_p99_cfn_vs_bare_kafka"] = finite_or_none(
+            ratio(half_rate["cfn"]["p99_ms"] or 0.0, half_rate["bare_kafka"]["p99_ms"] or 0.0)
+        )
+    finally:
+        for process in servers.values():
+            process.stop()
+    return {
+        "workers": workers,
+        "runs": [{name: res.as_dict() for name, res in r.items()} for r in rounds],
+        **{name: _summary(rounds, name) for name in CONTENDERS},
+        "ratio_cfn_vs_bare_kafka": _round_ratio(rounds, "cfn", "bare_kafka"),
+        "ratio_bare_kafka_vs_bare_http": _round_ratio(rounds, "bare_kafka", "bare_http"),
+        "ratio_cfn_vs_bare_kafka_per_cpu": finite_or_none(
+            median(
+                [
+                    ratio(
+                        ratio(r["cfn"].requests - r["cfn"].non_2xx, r["cfn"].server_cpu_s),
+                        ratio(
+                            r["bare_kafka"].requests - r["bare_kafka"].non_2xx,
+                            r["bare_kafka"].server_cpu_s,
+                        ),
+                    )
+                    for r in rounds
+                ]
+            )
+        ),
+        "half_rate": half_rate,
+    }
+
+
+def run_ingest(ctx: Context) -> dict[str, Any]:
+    run(create_topics(ctx.bootstrap, [BARE_TOPIC], 12))
+    script = lua_script(ctx.tmp / "post.lua")
+    sizes = ctx.sizes
+    return {
+        "wrk": {
+            "connections": sizes.wrk_connections,
+            "threads": sizes.wrk_threads,
+            "duration_s": sizes.wrk_duration,
+            "body_bytes": len(webhook_body("bench-1-1")),
+        },
+        "by_workers": [bench_workers(ctx, w, script) for w in sizes.ingest_workers],
+    }

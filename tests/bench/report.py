@@ -1,0 +1,434 @@
+"""results.json and the README's "## Performance" section (results.md) from one invocation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from schemas import jsonio
+
+TARGETS_NOTE = (
+    "The brief's pipeline target reads `a/b >= 1.5` with a = cfn worker, b = bare agent; a "
+    "worker doing strictly more per record than an agent that only decodes cannot be faster "
+    "than it, so this is judged both as written and as `b/a <= 1.5` (a/b >= 0.67), the reading "
+    "that can be met."
+)
+
+
+def _num(value: Any, digits: int = 0, suffix: str = "") -> str:
+    if value is None:
+        return "n/a"
+    number = float(value)
+    text = f"{number:,.{digits}f}"
+    return text + suffix
+
+
+def _met(value: Any, ok: bool | None) -> str:
+    if value is None or ok is None:
+        return "not measured"
+    return "**met**" if ok else "**missed**"
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target of the brief with its measured value and whether it was met."""
+    out: list[dict[str, Any]] = []
+    sections = _ok(results)
+
+    def add(name: str, value: Any, target: str, ok: bool | None) -> None:
+        out.append({"name": name, "value": value, "target": target, "met": ok})
+
+    ingest = sections.get("ingest")
+    if ingest:
+        for entry in ingest["by_workers"]:
+            value = entry["ratio_cfn_vs_bare_kafka"]
+            add(
+                f"ingest req/s cfn / bare+Kafka, {entry['workers']} process(es)",
+                value,
+                ">= 0.8",
+                None if value is None else value >= 0.8,
+            )
+    pipeline = sections.get("pipeline")
+    if pipeline:
+        value = pipeline["ratio_cfn_vs_bare"]
+        add(
+            "pipeline events/s cfn worker / bare agent (as written)",
+            value,
+            ">= 1.5",
+            None if value is None else value >= 1.5,
+        )
+        add(
+            "pipeline events/s bare agent / cfn worker",
+            None if not value else 1 / value,
+            "<= 1.5",
+            None if not value else 1 / value <= 1.5,
+        )
+        value = pipeline["ratio_two_vs_one"]
+        add(
+            "pipeline events/s two workers / one",
+            value,
+            ">= 1.8",
+            None if value is None else value >= 1.8,
+        )
+    restore = (pipeline or {}).get("restore") or {}
+    if restore.get("runs"):
+        recognised = bool(restore["state_recognised"])
+        add("restart restores every changelog key", recognised, "all keys", recognised)
+    e2e = sections.get("e2e")
+    if e2e:
+        value = e2e["p99_ms"]
+        ok = None if value is None else value < 1000 and e2e["missing"] == 0
+        add("end to end p99 (ms), webhook 202 -> incident record", value, "< 1000", ok)
+    memory = sections.get("memory")
+    if memory:
+        for kind, label in (("dedup", "dedup key"), ("correlate", "open incident")):
+            value = memory[kind]["bytes_per_key"]
+            add(f"memory bytes per {label}", value, "<= 400", value <= 400)
+    return out
+
+
+def write(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results["targets"] = targets(results)
+    json_path = out_dir / "results.json"
+    json_path.write_bytes(jsonio.dumps(results) + b"\n")
+    md_path = out_dir / "results.md"
+    md_path.write_text(render_md(results))
+    return json_path, md_path
+
+
+def _ok(results: dict[str, Any]) -> dict[str, Any]:
+    """The sections that finished (a failed one holds only its error)."""
+    return {k: v for k, v in results.get("sections", {}).items() if "error" not in v}
+
+
+def render_md(results: dict[str, Any]) -> str:
+    sections = _ok(results)
+    lines = ["## Performance", ""]
+    mode = (
+        "in **quick mode** (one run, small sizes, short loads: indicative only)"
+        if results["quick"]
+        else f"in full mode (medians of {results['runs']} runs)"
+    )
+    lines += [
+        f"Measured with `{results['command']}` {mode} on {results['date']}, "
+        f"in {results['duration_s']:.0f} s. Every speed is a ratio against a baseline measured "
+        "in the same invocation on the same machine, so the ratios carry over to other "
+        "machines far better than the absolute figures, which are shown for scale only.",
+        "",
+    ]
+    if results.get("note"):
+        lines += [f"> {results['note']}", ""]
+    for name, section in results.get("sections", {}).items():
+        if "error" in section:
+            lines += [f"> The {name} section FAILED: {section['error']}", ""]
+    lines += [
+        "| Measure | cfn | Baseline | Ratio | Target | Result |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    lines += _summary_rows(sections)
+    lines.append("")
+    lines += _ingest_detail(sections.get("ingest"))
+    lines += _pipeline_detail(sections.get("pipeline"))
+    lines += _e2e_detail(sections.get("e2e"))
+    lines += _memory_detail(sections.get("memory"), sections.get("pipeline"))
+    lines += _machine(results["machine"])
+    return "\n".join(lines) + "\n"
+
+
+def _summary_rows(sections: dict[str, Any]) -> list[str]:
+    rows: list[str] = []
+    ingest = sections.get("ingest")
+    if ingest:
+        wrk = ingest["wrk"]
+        load = f"wrk -t{wrk['threads']} -c{wrk['connections']} -d{wrk['duration_s']:.0f}s"
+        for entry in ingest["by_workers"]:
+            w = entry["workers"]
+            r = entry["ratio_cfn_vs_bare_kafka"]
+            rows.append(
+                f"| Ingest req/s, {w} process(es) ({load}) "
+                f"| {_num(entry['cfn']['ok_rps'])} "
+                f"| {_num(entry['bare_kafka']['ok_rps'])} (bare handler + same Kafka send) "
+                f"| {_num(r, 2)} | >= 0.8 | {_met(r, None if r is None else r >= 0.8)} |"
+            )
+            rows.append(
+                f"| Bare + Kafka vs bare HTTP, {w} process(es) "
+                f"| {_num(entry['bare_kafka']['ok_rps'])} "
+                f"| {_num(entry['bare_http']['ok_rps'])} (bare handler, no Kafka) "
+                f"| {_num(entry['ratio_bare_kafka_vs_bare_http'], 2)} | (cost of the ack) | |"
+            )
+            half = entry["half_rate"]
+            rows.append(
+                f"| Ingest p99 ms at {_num(half['rate'])} req/s (50% of peak), {w} process(es) "
+                f"| {_num(half['cfn']['p99_ms'], 1)} "
+                f"| {_num(half['bare_kafka']['p99_ms'], 1)} (bare + Kafka) "
+                f"| {_num(half['ratio_p99_cfn_vs_bare_kafka'], 2)} | | |"
+            )
+    pipeline = sections.get("pipeline")
+    if pipeline:
+        r = pipeline["ratio_cfn_vs_bare"]
+        rows.append(
+            f"| Pipeline events/s, one worker, {_num(pipeline['n'])} records "
+            f"| {_num(pipeline['cfn_one_eps'])} "
+            f"| {_num(pipeline['bare_eps'])} (bare Faust agent: iterate + orjson.loads) "
+            f"| {_num(r, 2)} | >= 1.5 as written; >= 0.67 read as bare/cfn <= 1.5 "
+            f"| {_met(r, None if r is None else r >= 1.5)} as written; "
+            f"{_met(r, None if r is None else r >= 1 / 1.5)} as bare/cfn <= 1.5 |"
+        )
+        r = pipeline["ratio_cfn_vs_bare_per_cpu"]
+        rows.append(
+            f"| Pipeline events per CPU-second, one worker "
+            f"| {_num(pipeline['cfn_one_eps_per_cpu_s'])} "
+            f"| {_num(pipeline['bare_eps_per_cpu_s'])} (bare agent) | {_num(r, 2)} | | |"
+        )
+        r = pipeline["ratio_two_vs_one"]
+        rows.append(
+            f"| Pipeline events/s, two workers in one group vs one (by committed offsets) "
+            f"| {_num(pipeline['cfn_two_committed_eps'])} "
+            f"| {_num(pipeline['cfn_one_committed_eps'])} (one worker) "
+            f"| {_num(r, 2)} | >= 1.8 | {_met(r, None if r is None else r >= 1.8)} |"
+        )
+        restore = pipeline.get("restore") or {}
+        if restore.get("runs"):
+            rows.append(
+                f"| Restart to ready (s) with {_num(restore['dedup_keys'])} dedup ids + "
+                f"{_num(restore['incident_keys'])} open incidents in the changelogs "
+                f"| {_num(restore['restore_ready_s'], 1)} "
+                f"| {_num(restore['fresh_ready_s'], 1)} (same worker, empty changelogs) "
+                f"| {_num(restore['ratio_restore_vs_fresh'], 2)} | | |"
+            )
+            recognised = bool(restore["state_recognised"])
+            rows.append(
+                "| Restart restores every key from the changelogs "
+                f"| {'yes' if recognised else 'NO'} | | | all keys "
+                f"| {_met(recognised, recognised)} |"
+            )
+    e2e = sections.get("e2e")
+    if e2e:
+        p99 = e2e["p99_ms"]
+        ok = None if p99 is None else p99 < 1000 and e2e["missing"] == 0
+        rows.append(
+            f"| End to end ms (202 -> incident record), p50 / p99 at "
+            f"{_num(e2e['rate'])} POST/s "
+            f"| {_num(e2e['p50_ms'])} / {_num(p99)} | | | p99 < 1000 | {_met(p99, ok)} |"
+        )
+        light = e2e.get("light") or {}
+        if light:
+            rows.append(
+                f"| End to end ms, p50 / p99 at a light {_num(light['rate'])} POST/s "
+                f"| {_num(light['p50_ms'])} / {_num(light['p99_ms'])} | | | | |"
+            )
+    memory = sections.get("memory")
+    if memory:
+        base = memory["dict"]
+        for kind, label in (("dedup", "live dedup key"), ("correlate", "open incident")):
+            entry = memory[kind]
+            value = entry["bytes_per_key"]
+            rows.append(
+                f"| Memory bytes per {label} ({_num(memory['keys'])} keys, lower bound) "
+                f"| {_num(value)} | {_num(base['bytes_per_key'])} (plain dict id -> int) "
+                f"| {_num(entry['ratio_bytes_vs_dict'], 2)} | <= 400 B "
+                f"| {_met(value, value <= 400)} |"
+            )
+    return rows
+
+
+def _ingest_detail(ingest: dict[str, Any] | None) -> list[str]:
+    if not ingest:
+        return []
+    lines = [
+        "### Ingest detail",
+        "",
+        f"POST of a {ingest['wrk']['body_bytes']}-byte health-check notification with a fresh "
+        "correlation id each time and the `cf-webhook-auth` header; medians over runs. "
+        "`bare+Kafka` is tests/bench/bare_ingest.py (same uvicorn options, same idempotent "
+        "acks=all lz4 producer, no key); `bare HTTP` is the same handler with no Kafka. "
+        "Latency at 50% of peak comes from tests/bench/rate_client.py (open loop, measured "
+        "from the scheduled send time, as wrk2 would; wrk2 is not installed).",
+        "",
+        "| Processes | Server | req/s | p50 ms | p99 ms | req per server CPU-s | non-2xx |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for entry in ingest["by_workers"]:
+        for name in ("cfn", "bare_kafka", "bare_http"):
+            s = entry[name]
+            lines.append(
+                f"| {entry['workers']} | {name} | {_num(s['ok_rps'])} | {_num(s['p50_ms'], 1)} "
+                f"| {_num(s['p99_ms'], 1)} | {_num(s['rps_per_cpu_s'])} | {s['non_2xx']} |"
+            )
+    lines.append("")
+    for entry in ingest["by_workers"]:
+        half = entry["half_rate"]
+        for name in ("cfn", "bare_kafka"):
+            h = half[name]
+            lines.append(
+                f"- {entry['workers']} process(es), {name} at {_num(half['rate'])} req/s: "
+                f"p50 {_num(h['p50_ms'], 1)} ms, p99 {_num(h['p99_ms'], 1)} ms "
+                f"(server share p99 {_num(h['service_p99_ms'], 1)} ms), sent at "
+                f"{_num(h['achieved_send_rate'])} req/s, statuses {h['statuses']}"
+            )
+    lines.append("")
+    return lines
+
+
+def _pipeline_detail(pipeline: dict[str, Any] | None) -> list[str]:
+    if not pipeline:
+        return []
+    lines = [
+        "### Pipeline detail",
+        "",
+        f"{_num(pipeline['n'])} raw records on {pipeline['partitions']} partitions from "
+        f"tests/workload.py ({_num(pipeline['unique_events'])} unique notifications, "
+        f"{_num(pipeline['incidents'])} START/END pairs, the rest redeliveries and one-offs), "
+        "read from the start by a fresh consumer group each run. One-process events/s run "
+        "from the first processed record to the N-th, or to the end of a "
+        f"{pipeline.get('box_s', 0):.0f} s time box if that comes first (startup excluded); "
+        "two-vs-one uses committed offsets for both sides, since a late joiner makes records "
+        "be re-delivered. The worker runs exactly-once (its default), the bare agent "
+        "at-least-once (Faust's default). Events per CPU-second divide by the process's own "
+        "user+system time over the same span.",
+        "",
+    ]
+    lines.append(
+        "| Run | bare agent ev/s | cfn one ev/s | cfn one ev per CPU-s | cfn one (commits) ev/s "
+        "| cfn two (commits) ev/s |"
+    )
+    lines.append("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    problems: list[str] = []
+    for i, run in enumerate(pipeline["runs"], 1):
+        lines.append(
+            f"| {i} | {_num(run['bare'].get('eps'))} | {_num(run['one'].get('eps'))} "
+            f"| {_num(run['one'].get('eps_per_cpu_s'))} "
+            f"| {_num(run['one'].get('committed_eps'))} | {_num(run['two'].get('committed_eps'))} |"
+        )
+        for which, label in (("bare", "bare agent"), ("one", "one worker"), ("two", "two workers")):
+            if "error" in run[which]:
+                problems.append(f"- Run {i}, {label}: **{run[which]['error']}**")
+    lines.append("")
+    if problems:
+        lines += ["Failures (the run's figure is missing from the medians):", "", *problems, ""]
+    restore = pipeline.get("restore") or {}
+    if restore.get("runs"):
+        lines += [
+            f"Restore: the changelogs of a fresh app id were filled (in one transaction, as the "
+            f"worker writes them) with {_num(restore['dedup_keys'])} dedup ids and "
+            f"{_num(restore['incident_keys'])} open incidents made by the real classes; the "
+            f"worker logged that it rebuilt exactly those: "
+            f"{'yes' if restore['state_recognised'] else 'NO'} (it logged "
+            + "; ".join(
+                f"{(r['full']['rebuilt'] or {}).get('dedup_keys', '?')} dedup ids and "
+                f"{(r['full']['rebuilt'] or {}).get('incident_keys', '?')} incidents, "
+                f"with {r['full'].get('changelog_highwaters_minus_one', '?')} of the 36 "
+                "changelog partitions at highwater -1, i.e. skipped as empty, in Faust's "
+                "recovery table: 12 are expected, the rates changelog being empty"
+                for r in restore["runs"]
+            )
+            + "). Time to /readyz 200: "
+            f"{_num(restore['restore_ready_s'], 1)} s, against "
+            f"{_num(restore['fresh_ready_s'], 1)} s with empty changelogs "
+            f"(median of {len(restore['runs'])}). "
+            + (
+                f"The restored worker's RSS grew by {_num(restore['worker_rss_bytes_per_key'])} "
+                "bytes per key (dedup ids and incidents together) over the empty one's: the "
+                "real cost per key in the worker."
+                if restore.get("worker_rss_bytes_per_key")
+                else "The worker's RSS per restored key is not reported: the keys were not "
+                "restored."
+            ),
+            "",
+        ]
+    elif restore.get("skipped"):
+        lines += [f"Restore time: {restore['skipped']}; the full bench measures it.", ""]
+    profile = pipeline.get("profile") or {}
+    if profile.get("top"):
+        lines += [
+            f"Where one worker spends its own time (py-spy, {profile['seconds']:.0f} s at "
+            f"100 Hz, {profile['samples']} busy samples; {profile['waiting_samples']} more "
+            "were event loops waiting in select and are left out; top 10 by own time):",
+            "",
+            "| Function | Own share |",
+            "| --- | ---: |",
+        ]
+        for item in profile["top"]:
+            lines.append(f"| `{item['function']}` | {item['share'] * 100:.1f}% |")
+        lines.append("")
+    elif profile.get("skipped"):
+        lines += [f"Profile not taken: {profile['skipped']}", ""]
+    return lines
+
+
+def _e2e_detail(e2e: dict[str, Any] | None) -> list[str]:
+    if not e2e:
+        return []
+    light = e2e.get("light") or {}
+    return [
+        "### End to end detail",
+        "",
+        f"START/END pairs POSTed through `cfn ingest` to one `cfn worker` at {_num(e2e['rate'])} "
+        f"POST/s ({e2e['rate_source']}) for {e2e['seconds']:.0f} s; a read_committed consumer "
+        f"of the incidents topic saw {e2e['incident_versions_seen']} of {e2e['accepted']} "
+        f"expected incident versions ({e2e['missing']} missing, failures {e2e['failures']}). "
+        f"From the 202: p50 {_num(e2e['p50_ms'])} ms, p99 {_num(e2e['p99_ms'])} ms, max "
+        f"{_num(e2e['max_ms'])} ms; from the send: p50 {_num(e2e['from_send_p50_ms'])} ms, "
+        f"p99 {_num(e2e['from_send_p99_ms'])} ms. Median latency of the first quarter of the "
+        f"POSTs {_num(e2e.get('first_quarter_p50_ms'))} ms, of the last quarter "
+        f"{_num(e2e.get('last_quarter_p50_ms'))} ms: "
+        + (
+            "**it grows, so the worker did not keep up with this rate** (a backlog built up). "
+            if (e2e.get("last_quarter_p50_ms") or 0) > 1.5 * (e2e.get("first_quarter_p50_ms") or 0)
+            else "steady, so the worker kept up. "
+        )
+        + "With exactly-once, records become visible "
+        "only when the worker's transaction commits (CFN_COMMIT_INTERVAL, 0.5 s by default), "
+        "which sets the floor of these figures.",
+        "",
+        f"At a light {_num(light.get('rate'))} POST/s (a tenth of that, measured first): p50 "
+        f"{_num(light.get('p50_ms'))} ms, p99 {_num(light.get('p99_ms'))} ms over "
+        f"{light.get('incident_versions_seen', 0)} incident versions "
+        f"({light.get('missing', 0)} missing).",
+        "",
+    ]
+
+
+def _memory_detail(memory: dict[str, Any] | None, pipeline: dict[str, Any] | None) -> list[str]:
+    if not memory:
+        return []
+    restore = (pipeline or {}).get("restore") or {}
+    real = (
+        f" The worker itself, measured in the pipeline section's restore, grew by "
+        f"{_num(restore['worker_rss_bytes_per_key'])} bytes per restored key (dedup ids and "
+        "incidents together)."
+        if restore.get("worker_rss_bytes_per_key")
+        else " Restore time and the worker's own RSS per key are measured in the pipeline "
+        "section (not run in this invocation)."
+    )
+    return [
+        "### Memory detail",
+        "",
+        f"RSS growth (VmRSS) of a fresh process filling {_num(memory['keys'])} keys into "
+        "`Deduplicator` (store plus expiry index) and `Correlator` (one open incident per "
+        "START: the state dict plus its timer), over plain dicts, every string a fresh "
+        "object as parsing makes them. The worker's real store is a Faust in-memory table, a "
+        "dict underneath plus Faust's bookkeeping, so these are lower bounds. "
+        f"Fill speed relative to the plain dict: dedup "
+        f"{_num(memory['dedup']['ratio_speed_vs_dict'], 2)}, correlate "
+        f"{_num(memory['correlate']['ratio_speed_vs_dict'], 2)}." + real,
+        "",
+    ]
+
+
+def _machine(machine: dict[str, Any]) -> list[str]:
+    packages = ", ".join(f"{k} {v}" for k, v in machine["packages"].items())
+    return [
+        "### Machine",
+        "",
+        f"- CPU: {machine['cpu_model']}; nproc: {machine['nproc']}; "
+        f"load average at start: {' '.join(machine['loadavg_at_start'])}",
+        f"- Kernel {machine['kernel']}; Python {machine['python']}; Apache Kafka "
+        f"{machine['kafka']} ({machine['java']}); {machine['wrk']}",
+        f"- {packages}",
+        "",
+        "```",
+        "$ free -g",
+        machine["free_g"],
+        "```",
+    ]

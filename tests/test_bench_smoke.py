@@ -1,0 +1,104 @@
+"""Keeps the benchmark harness (tests/bench) from rotting: its cheapest sections, tiny sizes.
+
+It checks that the harness measures something real (finite positive ratios, every server
+answering 2xx, the files it promises), not how fast cfn is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas import jsonio
+from tests.bench.cli import run_bench
+from tests.bench.core import Sizes
+from tests.bench.load import parse_wrk, webhook_body
+
+pytestmark = pytest.mark.broker
+
+WRK_REPORT = """Running 1s test @ http://127.0.0.1:1/webhooks/cloudflare
+  2 threads and 8 connections
+  Latency Distribution
+     50%  812.00us
+     75%    1.10ms
+     90%    1.50ms
+     99%    2.31s
+  1500 requests in 1.00s, 200.00KB read
+  Non-2xx or 3xx responses: 12
+Requests/sec:   1500.00
+"""
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_parse_wrk_reads_units_and_failures() -> None:
+    result = parse_wrk(WRK_REPORT)
+    assert result.requests == 1500 and result.non_2xx == 12
+    assert result.ok_rps == pytest.approx(1488.0)
+    assert result.p50_ms == pytest.approx(0.812)
+    assert result.p99_ms == pytest.approx(2310.0)
+
+
+def test_webhook_body_is_realistic() -> None:
+    body = webhook_body("corr-1")
+    assert 600 <= len(body) <= 1024
+    assert jsonio.loads(body)["alert_correlation_id"] == "corr-1"
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_quick_ingest_and_memory_sections(kafka: str, tmp_path: Path) -> None:
+    sizes = dataclasses.replace(
+        Sizes.fast(),
+        wrk_duration=1.0,
+        wrk_connections=16,
+        ingest_workers=(1,),
+        half_rate_duration=1.0,
+        memory_keys=5_000,
+    )
+    results = run_bench(
+        sizes,
+        ["ingest", "memory"],
+        out_dir=tmp_path,
+        command="pytest tests/test_bench_smoke.py",
+        bootstrap=kafka,
+    )
+
+    written = jsonio.loads((tmp_path / "results.json").read_bytes())
+    assert set(written) >= {"command", "quick", "machine", "sections", "targets", "date"}
+    assert written["quick"] is True and written["machine"]["nproc"]
+    sections = written["sections"]
+    assert set(sections) == {"ingest", "memory"}
+    assert not any("error" in s for s in sections.values()), results["sections"]
+
+    (entry,) = sections["ingest"]["by_workers"]
+    for name in ("cfn", "bare_kafka", "bare_http"):
+        assert positive(entry[name]["ok_rps"]), entry[name]
+        assert entry[name]["non_2xx"] == 0 and entry[name]["socket_errors"] == 0
+        assert positive(entry[name]["p99_ms"])
+    assert positive(entry["ratio_cfn_vs_bare_kafka"])
+    assert positive(entry["ratio_bare_kafka_vs_bare_http"])
+    for name in ("cfn", "bare_kafka"):
+        half = entry["half_rate"][name]
+        assert half["ok"] == half["sent"] > 0, half
+        assert positive(half["p99_ms"])
+
+    memory = sections["memory"]
+    for kind in ("dict", "dedup", "correlate"):
+        assert memory[kind]["live"] == 5_000
+        assert positive(memory[kind]["bytes_per_key"])
+    assert positive(memory["dedup"]["ratio_bytes_vs_dict"])
+
+    names = {t["name"] for t in written["targets"]}
+    assert "ingest req/s cfn / bare+Kafka, 1 process(es)" in names
+    assert "memory bytes per dedup key" in names
+    markdown = (tmp_path / "results.md").read_text()
+    assert markdown.startswith("## Performance")
+    assert "quick mode" in markdown and "pytest tests/test_bench_smoke.py" in markdown
+    assert "| Ingest req/s, 1 process(es)" in markdown
