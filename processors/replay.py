@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -160,9 +161,17 @@ def process(settings: WorkerSettings, records: Iterable[Any]) -> list[Output]:
         for out in pipeline.on_tick(FAR_FUTURE, partition):
             if out.role != "rate-input":
                 outputs.append(out)
+    # Rates see the same partitions as live (the rate-input topic is keyed by alert_type), so
+    # each partition's watermark, and so each late/on-time decision, matches the live run's.
+    partitioner = DefaultPartitioner()
+    every = list(range(settings.partitions))
+    used: set[int] = set()
     for out in rate_inputs:
-        outputs.extend(pipeline.on_rate_input(out.value, 0))
-    outputs.extend(pipeline.finish_rates(0, int(FAR_FUTURE)))
+        target = partitioner(out.key, every, every)
+        used.add(target)
+        outputs.extend(pipeline.on_rate_input(out.value, target))
+    for target in sorted(used):
+        outputs.extend(pipeline.finish_rates(target, int(FAR_FUTURE)))
     return outputs
 
 
