@@ -12,7 +12,7 @@ class Deduplicator:
     """Answers "seen this notification within the window?" over a plain mapping.
 
     The mapping (a changelog-backed Faust table in production, a dict in tests) maps
-    event_id -> [first_seen_epoch_s, partition, source_offset]. Time comes from the records
+    event_id -> [first_seen_epoch_s, partition]. Time comes from the records
     themselves (ingest's received_at), so a replay of the same range decides as the live run
     did. An in-memory index orders keys by first sighting so expiry is O(expired), not a scan; it
     is derived data, rebuilt from the mapping after a restart or rebalance.
@@ -27,25 +27,16 @@ class Deduplicator:
     def rebuild(self, items: Iterable[tuple[str, list[int]]]) -> None:
         """Re-derive the expiry index from the store's contents."""
         per_partition: dict[int, list[tuple[int, str]]] = {}
-        for key, (first_seen, partition, *_offset) in items:
+        for key, (first_seen, partition) in items:
             per_partition.setdefault(partition, []).append((first_seen, key))
         self._order = {p: deque(sorted(entries)) for p, entries in per_partition.items()}
 
-    def is_duplicate(
-        self, event_id: str, now: int, partition: int, offset: int | None = None
-    ) -> bool:
-        """True for a redelivery within the window; otherwise records the sighting.
-
-        A sighting at the same source offset is the same record handled again (its first
-        handling was rolled back: an aborted transaction whose table write is still in memory),
-        not a redelivery, so it is not a duplicate.
-        """
+    def is_duplicate(self, event_id: str, now: int, partition: int) -> bool:
+        """True for a redelivery within the window; otherwise records the sighting."""
         seen = self.store.get(event_id)
-        same_record = seen is not None and seen[1:] == [partition, offset]
-        if seen is not None and now - seen[0] < self.window_s and not same_record:
+        if seen is not None and now - seen[0] < self.window_s:
             return True
-        entry = [now, partition] if offset is None else [now, partition, offset]
-        self.store[event_id] = entry
+        self.store[event_id] = [now, partition]
         self._order.setdefault(partition, deque()).append((now, event_id))
         return False
 

@@ -173,7 +173,7 @@ class Pipeline:
 
         n = result
         label = type_label(n.alert_type)
-        if self.dedup.is_duplicate(n.event_id, received_at // 1000, partition, offset):
+        if self.dedup.is_duplicate(n.event_id, received_at // 1000, partition):
             self.metrics.duplicates.labels(label).inc()
             return []
         return self._unique(n, key, source, label)
