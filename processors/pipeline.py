@@ -217,7 +217,6 @@ class Pipeline:
             self.metrics.incidents_closed.labels(label, incident.close_reason).inc()
             if incident.state == "resolved" and incident.duration_s is not None:
                 self.metrics.incident_duration.labels(label).observe(max(0, incident.duration_s))
-        self._publish_open()
         return Output("incidents", key, jsonio.dumps(incident))
 
     def _publish_open(self) -> None:
@@ -233,6 +232,9 @@ class Pipeline:
     def on_tick(self, now: float, partition: int) -> list[Output]:
         """A timer tick for one raw partition: expiry, orphan release, dedup TTL."""
         self.dedup.expire(now, partition)
+        # The open-incident gauge is refreshed once a tick, not once per incident record: it
+        # walks every alert type, which the per-event path should not pay for.
+        self._publish_open()
         outputs = []
         for incident in self.correlator.tick(now, partition):
             key = incident_key(
