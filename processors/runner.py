@@ -69,7 +69,6 @@ def run_all(port: int = 9092) -> int:
         **os.environ,
         "CFN_KAFKA_BOOTSTRAP": kafka.bootstrap,
         "CFN_INGEST_SECRET": secret,
-        "CFN_WORKER_DATA_DIR": str(LOCAL / "worker"),
     }
     ingest_port = env.setdefault("CFN_INGEST_PORT", "8080")
     host = env.setdefault("CFN_INGEST_HOST", "127.0.0.1")

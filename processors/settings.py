@@ -51,7 +51,6 @@ class WorkerSettings:
     dlq_alarm_sample: int = 1000
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
-    data_dir: str = ".local/worker"
 
     def topic(self, role: str) -> str:
         return topic_names(self.topic_prefix)[role]
@@ -97,5 +96,4 @@ class WorkerSettings:
             dlq_alarm_sample=env.integer("CFN_DLQ_ALARM_SAMPLE", cls.dlq_alarm_sample, minimum=1),
             metrics_host=env.text("CFN_WORKER_METRICS_HOST", cls.metrics_host),
             metrics_port=env.integer("CFN_WORKER_METRICS_PORT", cls.metrics_port),
-            data_dir=env.text("CFN_WORKER_DATA_DIR", cls.data_dir),
         )

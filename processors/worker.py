@@ -1,44 +1,43 @@
-"""Running `cfn worker`: topics, the Faust worker, and the metrics/health HTTP endpoint."""
+"""Running `cfn worker`: topics, the engine, and the metrics/health HTTP endpoint."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import signal
 import sys
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from ingest.topics import ensure_topics
-from processors.agents import Runtime, register
-from processors.app import TABLES, build_app
 from processors.clock import wall_clock
+from processors.engine import TABLES, ChangelogTable, Engine, changelog_topic
 from processors.metrics import WorkerMetrics
 from processors.pipeline import Pipeline
 from processors.settings import WorkerSettings
 from schemas.config import ConfigError
 
 log = logging.getLogger("cfn.worker")
-TOPIC_ROLES = ("raw", "dlq", "events", "incidents", "rates", "ticks", "rate-input")
+TOPIC_ROLES = ("raw", "dlq", "events", "incidents", "rates", "rate-input")
 
 
-def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Any, Runtime]:
-    """The Faust app with its agents wired to a pipeline over its tables."""
-    cfn = build_app(settings)
+def build(settings: WorkerSettings, registry: CollectorRegistry) -> Engine:
+    """The engine with a pipeline over its changelog-backed tables."""
+    tables = {name: ChangelogTable(name, changelog_topic(settings.app_id, name)) for name in TABLES}
     pipeline = Pipeline(
         settings,
-        cfn.dedup,
-        cfn.incidents,
-        cfn.rates,
+        tables["dedup"],
+        tables["incidents"],
+        tables["rates"],
         WorkerMetrics.create(registry),
         wall_clock,
     )
-    return cfn, register(cfn, pipeline)
+    return Engine(settings, pipeline, tables)
 
 
-def metrics_app(registry: CollectorRegistry, runtime: Runtime) -> web.Application:
+def metrics_app(registry: CollectorRegistry, engine: Engine) -> web.Application:
     async def metrics(_request: web.Request) -> web.Response:
         return web.Response(
             body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
@@ -48,10 +47,13 @@ def metrics_app(registry: CollectorRegistry, runtime: Runtime) -> web.Applicatio
         return web.json_response({"status": "ok"})
 
     async def readyz(_request: web.Request) -> web.Response:
-        app = runtime.cfn.app
-        ready = runtime.ready and not app.rebalancing
+        ready = engine.ready
         return web.json_response(
-            {"status": "ready" if ready else "not_ready", "processed": runtime.processed},
+            {
+                "status": "ready" if ready else "not_ready",
+                "processed": engine.processed,
+                "partitions": sorted(engine.tasks),
+            },
             status=200 if ready else 503,
         )
 
@@ -64,46 +66,55 @@ def metrics_app(registry: CollectorRegistry, runtime: Runtime) -> web.Applicatio
 
 def run() -> int:
     """Foreground entry for `cfn worker`; SIGINT/SIGTERM stop it cleanly."""
-    import faust
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    level = os.environ.get("CFN_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("cfn").setLevel(level)
     try:
         settings = WorkerSettings.from_env()
     except ConfigError as exc:
         print(f"cfn worker: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_ensure(settings))
-    registry = CollectorRegistry()
-    cfn, runtime = build(settings, registry)
-    app = cfn.app
-
-    @app.task
-    async def serve_metrics() -> None:
-        runner = web.AppRunner(metrics_app(registry, runtime), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
-        await site.start()
-        print(
-            f"cfn worker: metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics",
-            flush=True,
-        )
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
-
-    level = os.environ.get("CFN_LOG_LEVEL", "WARNING").upper()
-    worker = faust.Worker(app, loglevel=level, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    try:
+        asyncio.run(serve(settings))
+    except KafkaUnreachable as exc:
+        print(f"cfn worker: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
+class KafkaUnreachable(Exception):
+    pass
+
+
+async def serve(settings: WorkerSettings) -> None:
+    await _ensure(settings)
+    registry = CollectorRegistry()
+    engine = build(settings, registry)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(metrics_app(registry, engine), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
+    await site.start()
+    print(
+        f"cfn worker: metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics",
+        flush=True,
+    )
+    try:
+        await engine.start()
+        await engine.run(stop)
+    finally:
+        await runner.cleanup()
+
+
 async def _ensure(settings: WorkerSettings) -> None:
-    """Create cfn's topics with CFN_PARTITIONS, waiting for Kafka if it is not up yet."""
+    """Create cfn's topics and the changelogs, waiting for Kafka if it is not up yet."""
     roles = [(role, settings.topic(role)) for role in TOPIC_ROLES]
-    # Faust would create the changelogs itself, but a worker that sees its first record before
-    # their metadata arrives crashes with PartitionsMismatch; creating them first avoids it.
-    roles += [("changelog", f"{settings.app_id}-{table}-changelog") for table in TABLES]
+    roles += [("changelog", changelog_topic(settings.app_id, table)) for table in TABLES]
     for attempt in range(120):
         try:
             await ensure_topics(
@@ -114,4 +125,4 @@ async def _ensure(settings: WorkerSettings) -> None:
             if attempt % 10 == 0:
                 log.warning("waiting for Kafka at %s (%s)", settings.bootstrap, type(exc).__name__)
             await asyncio.sleep(1.0)
-    raise SystemExit("cfn worker: Kafka did not become reachable")
+    raise KafkaUnreachable(f"Kafka at {settings.bootstrap} did not become reachable")

@@ -97,5 +97,5 @@ class Env:
 
 def topic_names(prefix: str) -> dict[str, str]:
     """Every topic cfn uses, by role, under one prefix (CFN_TOPIC_PREFIX)."""
-    roles = ("raw", "events", "incidents", "rates", "dlq", "ticks", "rate-input")
+    roles = ("raw", "events", "incidents", "rates", "dlq", "rate-input")
     return {role: f"{prefix}{role}" for role in roles}

@@ -166,7 +166,6 @@ def start_worker(
                 "CFN_APP_ID": app_id,
                 "CFN_PARTITIONS": str(partitions),
                 "CFN_WORKER_METRICS_PORT": str(port),
-                "CFN_WORKER_DATA_DIR": str(tmp / f"worker-{port}"),
                 "CFN_TICK_INTERVAL": "0.5s",
                 **(env or {}),
             }
