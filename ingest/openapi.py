@@ -71,9 +71,16 @@ def openapi_document(settings: IngestSettings) -> dict[str, Any]:
                         },
                         "400": _error("Not a JSON object; the body went to the dead-letter topic."),
                         "401": _error("Missing or wrong cf-webhook-auth."),
-                        "408": _error("The body did not arrive within the body timeout."),
+                        "408": _error(
+                            "The head or the body did not arrive within its timeout "
+                            "(the connection is closed)."
+                        ),
                         "413": _error(f"Body over {settings.max_body} bytes."),
                         "429": _error("Too many requests in flight.", retry=True),
+                        "431": _error(
+                            f"Request head over {settings.max_header_bytes} bytes "
+                            "(the connection is closed)."
+                        ),
                         "500": _error("Kafka rejected the write permanently.", retry=True),
                         "503": _error("Kafka did not acknowledge in time.", retry=True),
                     },

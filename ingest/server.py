@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from ingest.app import IngestApp
 from ingest.auth import SecretIndex, SecretsError
+from ingest.protocol import guarded_protocol
 from ingest.settings import IngestSettings
 from ingest.sink import KafkaSink
 from schemas.config import ConfigError
@@ -84,11 +85,14 @@ def serve(workers: int = 1, allow_unauthenticated: bool = False) -> int:
         port=settings.port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(settings.max_header_bytes, settings.header_timeout),
         lifespan="on",
         access_log=False,
         log_level="warning",
         timeout_keep_alive=15,
-        limit_concurrency=settings.max_inflight * 4,
+        # No connection cap: it counted idle and unfinished connections, so a few thousand
+        # silent sockets locked every client out. In-flight requests are capped by the app
+        # (429), heads by size and time (ingest/protocol.py), bodies by CFN_INGEST_BODY_TIMEOUT.
+        limit_concurrency=None,
     )
     return 0

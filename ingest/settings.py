@@ -24,6 +24,8 @@ class IngestSettings:
     ack_timeout: float = 3.0
     max_inflight: int = 512
     body_timeout: float = 10.0
+    max_header_bytes: int = 32 * 1024
+    header_timeout: float = 5.0
     linger_ms: int = 0
     compression: str = "lz4"
     partitions: int = 12
@@ -61,6 +63,10 @@ class IngestSettings:
             ack_timeout=env.duration("CFN_INGEST_ACK_TIMEOUT", cls.ack_timeout),
             max_inflight=env.integer("CFN_INGEST_MAX_INFLIGHT", cls.max_inflight, minimum=1),
             body_timeout=env.duration("CFN_INGEST_BODY_TIMEOUT", cls.body_timeout),
+            max_header_bytes=env.integer(
+                "CFN_INGEST_MAX_HEADER_BYTES", cls.max_header_bytes, minimum=1024
+            ),
+            header_timeout=env.duration("CFN_INGEST_HEADER_TIMEOUT", cls.header_timeout),
             linger_ms=env.integer("CFN_INGEST_LINGER_MS", cls.linger_ms),
             compression=compression,
             partitions=env.integer("CFN_PARTITIONS", cls.partitions, minimum=1),

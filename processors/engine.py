@@ -377,13 +377,17 @@ class Engine:
                 await self._open_tasks(new)
             self._rebuild_indexes()
             self.ready = True
+            t = self.tables
             log.info(
-                "assigned partitions %s (%d new, %d released) in %.2fs: %s",
+                "state rebuilt for partitions %s: %d dedup ids, %d incidents, %d rate keys "
+                "in %.2fs (%d partitions new, %d released)",
                 sorted(mine),
+                len(t["dedup"]),
+                len(t["incidents"]),
+                len(t["rates"]),
+                time.monotonic() - started,
                 len(new),
                 len(gone),
-                time.monotonic() - started,
-                ", ".join(f"{name} {len(t)} keys" for name, t in self.tables.items()),
             )
 
     async def _open_tasks(self, partitions: list[int]) -> None:

@@ -60,14 +60,7 @@ def assert_exactly_once(
     resolved = [i for i in incidents if i["state"] == "resolved"]
     assert all(i["duration_s"] is not None and i["duration_s"] >= 30 for i in resolved)
     missing = expected_ids - set(ids)
-    if missing:
-        # Known, open defect (README "Exactly once"): after a restart or a rebalance,
-        # faust-streaming 0.15 sometimes never hands the agent some records. cfn detects and
-        # rewinds the cases it can see; this reports, every time, the ones it cannot.
-        pytest.xfail(
-            f"KNOWN DEFECT: {len(missing)} of {len(expected_ids)} notifications lost "
-            f"(no duplicates); resolved incidents {len(resolved)}/{pairs}"
-        )
+    assert not missing, f"{len(missing)} of {len(expected_ids)} notifications lost"
     assert len(resolved) == pairs
 
 

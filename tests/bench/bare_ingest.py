@@ -96,6 +96,10 @@ def create_app() -> BareIngest:
 def main() -> None:
     import uvicorn
 
+    from ingest.protocol import guarded_protocol
+    from ingest.settings import IngestSettings
+
+    defaults = IngestSettings()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
@@ -107,12 +111,12 @@ def main() -> None:
         port=int(os.environ["BENCH_BARE_PORT"]),
         workers=args.workers,
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(defaults.max_header_bytes, defaults.header_timeout),
         lifespan="on",
         access_log=False,
         log_level="warning",
         timeout_keep_alive=15,
-        limit_concurrency=512 * 4,
+        limit_concurrency=None,
     )
 
 

@@ -56,7 +56,7 @@ from tests.services import Process, free_port, start_worker, wait_ready
 from tests.workload import build
 
 PARTITIONS = 12
-TOPIC_ROLES = ("raw", "dlq", "events", "incidents", "rates", "ticks", "rate-input")
+TOPIC_ROLES = ("raw", "dlq", "events", "incidents", "rates", "rate-input")
 WORKER_ENV = {"CFN_TICK_INTERVAL": "1s"}  # the product default; tests/services uses 0.5 s
 
 
@@ -334,9 +334,7 @@ def _start_cfn(
 
 
 def _fresh_group(ctx: Context, pre: Prefilled, app_id: str) -> None:
-    asyncio.run(
-        start_group_at_end(ctx.bootstrap, app_id, [f"{pre.prefix}ticks", f"{pre.prefix}rate-input"])
-    )
+    asyncio.run(start_group_at_end(ctx.bootstrap, app_id, [f"{pre.prefix}rate-input"]))
 
 
 def _stop(processes: list[Process]) -> None:
@@ -420,7 +418,7 @@ def run_two(ctx: Context, pre: Prefilled, app_id: str) -> dict[str, Any]:
 
 
 def synthetic_state(keys: int, now_s: int) -> dict[str, list[tuple[bytes, bytes, int]]]:
-    """Changelog records (key, value, partition) as the worker's tables write them (JSON key,
+    """Changelog records (key, value, partition) as the worker's tables write them (UTF-8 key,
     JSON value), for `keys` dedup ids and keys // 4 open incidents, made by the real classes."""
     from processors.correlate import Correlator
     from processors.dedup import Deduplicator
@@ -456,9 +454,9 @@ def synthetic_state(keys: int, now_s: int) -> dict[str, list[tuple[bytes, bytes,
             i % PARTITIONS,
         )
     return {
-        "dedup": [(jsonio.dumps(k), jsonio.dumps(v), v[1]) for k, v in dedup_store.items()],
+        "dedup": [(k.encode(), jsonio.dumps(v), v[1]) for k, v in dedup_store.items()],
         "incidents": [
-            (jsonio.dumps(k), jsonio.dumps(v), int(v["p"])) for k, v in incident_store.items()
+            (k.encode(), jsonio.dumps(v), int(v["p"])) for k, v in incident_store.items()
         ],
     }
 
@@ -503,19 +501,7 @@ def _time_to_ready(ctx: Context, pre: Prefilled, app_id: str) -> dict[str, Any]:
         "ready_s": ready_s,
         "rss": rss,
         "rebuilt": rebuilt(process.output),
-        "changelog_highwaters_minus_one": highwaters_minus_one(process.output),
     }
-
-
-def highwaters_minus_one(log: str) -> int | None:
-    """How many changelog partitions Faust's first "Highwater for active changelog
-    partitions" table (logged at INFO) shows as -1, i.e. empty: recovery skips those."""
-    start = log.find("Highwater for active changelog partitions")
-    if start < 0:
-        return None
-    end = log.find("+ \n", start)
-    table = log[start : end if end > 0 else None]
-    return len(re.findall(r"\|\s+\d+\s+\|\s+-1\s+\|", table))
 
 
 def measure_restore(ctx: Context, pre: Prefilled, empties: list[dict[str, Any]]) -> dict[str, Any]:

@@ -316,10 +316,7 @@ def _pipeline_detail(pipeline: dict[str, Any] | None) -> list[str]:
             f"{'yes' if restore['state_recognised'] else 'NO'} (it logged "
             + "; ".join(
                 f"{(r['full']['rebuilt'] or {}).get('dedup_keys', '?')} dedup ids and "
-                f"{(r['full']['rebuilt'] or {}).get('incident_keys', '?')} incidents, "
-                f"with {r['full'].get('changelog_highwaters_minus_one', '?')} of the 36 "
-                "changelog partitions at highwater -1, i.e. skipped as empty, in Faust's "
-                "recovery table: 12 are expected, the rates changelog being empty"
+                f"{(r['full']['rebuilt'] or {}).get('incident_keys', '?')} incidents"
                 for r in restore["runs"]
             )
             + "). Time to /readyz 200: "

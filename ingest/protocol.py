@@ -1,0 +1,110 @@
+"""uvicorn's httptools protocol with the two limits it lacks: header size and header time.
+
+uvicorn + httptools buffer a request head of any size and wait for it forever; a client that
+sends a 64 MiB header, or opens sockets and never finishes a head, costs memory or sockets until
+it leaves. This subclass answers such a connection and closes it:
+
+* more than `max_header_bytes` received before the head is complete -> 431;
+* the head not complete `header_timeout` seconds after its first byte (or after the connection
+  opened) -> 408.
+
+Both answers are JSON like the app's own errors, and neither reaches the app, so neither needs a
+secret. Idle keep-alive connections stay under uvicorn's own `timeout_keep_alive`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from schemas import jsonio
+
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+def _answer(status: int, error: str, message: str) -> bytes:
+    body = jsonio.dumps({"error": error, "message": message})
+    return b"".join(
+        [
+            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+def guarded_protocol(max_header_bytes: int, header_timeout: float) -> type[HttpToolsProtocol]:
+    """A protocol class for `uvicorn.run(http=...)` with these limits."""
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._in_head = True
+            self._head_bytes = 0
+            self._head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._in_head:
+                self._head_bytes += len(data)
+                if self._head_timer is None:
+                    self._arm()
+            super().data_received(data)
+            if self._in_head and self._head_bytes > max_header_bytes:
+                self._refuse(
+                    431,
+                    "header_too_large",
+                    f"request head over {max_header_bytes} bytes (CFN_INGEST_MAX_HEADER_BYTES)",
+                )
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            # The next bytes on this connection start a new head; uvicorn's keep-alive timer
+            # covers the wait for them, ours starts with their first byte.
+            if not self.pipeline:  # a pipelined request's head is already parsed
+                self._in_head = True
+                self._head_bytes = 0
+            super().on_response_complete()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self._in_head:
+                self._refuse(
+                    408,
+                    "header_timeout",
+                    f"request head not complete within {header_timeout:g}s "
+                    "(CFN_INGEST_HEADER_TIMEOUT)",
+                )
+
+        def _refuse(self, status: int, error: str, message: str) -> None:
+            self._in_head = False
+            self._disarm()
+            if not self.transport.is_closing():
+                self.transport.write(_answer(status, error, message))
+                self.transport.close()
+
+    return GuardedHttpToolsProtocol
