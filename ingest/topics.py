@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,28 @@ def topic_config(role: str, replication: int) -> dict[str, str]:
     if replication >= 3:
         config["min.insync.replicas"] = "2"
     return config
+
+
+async def _visible(admin: AIOKafkaAdminClient, names: list[str], timeout: float) -> None:
+    """Wait until the cluster's metadata shows every new topic with a leader per partition:
+    a client that asks sooner is told the topic does not exist."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        cluster = await admin._client.fetch_all_metadata()  # no public metadata call on admin
+        missing = [
+            n
+            for n in names
+            if not cluster.partitions_for_topic(n)
+            or any(
+                cluster.leader_for_partition(TopicPartition(n, p)) in (None, -1)
+                for p in cluster.partitions_for_topic(n) or ()
+            )
+        ]
+        if not missing:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"topics {missing} created but not visible in metadata")
+        await asyncio.sleep(0.1)
 
 
 async def ensure_topics(
@@ -59,6 +83,8 @@ async def ensure_topics(
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass
+        if created:
+            await _visible(admin, created, timeout_ms / 1000)
     finally:
         await admin.close()
     if created:

@@ -35,6 +35,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from processors.pipeline import Output, Pipeline, header_map
@@ -144,6 +145,8 @@ class Engine:
         self._consumer: AIOKafkaConsumer | None = None
         self._shared: AIOKafkaProducer | None = None  # at least once: one plain producer
         self._closing = False
+        self.copartitioned = False  # set at start when every topic has CFN_PARTITIONS partitions
+        self._rate_partitions: dict[bytes, int] = {}
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -169,8 +172,24 @@ class Engine:
         if not self.exactly_once:
             self._shared = self._producer(None)
             await self._shared.start()
-        self._consumer.subscribe([self.raw_topic, self.rate_topic], listener=_Listener(self))
         await self._consumer.start()
+        self.copartitioned = await self._copartitioned()
+        self._consumer.subscribe([self.raw_topic, self.rate_topic], listener=_Listener(self))
+
+    async def _copartitioned(self) -> bool:
+        """True when the inputs and every output have exactly CFN_PARTITIONS partitions."""
+        cluster = await self.consumer._client.fetch_all_metadata()
+        topics = {self.raw_topic, *self.topics.values()}
+        counts = {len(cluster.partitions_for_topic(t) or ()) for t in topics}
+        if counts != {self.settings.partitions}:
+            log.warning(
+                "topic partition counts %s differ from CFN_PARTITIONS=%d: outputs are "
+                "partitioned by key hash, not by their input partition",
+                sorted(counts),
+                self.settings.partitions,
+            )
+            return False
+        return True
 
     def _producer(self, partition: int | None) -> AIOKafkaProducer:
         s = self.settings
@@ -294,10 +313,32 @@ class Engine:
     async def _send(self, task: Task, outputs: Iterable[Output]) -> None:
         producer = task.producer
         for out in outputs:
+            partition = out.partition
+            if partition is None:
+                partition = self._partition_for(out, task.partition)
             future = await producer.send(
-                self.topics[out.role], value=out.value, key=out.key, partition=out.partition
+                self.topics[out.role], value=out.value, key=out.key, partition=partition
             )
             task.pending.append(future)
+
+    def _partition_for(self, out: Output, source: int) -> int | None:
+        """Where a keyed output goes, without aiokafka's pure-Python murmur2 per record.
+
+        Outputs keyed like their input (events, incidents, dead letters from raw p; rates from
+        rate-input p) go to partition p: the producer that wrote the input hashed the same key
+        over the same partition count. Rate inputs (keyed by alert_type, a small set) use the
+        Java client's partitioner once per distinct key.
+        """
+        if out.role != "rate-input":
+            return source if self.copartitioned else None
+        partition = self._rate_partitions.get(out.key)
+        if partition is None:
+            if len(self._rate_partitions) > 100_000:
+                self._rate_partitions.clear()
+            everything = list(range(self.settings.partitions))
+            partition = DefaultPartitioner()(out.key, everything, everything)
+            self._rate_partitions[out.key] = partition
+        return partition
 
     # ---- commits ----------------------------------------------------------------------------
 
@@ -316,15 +357,19 @@ class Engine:
                 task.pending.append(future)
         offsets, pending = dict(task.offsets), task.pending
         task.pending = []
+        await task.producer.flush()
+        for future in pending:
+            if not future.done():
+                await future
+            elif future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+        # Every output and changelog write is acknowledged: now the offsets, atomically.
         if self.exactly_once:
             if offsets:
                 await task.producer.send_offsets_to_transaction(offsets, self.settings.app_id)
             await task.producer.commit_transaction()
-            await asyncio.gather(*pending)  # all delivered: commit succeeded only if they did
-        else:
-            await asyncio.gather(*pending)
-            if offsets:
-                await self.consumer.commit(offsets)
+        elif offsets:
+            await self.consumer.commit(offsets)
         task.open = False
 
     async def _guarded(self, partition: int, step: Any, *args: Any) -> None:

@@ -116,6 +116,16 @@ class Pipeline:
         )
         self.brake = DlqBrake(settings.dlq_alarm_sample, settings.dlq_alarm_ratio)
         self.last_offset: dict[int, int] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, memoised: the per-event path pays a dict lookup, not
+        prometheus-client's label validation and lock. Only for series never removed."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     # ---- recovery ---------------------------------------------------------------------------
 
@@ -174,13 +184,13 @@ class Pipeline:
         n = result
         label = type_label(n.alert_type)
         if self.dedup.is_duplicate(n.event_id, received_at // 1000, partition):
-            self.metrics.duplicates.labels(label).inc()
+            self._child(self.metrics.duplicates, label).inc()
             return []
         return self._unique(n, key, source, label)
 
     def _unique(self, n: Notification, key: bytes, source: Source, label: str) -> list[Output]:
         metrics = self.metrics
-        metrics.notifications.labels(label, event_label(n.event)).inc()
+        self._child(metrics.notifications, label, event_label(n.event)).inc()
         if n.alert_type is not None and n.alert_type not in _KNOWN:
             metrics.unknown_types.inc()
         metrics.delivery_delay.observe(max(0.0, n.received_at / 1000 - n.ts))
@@ -271,8 +281,10 @@ class Pipeline:
         outputs = []
         for record in records:
             if record.scope == "type":
-                self.metrics.rate_per_minute.labels(
-                    type_label(record.alert_type), f"{record.window_s}s"
+                self._child(
+                    self.metrics.rate_per_minute,
+                    type_label(record.alert_type),
+                    f"{record.window_s}s",
                 ).set(record.rate_per_min)
             outputs.append(
                 Output("rates", (record.alert_type or "").encode(), jsonio.dumps(record))

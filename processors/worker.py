@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -77,7 +78,8 @@ def run() -> int:
         print(f"cfn worker: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(settings))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(settings))
     except KafkaUnreachable as exc:
         print(f"cfn worker: {exc}", file=sys.stderr)
         return 1
