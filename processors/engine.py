@@ -206,6 +206,10 @@ class Engine:
             enable_idempotence=True,
             compression_type="lz4",
             linger_ms=5,  # a poll's outputs go out together; commits do not wait for it
+            # aiokafka buffers one batch per partition and blocks the sender beyond it: 16 KiB
+            # batches (its default) made processing wait for a broker round trip every dozen
+            # events. Below the topics' max.message.bytes (1 MiB).
+            max_batch_size=512 * 1024,
             **options,
         )
 
