@@ -37,74 +37,90 @@ def _answer(status: int, error: str, message: str) -> bytes:
     )
 
 
-def guarded_protocol(max_header_bytes: int, header_timeout: float) -> type[HttpToolsProtocol]:
-    """A protocol class for `uvicorn.run(http=...)` with these limits."""
+_limits: tuple[int, float] | None = None
 
-    class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
+
+def _configured() -> tuple[int, float]:
+    """(max header bytes, header timeout) from CFN_* variables, read once per process.
+
+    From the environment rather than passed in: uvicorn pickles the protocol class to start
+    `--workers` processes, and only a module-level class survives that.
+    """
+    global _limits
+    if _limits is None:
+        from ingest.settings import IngestSettings
+
+        settings = IngestSettings.from_env()
+        _limits = (settings.max_header_bytes, settings.header_timeout)
+    return _limits
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
+    """The protocol class for `uvicorn.run(http=...)`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_head, self._head_timeout = _configured()
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_timer is None:
+                self._arm()
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self._max_head:
+            self._refuse(
+                431,
+                "header_too_large",
+                f"request head over {self._max_head} bytes (CFN_INGEST_MAX_HEADER_BYTES)",
+            )
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        # The next bytes on this connection start a new head; uvicorn's keep-alive timer
+        # covers the wait for them, ours starts with their first byte.
+        if not self.pipeline:  # a pipelined request's head is already parsed
             self._in_head = True
             self._head_bytes = 0
-            self._head_timer: asyncio.TimerHandle | None = None
+        super().on_response_complete()
 
-        def connection_made(self, transport: asyncio.Transport) -> None:
-            super().connection_made(transport)
-            self._arm()
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self._head_timeout, self._head_timed_out)
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def data_received(self, data: bytes) -> None:
-            if self._in_head:
-                self._head_bytes += len(data)
-                if self._head_timer is None:
-                    self._arm()
-            super().data_received(data)
-            if self._in_head and self._head_bytes > max_header_bytes:
-                self._refuse(
-                    431,
-                    "header_too_large",
-                    f"request head over {max_header_bytes} bytes (CFN_INGEST_MAX_HEADER_BYTES)",
-                )
-
-        def on_headers_complete(self) -> None:
-            self._in_head = False
-            self._disarm()
-            super().on_headers_complete()
-
-        def on_response_complete(self) -> None:
-            # The next bytes on this connection start a new head; uvicorn's keep-alive timer
-            # covers the wait for them, ours starts with their first byte.
-            if not self.pipeline:  # a pipelined request's head is already parsed
-                self._in_head = True
-                self._head_bytes = 0
-            super().on_response_complete()
-
-        def _arm(self) -> None:
-            self._disarm()
-            self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
-
-        def _disarm(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_timed_out(self) -> None:
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
             self._head_timer = None
-            if self._in_head:
-                self._refuse(
-                    408,
-                    "header_timeout",
-                    f"request head not complete within {header_timeout:g}s "
-                    "(CFN_INGEST_HEADER_TIMEOUT)",
-                )
 
-        def _refuse(self, status: int, error: str, message: str) -> None:
-            self._in_head = False
-            self._disarm()
-            if not self.transport.is_closing():
-                self.transport.write(_answer(status, error, message))
-                self.transport.close()
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_head:
+            self._refuse(
+                408,
+                "header_timeout",
+                f"request head not complete within {self._head_timeout:g}s "
+                "(CFN_INGEST_HEADER_TIMEOUT)",
+            )
 
-    return GuardedHttpToolsProtocol
+    def _refuse(self, status: int, error: str, message: str) -> None:
+        self._in_head = False
+        self._disarm()
+        if not self.transport.is_closing():
+            self.transport.write(_answer(status, error, message))
+            self.transport.close()

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from ingest.app import IngestApp
 from ingest.auth import SecretIndex, SecretsError
-from ingest.protocol import guarded_protocol
+from ingest.protocol import GuardedHttpToolsProtocol
 from ingest.settings import IngestSettings
 from ingest.sink import KafkaSink
 from schemas.config import ConfigError
@@ -85,7 +85,7 @@ def serve(workers: int = 1, allow_unauthenticated: bool = False) -> int:
         port=settings.port,
         workers=workers,
         loop="uvloop",
-        http=guarded_protocol(settings.max_header_bytes, settings.header_timeout),
+        http=GuardedHttpToolsProtocol,  # header size and time limits (ingest/protocol.py)
         lifespan="on",
         access_log=False,
         log_level="warning",

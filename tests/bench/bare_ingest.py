@@ -96,10 +96,8 @@ def create_app() -> BareIngest:
 def main() -> None:
     import uvicorn
 
-    from ingest.protocol import guarded_protocol
-    from ingest.settings import IngestSettings
+    from ingest.protocol import GuardedHttpToolsProtocol
 
-    defaults = IngestSettings()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
@@ -111,7 +109,7 @@ def main() -> None:
         port=int(os.environ["BENCH_BARE_PORT"]),
         workers=args.workers,
         loop="uvloop",
-        http=guarded_protocol(defaults.max_header_bytes, defaults.header_timeout),
+        http=GuardedHttpToolsProtocol,
         lifespan="on",
         access_log=False,
         log_level="warning",
