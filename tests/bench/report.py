@@ -404,8 +404,9 @@ def _memory_detail(memory: dict[str, Any] | None, pipeline: dict[str, Any] | Non
         f"RSS growth (VmRSS) of a fresh process filling {_num(memory['keys'])} keys into "
         "`Deduplicator` (store plus expiry index) and `Correlator` (one open incident per "
         "START: the state dict plus its timer), over plain dicts, every string a fresh "
-        "object as parsing makes them. The worker's real store is a Faust in-memory table, a "
-        "dict underneath plus Faust's bookkeeping, so these are lower bounds. "
+        "object as parsing makes them. The worker's real store (`processors/engine.py` "
+        "ChangelogTable) is such a dict plus a set of changed keys per partition between "
+        "commits, so these are close lower bounds. "
         f"Fill speed relative to the plain dict: dedup "
         f"{_num(memory['dedup']['ratio_speed_vs_dict'], 2)}, correlate "
         f"{_num(memory['correlate']['ratio_speed_vs_dict'], 2)}." + real,
