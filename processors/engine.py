@@ -114,7 +114,7 @@ class Task:
 
     partition: int
     producer: AIOKafkaProducer
-    open: bool = False  # a transaction (or, at least once, uncommitted work) is open
+    open: bool = False  # a transaction is open
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     pending: list[asyncio.Future[Any]] = field(default_factory=list)
     next_raw: int = -1  # the next raw offset to process; smaller ones are re-fetches
@@ -132,7 +132,6 @@ class Engine:
         self.settings = settings
         self.pipeline = pipeline
         self.tables = tables
-        self.exactly_once = settings.processing_guarantee == "exactly_once"
         self.raw_topic = settings.topic("raw")
         self.rate_topic = settings.topic("rate-input")
         self.topics = {role: settings.topic(role) for role in ("events", "incidents", "rates")}
@@ -143,7 +142,6 @@ class Engine:
         self.restores = 0
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
-        self._shared: AIOKafkaProducer | None = None  # at least once: one plain producer
         self._closing = False
         self.copartitioned = False  # set at start when every topic has CFN_PARTITIONS partitions
         self._rate_partitions: dict[bytes, int] = {}
@@ -169,9 +167,6 @@ class Engine:
             heartbeat_interval_ms=max(1000, session_ms // 5),
             rebalance_timeout_ms=max(session_ms, 60_000),
         )
-        if not self.exactly_once:
-            self._shared = self._producer(None)
-            await self._shared.start()
         await self._consumer.start()
         self.copartitioned = await self._copartitioned()
         self._consumer.subscribe([self.raw_topic, self.rate_topic], listener=_Listener(self))
@@ -191,17 +186,13 @@ class Engine:
             return False
         return True
 
-    def _producer(self, partition: int | None) -> AIOKafkaProducer:
+    def _producer(self, partition: int) -> AIOKafkaProducer:
         s = self.settings
-        options: dict[str, Any] = {}
-        if partition is not None:
-            options = {
-                "transactional_id": f"{s.app_id}-task-{partition}",
-                "transaction_timeout_ms": 60_000,
-            }
         return AIOKafkaProducer(
             bootstrap_servers=s.bootstrap,
-            client_id=f"{s.app_id}-task-{partition if partition is not None else 'all'}",
+            client_id=f"{s.app_id}-task-{partition}",
+            transactional_id=f"{s.app_id}-task-{partition}",
+            transaction_timeout_ms=60_000,
             acks="all",
             enable_idempotence=True,
             compression_type="lz4",
@@ -210,7 +201,6 @@ class Engine:
             # batches (its default) made processing wait for a broker round trip every dozen
             # events. Below the topics' max.message.bytes (1 MiB).
             max_batch_size=512 * 1024,
-            **options,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -245,8 +235,6 @@ class Engine:
             await self._consumer.stop()
         await asyncio.gather(*(self._stop_producer(t.producer) for t in self.tasks.values()))
         self.tasks.clear()
-        if self._shared is not None:
-            await self._shared.stop()
 
     async def _stop_producer(self, producer: AIOKafkaProducer) -> None:
         try:
@@ -310,8 +298,7 @@ class Engine:
 
     async def _begin(self, task: Task) -> None:
         if not task.open:
-            if self.exactly_once:
-                await task.producer.begin_transaction()
+            await task.producer.begin_transaction()
             task.open = True
 
     async def _send(self, task: Task, outputs: Iterable[Output]) -> None:
@@ -368,12 +355,9 @@ class Engine:
             elif future.exception() is not None:
                 raise future.exception()  # type: ignore[misc]
         # Every output and changelog write is acknowledged: now the offsets, atomically.
-        if self.exactly_once:
-            if offsets:
-                await task.producer.send_offsets_to_transaction(offsets, self.settings.app_id)
-            await task.producer.commit_transaction()
-        elif offsets:
-            await self.consumer.commit(offsets)
+        if offsets:
+            await task.producer.send_offsets_to_transaction(offsets, self.settings.app_id)
+        await task.producer.commit_transaction()
         task.open = False
 
     async def _guarded(self, partition: int, step: Any, *args: Any) -> None:
@@ -393,10 +377,9 @@ class Engine:
             for table in self.tables.values():
                 table.drop({partition})
             self._rebuild_indexes()
-            if self.exactly_once:
-                # Closing without committing: the broker aborts the open transaction when the
-                # next owner (maybe this worker again) calls init_transactions.
-                await self._stop_producer(task.producer)
+            # Closing without committing: the broker aborts the open transaction when the
+            # next owner (maybe this worker again) calls init_transactions.
+            await self._stop_producer(task.producer)
             self.consumer._coordinator.request_rejoin()  # no public call exists for this
 
     # ---- rebalancing ------------------------------------------------------------------------
@@ -417,8 +400,7 @@ class Engine:
             gone = set(self.tasks) - mine
             for partition in sorted(gone):
                 task = self.tasks.pop(partition)
-                if self._shared is None:
-                    await self._stop_producer(task.producer)
+                await self._stop_producer(task.producer)
             for table in self.tables.values():
                 table.drop(gone)
             new = sorted(mine - set(self.tasks))
@@ -441,11 +423,10 @@ class Engine:
 
     async def _open_tasks(self, partitions: list[int]) -> None:
         """Fence, restore, seek: the order matters (see the module docstring)."""
-        tasks = {p: Task(p, self._shared or self._producer(p)) for p in partitions}
-        if self.exactly_once:
-            # start() runs init_transactions: the previous owner's open transaction of this
-            # partition is aborted (its offsets and changelog writes with it) and it is fenced.
-            await asyncio.gather(*(t.producer.start() for t in tasks.values()))
+        tasks = {p: Task(p, self._producer(p)) for p in partitions}
+        # start() runs init_transactions: the previous owner's open transaction of this
+        # partition is aborted (its offsets and changelog writes with it) and it is fenced.
+        await asyncio.gather(*(t.producer.start() for t in tasks.values()))
         for table in self.tables.values():
             table.drop(set(partitions))
         await self._restore(partitions)

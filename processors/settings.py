@@ -36,8 +36,7 @@ class WorkerSettings:
     topic_prefix: str = "cfn."
     partitions: int = 12
     replication: int = 1
-    processing_guarantee: str = "exactly_once"
-    commit_interval: float = 0.5
+    commit_interval: float = 0.2
     session_timeout: float = 15.0
     dedup_window: float = 24 * 3600.0
     orphan_end_hold: float = 600.0
@@ -65,11 +64,6 @@ class WorkerSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
         env = Env(os.environ if environ is None else environ)
-        guarantee = env.text("CFN_PROCESSING_GUARANTEE", cls.processing_guarantee)
-        if guarantee not in ("exactly_once", "at_least_once"):
-            raise ConfigError(
-                f"CFN_PROCESSING_GUARANTEE must be exactly_once or at_least_once, got {guarantee!r}"
-            )
         windows = env.durations("CFN_RATE_WINDOWS", (60.0, 300.0, 3600.0))
         if any(w != int(w) for w in windows):
             raise ConfigError("CFN_RATE_WINDOWS must be whole seconds")
@@ -79,7 +73,6 @@ class WorkerSettings:
             topic_prefix=env.text("CFN_TOPIC_PREFIX", cls.topic_prefix),
             partitions=env.integer("CFN_PARTITIONS", cls.partitions, minimum=1),
             replication=env.integer("CFN_REPLICATION", cls.replication, minimum=1),
-            processing_guarantee=guarantee,
             commit_interval=env.duration("CFN_COMMIT_INTERVAL", cls.commit_interval),
             session_timeout=env.duration("CFN_SESSION_TIMEOUT", cls.session_timeout),
             dedup_window=env.duration("CFN_DEDUP_WINDOW", cls.dedup_window),

@@ -375,7 +375,7 @@ def _e2e_detail(e2e: dict[str, Any] | None) -> list[str]:
             else "steady, so the worker kept up. "
         )
         + "With exactly-once, records become visible "
-        "only when the worker's transaction commits (CFN_COMMIT_INTERVAL, 0.5 s by default), "
+        "only when the worker's transaction commits (CFN_COMMIT_INTERVAL, 0.2 s by default), "
         "which sets the floor of these figures.",
         "",
         f"At a light {_num(light.get('rate'))} POST/s (a tenth of that, measured first): p50 "
