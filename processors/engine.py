@@ -118,6 +118,7 @@ class Task:
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     pending: list[asyncio.Future[Any]] = field(default_factory=list)
     next_raw: int = -1  # the next raw offset to process; smaller ones are re-fetches
+    next_rate: int = -1  # the same for rate-input
 
 
 class Engine:
@@ -215,7 +216,7 @@ class Engine:
                     for tp, records in batch.items():
                         await self._guarded(tp.partition, self._process, tp, records)
                     now = time.monotonic()
-                    if now >= next_tick:
+                    if now >= next_tick and self.ready:
                         next_tick = now + s.tick_interval
                         await self._tick()
                     if now >= next_commit:
@@ -248,8 +249,10 @@ class Engine:
         self, tp: TopicPartition, records: Sequence[ConsumerRecord[Any, Any]]
     ) -> None:
         task = self.tasks.get(tp.partition)
-        if task is None:
-            return  # not (or no longer) ours; the next assignment seeks it again
+        if task is None or not self.ready:
+            # Not (or no longer) ours, or a rebalance is under way: records fetched before it
+            # are fetched again from the committed offsets once the assignment is known.
+            return
         pipeline = self.pipeline
         if tp.topic == self.raw_topic:
             for record in records:
@@ -270,10 +273,11 @@ class Engine:
                 self.processed += 1
         else:
             for record in records:
-                if record.offset < task.offsets.get(tp, -1):
+                if record.offset < task.next_rate:
                     continue
                 await self._begin(task)
                 await self._send(task, pipeline.on_rate_input(record.value, tp.partition))
+                task.next_rate = record.offset + 1
                 task.offsets[tp] = record.offset + 1
 
     async def _tick(self) -> None:
@@ -438,6 +442,8 @@ class Engine:
                 self.consumer.seek(tp, meta.offset)
                 if tp.topic == self.raw_topic:
                     tasks[tp.partition].next_raw = meta.offset
+                else:
+                    tasks[tp.partition].next_rate = meta.offset
             else:
                 await self.consumer.seek_to_beginning(tp)
         self.tasks.update(tasks)

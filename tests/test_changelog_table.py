@@ -1,0 +1,55 @@
+"""processors.engine.ChangelogTable: what a commit writes, a restore loads, a move drops."""
+
+from __future__ import annotations
+
+from processors.engine import ChangelogTable
+
+
+def table() -> ChangelogTable:
+    return ChangelogTable("incidents", "app-incidents-changelog")
+
+
+def test_drain_gives_each_changed_key_once_with_its_latest_value() -> None:
+    t = table()
+    t["a"] = {"p": 1, "v": 1}
+    t["a"] = {"p": 1, "v": 2}
+    t["b"] = {"p": 2, "v": 1}
+    assert t.drain(1) == [("a", {"p": 1, "v": 2})]
+    assert t.drain(1) == []  # drained: the next commit writes nothing for it
+    assert t.drain(2) == [("b", {"p": 2, "v": 1})]
+
+
+def test_a_deletion_drains_as_a_tombstone() -> None:
+    t = table()
+    t["a"] = [100, 3]  # dedup values are [first_seen, partition]
+    t.drain(3)
+    del t["a"]
+    assert "a" not in t
+    assert t.drain(3) == [("a", None)]
+
+
+def test_set_then_delete_between_commits_is_one_tombstone() -> None:
+    t = table()
+    t["a"] = {"p": 0}
+    del t["a"]
+    assert t.drain(0) == [("a", None)]
+
+
+def test_restore_loads_without_marking_changes() -> None:
+    t = table()
+    t.load("a", {"p": 4, "v": 1})
+    t.load("b", {"p": 4, "v": 1})
+    t.load("b", None)  # a tombstone later in the changelog
+    assert dict(t) == {"a": {"p": 4, "v": 1}}
+    assert t.drain(4) == []
+
+
+def test_drop_forgets_only_the_given_partitions_state_and_pending_changes() -> None:
+    t = table()
+    t["a"] = {"p": 1}
+    t["b"] = {"p": 2}
+    t["c"] = [5, 1]
+    t.drop({1})
+    assert dict(t) == {"b": {"p": 2}}
+    assert t.drain(1) == []
+    assert t.drain(2) == [("b", {"p": 2})]
