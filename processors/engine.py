@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalOperation, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
@@ -350,28 +350,32 @@ class Engine:
                     table.topic, value=encoded, key=key.encode(), partition=task.partition
                 )
                 task.pending.append(future)
-        offsets, pending = dict(task.offsets), task.pending
-        task.pending = []
         await task.producer.flush()
-        for future in pending:
+        for future in task.pending:
             if not future.done():
                 await future
             elif future.exception() is not None:
                 raise future.exception()  # type: ignore[misc]
         # Every output and changelog write is acknowledged: now the offsets, atomically.
-        if offsets:
-            await task.producer.send_offsets_to_transaction(offsets, self.settings.app_id)
+        if task.offsets:
+            await task.producer.send_offsets_to_transaction(task.offsets, self.settings.app_id)
         await task.producer.commit_transaction()
+        task.pending = []
+        task.offsets = {}
         task.open = False
 
     async def _guarded(self, partition: int, step: Any, *args: Any) -> None:
         """Run one step of a task; a failure drops the task and asks for a rebalance."""
         try:
             await step(*args)
-        except (TimeoutError, KafkaError) as exc:
+        except (TimeoutError, KafkaError, IllegalOperation) as exc:
+            # IllegalOperation: aiokafka's word for "this producer's transaction is gone", e.g.
+            # after it was fenced. Anything else is a bug in cfn and stops the worker.
             task = self.tasks.pop(partition, None)
             if task is None:
                 return
+            for future in task.pending:  # their errors are this one; do not log them again
+                future.add_done_callback(_consume_exception)
             log.error(
                 "task %d failed (%s: %s); dropping its state and rejoining the group",
                 partition,
@@ -485,6 +489,11 @@ class Engine:
         """Timers and indexes are derived from the tables, which hold owned partitions only."""
         t = self.tables
         self.pipeline.rebuild(t["dedup"].items(), t["incidents"].items(), t["rates"].items())
+
+
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -132,3 +134,43 @@ def test_two_workers_split_partitions_and_state_moves(kafka: str, tmp_path: Path
     assert_exactly_once(events, incidents, work.unique_event_ids, work.pairs)
     # Both workers handled ENDs, and ENDs on moved partitions found their START's state.
     assert after[0] > before[0] and after[1] > before[1], (before, after)
+
+
+def test_a_paused_worker_is_fenced_when_it_wakes(kafka: str, tmp_path: Path) -> None:
+    """The zombie case: a worker stalls (SIGSTOP) with transactions open, the group gives its
+    partitions to another worker, and then it wakes up (SIGCONT) and carries on. The new owner's
+    init_transactions aborted the stalled worker's transactions and fenced it, so whatever it
+    still tries to commit is refused: nothing is lost or duplicated."""
+    token = uuid.uuid4().hex[:8]
+    prefix, app_id = f"z{token}.", f"zombie-{token}"
+    work = build(n_incidents=1500, n_one_offs=1500, now_ms=int(time.time() * 1000), seed=5)
+    half = len(work.records) // 2
+    run(create_topics(kafka, [f"{prefix}raw"], PARTITIONS))
+    run(produce_with_headers(kafka, f"{prefix}raw", work.records[:half]))
+
+    stalled = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
+    other: Process | None = None
+    try:
+        deadline = time.monotonic() + 120
+        while processed(stalled) < half // 4:
+            assert time.monotonic() < deadline, "the worker made no progress"
+            time.sleep(0.02)
+        assert stalled.proc is not None
+        os.kill(stalled.proc.pid, signal.SIGSTOP)
+        other = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
+        run(produce_with_headers(kafka, f"{prefix}raw", work.records[half:]))
+        time.sleep(3.0)  # the new owner is committing while the stalled one still "holds" work
+        os.kill(stalled.proc.pid, signal.SIGCONT)
+        events = read_all(kafka, f"{prefix}events", "events", len(work.unique_event_ids), 240)
+        incidents = read_all(kafka, f"{prefix}incidents", "incidents", 2 * work.pairs, 60)
+        woke_alive = stalled.proc.poll() is None
+    finally:
+        if stalled.proc is not None and stalled.proc.poll() is None:
+            os.kill(stalled.proc.pid, signal.SIGCONT)
+        stalled.stop()
+        if other is not None:
+            other.stop()
+    assert_exactly_once(events, incidents, work.unique_event_ids, work.pairs)
+    assert woke_alive, f"the woken worker died instead of rejoining:\n{stalled.output[-3000:]}"
+    refused = stalled.output.count(" failed (")
+    print(f"\nthe woken worker had {refused} task transaction(s) refused, and rejoined")
