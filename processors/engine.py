@@ -35,12 +35,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import IllegalOperation, KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from processors.pipeline import Output, Pipeline, header_map
 from processors.settings import WorkerSettings
 from schemas import jsonio
+from schemas.partition import partition_for
 
 log = logging.getLogger("cfn.worker")
 
@@ -330,8 +330,7 @@ class Engine:
         if partition is None:
             if len(self._rate_partitions) > 100_000:
                 self._rate_partitions.clear()
-            everything = list(range(self.settings.partitions))
-            partition = DefaultPartitioner()(out.key, everything, everything)
+            partition = partition_for(out.key, self.settings.partitions)
             self._rate_partitions[out.key] = partition
         return partition
 

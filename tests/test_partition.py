@@ -1,0 +1,47 @@
+"""schemas.partition: the same partitions as aiokafka's (and the Java client's) default."""
+
+from __future__ import annotations
+
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.keys import incident_key
+from schemas.partition import default_partitioner, murmur2, partition_for
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=200))
+def test_murmur2_equals_aiokafkas_for_any_bytes(data: bytes) -> None:
+    assert murmur2(data) == aiokafka_murmur2(data)
+
+
+def test_known_java_values() -> None:
+    # From the Java client's UtilsTest.testMurmur2 (signed ints there, unsigned here).
+    cases = {
+        b"21": -973932308,
+        b"foobar": -790332482,
+        b"a-little-bit-long-string": -985981536,
+        b"a-little-bit-longer-string": -1486304829,
+        b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+        b"abc": 479470107,
+    }
+    for data, signed in cases.items():
+        assert murmur2(data) == signed & 0xFFFFFFFF, data
+
+
+@given(st.text(max_size=40), st.text(max_size=40), st.integers(min_value=1, max_value=64))
+def test_incident_keys_land_where_aiokafka_puts_them(
+    account: str, correlation: str, partitions: int
+) -> None:
+    key = incident_key("tenant", {"account_id": account, "alert_correlation_id": correlation})
+    everything = list(range(partitions))
+    expected = DefaultPartitioner()(key, everything, everything)
+    assert partition_for(key, partitions) == expected
+    assert default_partitioner(key, everything, everything) == expected
+
+
+def test_unkeyed_records_go_to_an_available_partition() -> None:
+    assert default_partitioner(None, [0, 1, 2], [2]) == 2
+    assert default_partitioner(None, [0, 1, 2], []) in (0, 1, 2)
