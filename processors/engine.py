@@ -138,6 +138,7 @@ class Engine:
         self.topics = {role: settings.topic(role) for role in ("events", "incidents", "rates")}
         self.topics.update(dlq=settings.topic("dlq"), **{"rate-input": self.rate_topic})
         self.tasks: dict[int, Task] = {}
+        self.metrics = pipeline.metrics
         self.ready = False
         self.processed = 0
         self.restores = 0
@@ -221,7 +222,9 @@ class Engine:
                         await self._tick()
                     if now >= next_commit:
                         next_commit = now + s.commit_interval
-                        await self._commit_all()
+                        started = time.monotonic()
+                        if await self._commit_all():
+                            self.metrics.commit_duration.observe(time.monotonic() - started)
         finally:
             await self.close()
 
@@ -336,9 +339,11 @@ class Engine:
 
     # ---- commits ----------------------------------------------------------------------------
 
-    async def _commit_all(self) -> None:
+    async def _commit_all(self) -> int:
+        """Commit every open task's transaction, in parallel; returns how many were open."""
         tasks = [t for t in self.tasks.values() if t.open]
         await asyncio.gather(*(self._guarded(t.partition, self._commit, t) for t in tasks))
+        return len(tasks)
 
     async def _commit(self, task: Task) -> None:
         """Changelog writes, outputs and consumed offsets of one task: all or nothing."""
@@ -373,6 +378,8 @@ class Engine:
             task = self.tasks.pop(partition, None)
             if task is None:
                 return
+            self.metrics.task_failures.labels(type(exc).__name__).inc()
+            self.metrics.partitions.set(len(self.tasks))
             for future in task.pending:  # their errors are this one; do not log them again
                 future.add_done_callback(_consume_exception)
             log.error(
@@ -413,6 +420,8 @@ class Engine:
             new = sorted(mine - set(self.tasks))
             if new:
                 await self._open_tasks(new)
+                self.metrics.restore_duration.observe(time.monotonic() - started)
+            self.metrics.partitions.set(len(self.tasks))
             self._rebuild_indexes()
             self.ready = True
             t = self.tables

@@ -50,6 +50,10 @@ class WorkerMetrics:
     consumer_lag: Gauge
     unknown_types: Counter
     dropped_late: Counter
+    partitions: Gauge
+    commit_duration: Histogram
+    task_failures: Counter
+    restore_duration: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> WorkerMetrics:
@@ -139,6 +143,34 @@ class WorkerMetrics:
                 "cfn_rates_dropped_late",
                 "Events dropped as too late for a window.",
                 ["window"],
+                registry=registry,
+            ),
+            # Partition tasks this worker owns (sum over workers = CFN_PARTITIONS when settled).
+            partitions=Gauge(
+                "cfn_worker_partitions",
+                "Partition tasks owned by this worker.",
+                registry=registry,
+            ),
+            # One commit round: every open task's flush + offsets + commit, in parallel.
+            commit_duration=Histogram(
+                "cfn_worker_commit_duration_seconds",
+                "Time to commit every open transaction of one round.",
+                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+                registry=registry,
+            ),
+            # Task transactions that failed (fenced, timed out, broker gone): state is dropped,
+            # the group rebalances and the task is restored from its changelogs.
+            task_failures=Counter(
+                "cfn_worker_task_failures",
+                "Failed task transactions, by error.",
+                ["error"],
+                registry=registry,
+            ),
+            # Fence + changelog restore + seek of the partitions newly assigned to this worker.
+            restore_duration=Histogram(
+                "cfn_worker_restore_duration_seconds",
+                "Time to take over newly assigned partitions.",
+                buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
                 registry=registry,
             ),
         )

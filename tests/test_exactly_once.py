@@ -14,7 +14,7 @@ import pytest
 
 from tests.kafka_util import create_topics, drain, produce_with_headers, run
 from tests.records_check import checked
-from tests.services import Process, request, start_worker
+from tests.services import Process, metric_value, request, start_worker
 from tests.workload import build
 
 pytestmark = pytest.mark.broker
@@ -121,6 +121,14 @@ def test_two_workers_split_partitions_and_state_moves(kafka: str, tmp_path: Path
         deadline = time.monotonic() + 60
         while request(first.port, "GET", "/readyz").status != 200:
             assert time.monotonic() < deadline, "the first worker never settled after the rebalance"
+            time.sleep(0.2)
+        # Settled: the partitions are split between the two, each task owned exactly once.
+        deadline = time.monotonic() + 60
+        while True:
+            owned = [metric_value(w.port, "cfn_worker_partitions") for w in (first, second)]
+            if sum(owned) == PARTITIONS and min(owned) > 0:
+                break
+            assert time.monotonic() < deadline, f"the group never settled: {owned}"
             time.sleep(0.2)
         before = (processed(first), processed(second))
         run(produce_with_headers(kafka, f"{prefix}raw", ends))
