@@ -61,6 +61,7 @@ COUNTERS: dict[str, frozenset[str]] = {
     "cfn_incidents_closed_total": frozenset({"alert_type", "close_reason"}),
     "cfn_unknown_alert_types_total": frozenset(),
     "cfn_rates_dropped_late_total": frozenset({"window"}),
+    "cfn_worker_task_failures_total": frozenset({"error"}),
 }
 GAUGES: dict[str, frozenset[str]] = {
     "cfn_ingest_requests_in_flight": frozenset(),
@@ -69,6 +70,7 @@ GAUGES: dict[str, frozenset[str]] = {
     "cfn_incidents_open": frozenset({"alert_type"}),
     "cfn_alert_rate_per_minute": frozenset({"alert_type", "window"}),
     "cfn_consumer_lag_records": frozenset({"topic"}),
+    "cfn_worker_partitions": frozenset(),
 }
 HISTOGRAMS: dict[str, frozenset[str]] = {
     "cfn_ingest_request_duration_seconds": frozenset(),
@@ -77,6 +79,8 @@ HISTOGRAMS: dict[str, frozenset[str]] = {
     "cfn_incident_duration_seconds": frozenset({"alert_type"}),
     "cfn_delivery_delay_seconds": frozenset(),
     "cfn_processing_lag_seconds": frozenset(),
+    "cfn_worker_commit_duration_seconds": frozenset(),
+    "cfn_worker_restore_duration_seconds": frozenset(),
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 # Series Prometheus itself writes for every target; only alerts use it (target down).
