@@ -1,1 +1,1 @@
-"""Stream processing for cfn: the Faust worker, its pure logic, and the `cfn` command line."""
+"""Stream processing for cfn: the worker engine, its pure logic, and the `cfn` command line."""

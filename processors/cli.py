@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.set_defaults(func=_ingest)
 
-    worker = sub.add_parser("worker", help="run the stream processor (Faust worker)")
+    worker = sub.add_parser("worker", help="run the stream processor (the worker engine)")
     worker.set_defaults(func=_worker)
 
     run = sub.add_parser("run", help="start a local broker, the ingest and the worker (make run)")

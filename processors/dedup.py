@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 class Deduplicator:
     """Answers "seen this notification within the window?" over a plain mapping.
 
-    The mapping (a changelog-backed Faust table in production, a dict in tests) maps
+    The mapping (a changelog-backed table in the worker, a dict in tests) maps
     event_id -> [first_seen_epoch_s, partition]. Time comes from the records
     themselves (ingest's received_at), so a replay of the same range decides as the live run
     did. An in-memory index orders keys by first sighting so expiry is O(expired), not a scan; it

@@ -135,13 +135,12 @@ class Engine:
         self.tables = tables
         self.raw_topic = settings.topic("raw")
         self.rate_topic = settings.topic("rate-input")
-        self.topics = {role: settings.topic(role) for role in ("events", "incidents", "rates")}
-        self.topics.update(dlq=settings.topic("dlq"), **{"rate-input": self.rate_topic})
+        outputs = ("events", "incidents", "rates", "dlq", "rate-input")
+        self.topics = {role: settings.topic(role) for role in outputs}
         self.tasks: dict[int, Task] = {}
         self.metrics = pipeline.metrics
         self.ready = False
         self.processed = 0
-        self.restores = 0
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._closing = False
@@ -256,12 +255,16 @@ class Engine:
             # Not (or no longer) ours, or a rebalance is under way: records fetched before it
             # are fetched again from the committed offsets once the assignment is known.
             return
+        raw = tp.topic == self.raw_topic
+        after = task.next_raw if raw else task.next_rate
+        # Records below `after` were fetched again after a seek: already in this task's work.
+        fresh = [record for record in records if record.offset >= after]
+        if not fresh:
+            return
+        await self._begin(task)
         pipeline = self.pipeline
-        if tp.topic == self.raw_topic:
-            for record in records:
-                if record.offset < task.next_raw:
-                    continue  # fetched again after a seek: already in this task's work
-                await self._begin(task)
+        for record in fresh:
+            if raw:
                 outputs = pipeline.on_raw(
                     record.value or b"",
                     record.key,
@@ -270,18 +273,15 @@ class Engine:
                     record.offset,
                     record.timestamp,
                 )
-                await self._send(task, outputs)
-                task.next_raw = record.offset + 1
-                task.offsets[tp] = record.offset + 1
                 self.processed += 1
+            else:
+                outputs = pipeline.on_rate_input(record.value, tp.partition)
+            await self._send(task, outputs)
+        task.offsets[tp] = fresh[-1].offset + 1
+        if raw:
+            task.next_raw = task.offsets[tp]
         else:
-            for record in records:
-                if record.offset < task.next_rate:
-                    continue
-                await self._begin(task)
-                await self._send(task, pipeline.on_rate_input(record.value, tp.partition))
-                task.next_rate = record.offset + 1
-                task.offsets[tp] = record.offset + 1
+            task.next_rate = task.offsets[tp]
 
     async def _tick(self) -> None:
         """The explicit timers: expiry, orphan release, dedup TTL and rate watermarks, for
@@ -459,7 +459,6 @@ class Engine:
             else:
                 await self.consumer.seek_to_beginning(tp)
         self.tasks.update(tasks)
-        self.restores += len(partitions)
 
     async def _restore(self, partitions: list[int]) -> None:
         """Load the partitions' state from the changelogs, up to their last stable offset."""

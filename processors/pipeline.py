@@ -1,6 +1,6 @@
 """What happens to one input record: parse, dedup, correlate, count; outputs as plain data.
 
-Agents call these methods and send what comes back; nothing here imports Faust, so the same
+The engine calls these methods and sends what comes back; nothing here imports Kafka, so the same
 code runs in unit tests over dicts, in benchmarks, and in the worker over changelog tables.
 """
 
@@ -82,7 +82,7 @@ class Pipeline:
 
     Args:
         settings: windows, timeouts and topic names.
-        dedup_store / incident_store / rate_store: mappings (Faust tables in the worker).
+        dedup_store / incident_store / rate_store: mappings (changelog tables in the worker).
         metrics: where to count.
         clock: epoch seconds; used only for processing lag and rate idleness.
     """
@@ -115,7 +115,6 @@ class Pipeline:
             idle_after_s=settings.rate_idle_after,
         )
         self.brake = DlqBrake(settings.dlq_alarm_sample, settings.dlq_alarm_ratio)
-        self.last_offset: dict[int, int] = {}
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def _child(self, metric: Any, *values: str) -> Any:
@@ -154,7 +153,6 @@ class Pipeline:
         timestamp_ms: int,
     ) -> list[Output]:
         """One record of `cfn.raw` -> events, incidents, rate inputs or a dead letter."""
-        self.last_offset[partition] = offset
         tenant = headers.get("cfn-tenant", b"default").decode(errors="replace")
         received_header = headers.get("cfn-received-at")
         received_at = int(received_header) if received_header else int(timestamp_ms)

@@ -18,10 +18,9 @@ from processors.engine import TABLES, ChangelogTable, Engine, changelog_topic
 from processors.metrics import WorkerMetrics
 from processors.pipeline import Pipeline
 from processors.settings import WorkerSettings
-from schemas.config import ConfigError
+from schemas.config import ConfigError, topic_names
 
 log = logging.getLogger("cfn.worker")
-TOPIC_ROLES = ("raw", "dlq", "events", "incidents", "rates", "rate-input")
 
 
 def build(settings: WorkerSettings, registry: CollectorRegistry) -> Engine:
@@ -115,7 +114,7 @@ async def serve(settings: WorkerSettings) -> None:
 
 async def _ensure(settings: WorkerSettings) -> None:
     """Create cfn's topics and the changelogs, waiting for Kafka if it is not up yet."""
-    roles = [(role, settings.topic(role)) for role in TOPIC_ROLES]
+    roles = list(topic_names(settings.topic_prefix).items())
     roles += [("changelog", changelog_topic(settings.app_id, table)) for table in TABLES]
     for attempt in range(120):
         try:

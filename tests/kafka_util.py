@@ -64,6 +64,18 @@ async def produce_with_headers(
     return len(results)
 
 
+def committed_reader(bootstrap: str, topic: str) -> AIOKafkaConsumer:
+    """A group-less consumer of `topic` from its start, committed records only (not started)."""
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        group_id=None,
+    )
+
+
 async def drain(
     bootstrap: str,
     topic: str,
@@ -76,14 +88,7 @@ async def drain(
 
     Without `expect`, it stops once no record arrived for `settle` seconds.
     """
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        group_id=None,
-    )
+    consumer = committed_reader(bootstrap, topic)
     await consumer.start()
     out: list[ConsumerRecord[bytes, bytes]] = []
     deadline = time.monotonic() + timeout

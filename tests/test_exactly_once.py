@@ -31,6 +31,14 @@ def processed(worker: Process) -> int:
     return int(body.get("processed", 0))
 
 
+def wait_processed(worker: Process, count: int, poll: float = 0.05) -> None:
+    """Block until the worker has processed at least `count` raw records (2 minutes at most)."""
+    deadline = time.monotonic() + 120
+    while processed(worker) < count:
+        assert time.monotonic() < deadline, "the worker made no progress"
+        time.sleep(poll)
+
+
 def read_all(
     kafka: str, topic: str, role: str, expect: int, timeout: float
 ) -> list[dict[str, Any]]:
@@ -77,10 +85,7 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
     assert sent == len(work.records)
 
     worker = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
-    deadline = time.monotonic() + 120
-    while processed(worker) < len(work.records) // 5:
-        assert time.monotonic() < deadline, "the worker made no progress"
-        time.sleep(0.05)
+    wait_processed(worker, len(work.records) // 5)
     done_before_kill = processed(worker)
     worker.kill()
     assert done_before_kill < len(work.records), "the stream finished before the kill"
@@ -159,10 +164,7 @@ def test_a_paused_worker_is_fenced_when_it_wakes(kafka: str, tmp_path: Path) -> 
     stalled = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
     other: Process | None = None
     try:
-        deadline = time.monotonic() + 120
-        while processed(stalled) < half // 4:
-            assert time.monotonic() < deadline, "the worker made no progress"
-            time.sleep(0.02)
+        wait_processed(stalled, half // 4, poll=0.02)
         assert stalled.proc is not None
         os.kill(stalled.proc.pid, signal.SIGSTOP)
         other = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)

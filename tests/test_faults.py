@@ -33,11 +33,17 @@ from processors.dedup import Deduplicator
 from schemas import jsonio
 from schemas.payload import TS_MAX, TS_MIN, Notification, Rejected, parse
 from tests.conftest import free_port_block
-from tests.kafka_util import create_topics, drain, produce_with_headers, run
+from tests.kafka_util import committed_reader, create_topics, drain, produce_with_headers, run
 from tests.payloads import alert, encode, seed_examples
 from tests.records_check import checked
 from tests.services import Process, request, start_ingest, start_worker
-from tests.test_exactly_once import FAST_FAILOVER, PARTITIONS, assert_exactly_once, processed
+from tests.test_exactly_once import (
+    FAST_FAILOVER,
+    PARTITIONS,
+    assert_exactly_once,
+    processed,
+    wait_processed,
+)
 from tests.workload import build
 
 pytestmark = pytest.mark.faults
@@ -82,16 +88,7 @@ async def _await_ids(
 ) -> tuple[float | None, Counter[str]]:
     """Read `topic` (committed records) from the start with one consumer until every id in
     `want` has arrived; returns (monotonic time of the last arrival or None, all ids seen)."""
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        group_id=None,
-    )
+    consumer = committed_reader(bootstrap, topic)
     await consumer.start()
     seen: Counter[str] = Counter()
     deadline = time.monotonic() + timeout
@@ -382,10 +379,7 @@ def test_worker_sigkill_recovery_time(kafka: str, tmp_path: Path) -> None:
     assert run(produce_with_headers(kafka, f"{prefix}raw", work.records)) == len(work.records)
 
     worker = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
-    deadline = time.monotonic() + 120
-    while processed(worker) < len(work.records) // 5:
-        assert time.monotonic() < deadline, "the worker made no progress"
-        time.sleep(0.05)
+    wait_processed(worker, len(work.records) // 5)
     done_before_kill = processed(worker)
     worker.kill()
     assert done_before_kill < len(work.records), "the stream finished before the kill"

@@ -41,6 +41,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from ingest.topics import ensure_topics
+from schemas.config import topic_names
 from tests.bench.core import (
     Context,
     bench_env,
@@ -56,7 +57,6 @@ from tests.services import Process, free_port, start_worker, wait_ready
 from tests.workload import build
 
 PARTITIONS = 12
-TOPIC_ROLES = ("raw", "dlq", "events", "incidents", "rates", "rate-input")
 WORKER_ENV = {"CFN_TICK_INTERVAL": "1s"}  # the product default; tests/services uses 0.5 s
 
 
@@ -111,7 +111,7 @@ def workload_shape(n: int) -> tuple[int, int]:
 
 def prefill(ctx: Context, n: int) -> Prefilled:
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
-    topics = [(role, f"{prefix}{role}") for role in TOPIC_ROLES]
+    topics = list(topic_names(prefix).items())
     asyncio.run(ensure_topics(ctx.bootstrap, topics, PARTITIONS, 1))
     incidents, one_offs = workload_shape(n)
     started = time.monotonic()
