@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.config import Env, topic_names
+from schemas.config import COMPRESSIONS, Env, topic_names
 
 
 @dataclass(frozen=True)
@@ -44,14 +44,6 @@ class IngestSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> IngestSettings:
         env = Env(os.environ if environ is None else environ)
         secrets_file = env.raw("CFN_INGEST_SECRETS_FILE")
-        compression = env.text("CFN_INGEST_COMPRESSION", "lz4")
-        if compression not in ("lz4", "gzip", "zstd", "snappy", "none"):
-            from schemas.config import ConfigError
-
-            raise ConfigError(
-                f"CFN_INGEST_COMPRESSION must be lz4, gzip, zstd, snappy or none, "
-                f"got {compression!r}"
-            )
         return cls(
             host=env.text("CFN_INGEST_HOST", cls.host),
             port=env.integer("CFN_INGEST_PORT", cls.port),
@@ -68,7 +60,7 @@ class IngestSettings:
             ),
             header_timeout=env.duration("CFN_INGEST_HEADER_TIMEOUT", cls.header_timeout),
             linger_ms=env.integer("CFN_INGEST_LINGER_MS", cls.linger_ms),
-            compression=compression,
+            compression=env.choice("CFN_INGEST_COMPRESSION", cls.compression, COMPRESSIONS),
             partitions=env.integer("CFN_PARTITIONS", cls.partitions, minimum=1),
             replication=env.integer("CFN_REPLICATION", cls.replication, minimum=1),
         )

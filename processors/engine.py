@@ -204,7 +204,7 @@ class Engine:
             transaction_timeout_ms=60_000,
             acks="all",
             enable_idempotence=True,
-            compression_type="lz4",
+            compression_type=None if s.compression == "none" else s.compression,
             # The size of the batches the engine fills itself (see Task.builders): a batch is
             # submitted when full, and aiokafka holds one queued batch per partition, so small
             # ones (its default is 16 KiB) made processing wait for a broker round trip every

@@ -32,7 +32,7 @@ from schemas.records import (
 _KNOWN = known_ids()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Output:
     """One record to send: the topic role (events, incidents, ...), key and encoded value."""
 
@@ -222,9 +222,11 @@ class Pipeline:
     def _incident_output(self, key: bytes, incident: IncidentRecord) -> Output:
         if incident.close_reason is not None and not incident.late_end:
             label = type_label(incident.alert_type)
-            self.metrics.incidents_closed.labels(label, incident.close_reason).inc()
+            self._child(self.metrics.incidents_closed, label, incident.close_reason).inc()
             if incident.state == "resolved" and incident.duration_s is not None:
-                self.metrics.incident_duration.labels(label).observe(max(0, incident.duration_s))
+                self._child(self.metrics.incident_duration, label).observe(
+                    max(0, incident.duration_s)
+                )
         return Output("incidents", key, jsonio.dumps(incident))
 
     def _publish_open(self) -> None:

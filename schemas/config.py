@@ -83,6 +83,12 @@ class Env:
             raise ConfigError(f"{name} must list positive durations, got {value!r}")
         return items
 
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, default)
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
     def flag(self, name: str, default: bool) -> bool:
         value = self.raw(name)
         if value is None:
@@ -93,6 +99,10 @@ class Env:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+# Producer compression codecs (Kafka's names); "none" sends batches uncompressed.
+COMPRESSIONS = ("lz4", "zstd", "snappy", "gzip", "none")
 
 
 def topic_names(prefix: str) -> dict[str, str]:

@@ -16,7 +16,7 @@ STRING_FIELDS = ("name", "text", "account_id", "policy_id", "policy_name", "aler
 TS_MIN, TS_MAX = 946_684_800, 4_102_444_800
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Notification:
     """A body that parsed: the fields cfn works with, normalised, plus the body as received."""
 
@@ -36,7 +36,7 @@ class Notification:
     data: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rejected:
     """A body that cannot become an event: a reason code and a message naming the field."""
 

@@ -1,4 +1,4 @@
-"""ingest.metrics.FastHistogram exposes exactly what prometheus-client's Histogram would."""
+"""schemas.histogram.FastHistogram exposes exactly what prometheus-client's Histogram would."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from ingest.metrics import BODY_BUCKETS, LATENCY_BUCKETS, FastHistogram
+from ingest.metrics import BODY_BUCKETS, LATENCY_BUCKETS
+from schemas.histogram import FastHistogram
 
 VALUES = st.lists(st.floats(min_value=0, max_value=1e7, allow_nan=False), max_size=50)
 
