@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 from collections.abc import Iterable, MutableMapping
@@ -51,7 +52,7 @@ class RateCounter:
     _marks: dict[int, int] = field(default_factory=dict)
     _last_event: dict[int, float] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def step(self) -> int:
         return reduce(math.gcd, (*self.windows, self.lateness_s or self.windows[0]))
 
@@ -68,6 +69,16 @@ class RateCounter:
             for label, (_count, revision) in state["w"].items():
                 self._push(state["p"], key, label, revision)
 
+    @staticmethod
+    @functools.lru_cache(maxsize=65536)
+    def _key(*parts: str) -> str:
+        """JSON arrays as keys: no alert_type or account_id value can collide with another."""
+        return jsonio.dumps(parts).decode()
+
+    def quantise(self, ts: int) -> int:
+        """`ts` rounded down to a multiple of `step`: the same windows, the same decisions."""
+        return ts - ts % self.step
+
     def watermark(self, partition: int) -> int:
         return self._marks.get(partition, 0)
 
@@ -79,17 +90,26 @@ class RateCounter:
     # ---- events and ticks -------------------------------------------------------------------
 
     def add(
-        self, alert_type: str | None, account_id: str | None, ts: int, partition: int, now: float
+        self,
+        alert_type: str | None,
+        account_id: str | None,
+        ts: int,
+        partition: int,
+        now: float,
+        n: int = 1,
     ) -> RateResult:
-        """Count one unique event; returns corrections and emissions it caused."""
+        """Count `n` unique events at `ts`; returns the corrections and emissions they caused.
+
+        Events whose ts share a multiple of `step` fall in the same window of every size and
+        make the same watermark decisions, so callers may pre-sum them (see `quantise`).
+        """
         result = RateResult()
         self._last_event[partition] = now
         mark = self.watermark(partition)
-        # JSON arrays as keys: no alert_type or account_id value can collide with another.
         keys = (
-            (jsonio.dumps(["type", alert_type or ""]).decode(), "type", None),
+            (self._key("type", alert_type or ""), "type", None),
             (
-                jsonio.dumps(["account_type", alert_type or "", account_id or ""]).decode(),
+                self._key("account_type", alert_type or "", account_id or ""),
                 "account_type",
                 account_id,
             ),
@@ -106,11 +126,11 @@ class RateCounter:
                 start = ts - ts % window_s
                 if start + window_s + self.lateness_s <= mark:
                     if scope == "type":
-                        result.dropped_late[window_s] = result.dropped_late.get(window_s, 0) + 1
+                        result.dropped_late[window_s] = result.dropped_late.get(window_s, 0) + n
                     continue
                 label = f"{window_s}:{start}"
                 count, revision = state["w"].get(label, (0, 0))
-                count += 1
+                count += n
                 if revision > 0:  # already emitted: a late event inside lateness corrects it
                     revision += 1
                     result.records.append(self._record(state, window_s, start, count, revision))
@@ -118,7 +138,7 @@ class RateCounter:
                     revision = 1
                     result.records.append(self._record(state, window_s, start, count, revision))
                     self._push(partition, key, label, revision)
-                elif count == 1:
+                elif count == n:  # the window's first events
                     self._push(partition, key, label, 0)
                 state["w"][label] = [count, revision]
                 changed = True

@@ -145,15 +145,16 @@ def process(settings: WorkerSettings, records: Iterable[Any]) -> list[Output]:
     outputs: list[Output] = []
     rate_inputs: list[Output] = []
     for i, record in enumerate(ordered, 1):
-        for out in pipeline.on_raw(
+        outputs += pipeline.on_raw(
             record.value or b"",
             record.key,
             header_map(record.headers),
             record.partition,
             record.offset,
             record.timestamp,
-        ):
-            (rate_inputs if out.role == "rate-input" else outputs).append(out)
+        )
+        # Drained per record: the rate counter sees events one by one, in arrival order.
+        rate_inputs.extend(pipeline.drain_rate_inputs(record.partition))
         if i % 1000 == 0 or i == len(ordered):
             _progress("process", i, len(ordered))
     partitions = {record.partition for record in ordered}

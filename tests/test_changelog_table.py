@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
+
 from processors.engine import ChangelogTable
 
 
@@ -53,3 +57,20 @@ def test_drop_forgets_only_the_given_partitions_state_and_pending_changes() -> N
     assert dict(t) == {"b": {"p": 2}}
     assert t.drain(1) == []
     assert t.drain(2) == [("b", {"p": 2})]
+
+
+def test_writers_that_would_bypass_the_change_tracking_refuse() -> None:
+    t = table()
+    t["a"] = {"p": 0}
+    writes: list[Callable[[], object]] = [
+        lambda: t.pop("a"),
+        lambda: t.setdefault("b", {"p": 0}),
+        lambda: t.update({"b": {"p": 0}}),
+        lambda: t.popitem(),
+        lambda: t.clear(),
+    ]
+    for write in writes:
+        with pytest.raises(TypeError, match="one by one"):
+            write()
+    assert dict(t) == {"a": {"p": 0}}
+    assert t.get("a") == {"p": 0} and "a" in t and len(t) == 1

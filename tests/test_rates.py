@@ -421,3 +421,62 @@ def test_matches_the_model_through_restarts(
 def check_never_early(records: Iterable[RateRecord], high: int) -> None:
     for r in records:
         assert r.window_end <= high, (r, high)
+
+
+events = st.lists(
+    st.tuples(st.sampled_from(["a1", "a2"]), st.integers(0, 900), st.integers(1, 4)),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(CONFIGS), events)
+def test_quantised_ts_makes_the_same_decisions(
+    config: tuple[tuple[int, ...], int], script: list[tuple[str, int, int]]
+) -> None:
+    """Why the pipeline may pre-sum rate inputs per ts rounded to `step`."""
+    windows, lateness = config
+    exact = counter(windows=windows, lateness_s=lateness)
+    rounded = counter(windows=windows, lateness_s=lateness)
+    for account, offset, _n in script:
+        ts = B + offset
+        a = exact.add(TYPE, account, ts, 0, ts)
+        b = rounded.add(TYPE, account, rounded.quantise(ts), 0, ts)
+        assert rows(a.records) == rows(b.records)
+        assert a.dropped_late == b.dropped_late
+    assert windows_in(exact.store) == windows_in(rounded.store)
+    assert exact.watermark(0) == rounded.watermark(0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(CONFIGS), events)
+def test_n_events_at_once_count_like_n_single_events(
+    config: tuple[tuple[int, ...], int], script: list[tuple[str, int, int]]
+) -> None:
+    windows, lateness = config
+    singles = counter(windows=windows, lateness_s=lateness)
+    summed = counter(windows=windows, lateness_s=lateness)
+    last: dict[tuple[str | None, int, int], int] = {}  # (account, window_s, start) -> count
+    last_summed: dict[tuple[str | None, int, int], int] = {}
+    dropped: Counter[int] = Counter()
+    dropped_summed: Counter[int] = Counter()
+    for account, offset, n in script:
+        ts = summed.quantise(B + offset)
+        for _ in range(n):
+            result = singles.add(TYPE, account, ts, 0, ts)
+            dropped.update(result.dropped_late)
+            last.update(
+                {(r.account_id, r.window_s, r.window_start): r.count for r in result.records}
+            )
+        result = summed.add(TYPE, account, ts, 0, ts, n)
+        dropped_summed.update(result.dropped_late)
+        last_summed.update(
+            {(r.account_id, r.window_s, r.window_start): r.count for r in result.records}
+        )
+    counts = {k: {w: c for w, (c, _rev) in v.items()} for k, v in windows_in(singles.store).items()}
+    counts_summed = {
+        k: {w: c for w, (c, _rev) in v.items()} for k, v in windows_in(summed.store).items()
+    }
+    assert counts == counts_summed  # the same counts; only the number of revisions differs
+    assert last == last_summed  # every window's latest record carries the same count
+    assert dropped == dropped_summed

@@ -209,6 +209,7 @@ def test_malformed_bodies_go_to_the_dlq_with_reasons(stack: Stack) -> None:
         assert d["stage"] == "worker" and d["tenant"] == "default"
         assert d["source"]["topic"] == f"{stack.prefix}raw"
     assert metric_value(stack.worker.port, 'cfn_dlq_total{reason="bad_ts"}') >= 1
+    assert metric_value(stack.worker.port, "cfn_dlq_ratio") > 0  # read at scrape time
 
 
 def test_rates_count_windows_with_a_revision_and_a_dropped_late_event(stack: Stack) -> None:

@@ -1,0 +1,98 @@
+"""The worker's per-record logic over plain dicts, without Kafka."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from processors.metrics import WorkerMetrics
+from processors.pipeline import Pipeline
+from processors.settings import WorkerSettings
+from schemas import jsonio
+from tests.payloads import alert, encode
+
+NOW = 1_790_000_000
+
+
+def pipeline(registry: CollectorRegistry, **settings: object) -> Pipeline:
+    return Pipeline(
+        WorkerSettings(**settings),  # type: ignore[arg-type]
+        {},
+        {},
+        {},
+        WorkerMetrics.create(registry),
+        clock=lambda: float(NOW),
+    )
+
+
+def feed(p: Pipeline, bodies: list[bytes], first_offset: int = 0) -> None:
+    for offset, body in enumerate(bodies, first_offset):
+        p.on_raw(body, b"k", {}, 0, offset, NOW * 1000)
+
+
+def gauge(registry: CollectorRegistry, name: str) -> float:
+    value = registry.get_sample_value(name)
+    assert value is not None, name
+    return value
+
+
+def test_dlq_share_over_the_threshold_raises_the_alarm_and_clears_when_it_falls() -> None:
+    registry = CollectorRegistry()
+    p = pipeline(registry, dlq_alarm_sample=100, dlq_alarm_ratio=0.2)
+    good = [encode(alert(correlation=f"c{i}", ts=NOW - i)) for i in range(300)]
+    feed(p, good[:70] + [b"{not json"] * 30)
+    assert gauge(registry, "cfn_dlq_ratio") == 0.3
+    assert gauge(registry, "cfn_dlq_alarm") == 1.0
+    feed(p, good[70:], first_offset=100)  # the bad ones leave the last-100 sample
+    assert gauge(registry, "cfn_dlq_ratio") == 0.0
+    assert gauge(registry, "cfn_dlq_alarm") == 0.0
+
+
+def test_dlq_alarm_waits_for_a_minimal_sample() -> None:
+    registry = CollectorRegistry()
+    p = pipeline(registry, dlq_alarm_sample=1000, dlq_alarm_ratio=0.05)
+    feed(p, [b"[]"] * 99)  # every record dead, but 99 records are too few to judge
+    assert gauge(registry, "cfn_dlq_ratio") == 1.0
+    assert gauge(registry, "cfn_dlq_alarm") == 0.0
+    feed(p, [b"[]"], first_offset=99)
+    assert gauge(registry, "cfn_dlq_alarm") == 1.0
+
+
+def test_rate_inputs_are_summed_per_type_account_and_step_until_drained() -> None:
+    p = pipeline(CollectorRegistry(), rate_windows=(60, 300), rate_lateness=120)
+    minute = NOW - NOW % 60
+    bodies = [
+        encode(alert(account="a1", correlation=None, ts=minute + 1)),
+        encode(alert(account="a1", correlation=None, ts=minute + 59)),  # same minute
+        encode(alert(account="a1", correlation=None, ts=minute + 60)),  # the next one
+        encode(alert(account="a2", correlation=None, ts=minute + 2)),
+    ]
+    for offset, body in enumerate(bodies):
+        outputs = p.on_raw(body, b"k", {}, 3, offset, NOW * 1000)
+        assert [o.role for o in outputs] == ["events"]  # no rate input per event
+    assert p.drain_rate_inputs(4) == []  # another partition's
+    drained = p.drain_rate_inputs(3)
+    assert p.drain_rate_inputs(3) == []
+    items = sorted((o.key, o.value) for o in drained)
+    t = b"health_check_status_notification"
+    assert [(k, jsonio.loads(v)) for k, v in items] == [
+        (t, {"t": t.decode(), "a": "a1", "ts": minute, "n": 2}),
+        (t, {"t": t.decode(), "a": "a1", "ts": minute + 60, "n": 1}),
+        (t, {"t": t.decode(), "a": "a2", "ts": minute, "n": 1}),
+    ]
+    emitted = [o for d in drained for o in p.on_rate_input(d.value, 0)]
+    late = {"t": t.decode(), "a": "a1", "ts": minute + 600, "n": 1}  # closes every window
+    emitted += p.on_rate_input(jsonio.dumps(late), 0)
+    counts = {}
+    for o in emitted:
+        r = jsonio.loads(o.value)
+        if r["scope"] == "type":
+            counts[(r["window_s"], r["window_start"])] = r["count"]
+    assert counts[(60, minute)] == 3 and counts[(60, minute + 60)] == 1
+    assert counts[(300, minute - minute % 300)] == 4
+
+
+def test_forgotten_rate_inputs_are_not_drained() -> None:
+    p = pipeline(CollectorRegistry())
+    p.on_raw(encode(alert(correlation=None, ts=NOW)), b"k", {}, 0, 0, NOW * 1000)
+    p.forget_rate_inputs(0)  # the task failed: its transaction, and these, are gone
+    assert p.drain_rate_inputs(0) == []
