@@ -1,14 +1,21 @@
-"""uvicorn's httptools protocol with the two limits it lacks: header size and header time.
+"""uvicorn's httptools protocol with the limits it lacks: header size, header and body time.
 
-uvicorn + httptools buffer a request head of any size and wait for it forever; a client that
-sends a 64 MiB header, or opens sockets and never finishes a head, costs memory or sockets until
-it leaves. This subclass answers such a connection and closes it:
+uvicorn + httptools buffer a request head of any size and wait for it, and for a body, forever; a
+client that sends a 64 MiB header, or opens sockets and never finishes a request, costs memory or
+sockets until it leaves. This subclass answers such a connection and closes it:
 
 * more than `max_header_bytes` received before the head is complete -> 431;
 * the head not complete `header_timeout` seconds after its first byte (or after the connection
-  opened) -> 408.
+  opened) -> 408;
+* the body not complete `body_timeout` seconds after the head -> 408. The app, waiting for the
+  body, then receives `http.disconnect` and writes nothing (ingest.app.BodyIncomplete).
 
-Both answers are JSON like the app's own errors, and neither reaches the app, so neither needs a
+The body timer lives here rather than in the app because here it costs nothing when the body
+arrives with the head, as a webhook's almost always does: the timer is armed only when a
+`data_received` ends with a body still incomplete. An `asyncio.timeout` in the app cost every
+request a timer and a task lookup.
+
+The answers are JSON like the app's own errors, and none reaches the app, so none needs a
 secret. Idle keep-alive connections stay under uvicorn's own `timeout_keep_alive`.
 """
 
@@ -37,11 +44,11 @@ def _answer(status: int, error: str, message: str) -> bytes:
     )
 
 
-_limits: tuple[int, float] | None = None
+_limits: tuple[int, float, float] | None = None
 
 
-def _configured() -> tuple[int, float]:
-    """(max header bytes, header timeout) from CFN_* variables, read once per process.
+def _configured() -> tuple[int, float, float]:
+    """(max header bytes, header timeout, body timeout) from CFN_* variables, once per process.
 
     From the environment rather than passed in: uvicorn pickles the protocol class to start
     `--workers` processes, and only a module-level class survives that.
@@ -51,7 +58,7 @@ def _configured() -> tuple[int, float]:
         from ingest.settings import IngestSettings
 
         settings = IngestSettings.from_env()
-        _limits = (settings.max_header_bytes, settings.header_timeout)
+        _limits = (settings.max_header_bytes, settings.header_timeout, settings.body_timeout)
     return _limits
 
 
@@ -60,10 +67,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._max_head, self._head_timeout = _configured()
+        self._max_head, self._head_timeout, self._body_timeout = _configured()
         self._in_head = True
+        self._in_body = False
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
@@ -71,6 +80,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._disarm_body()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -85,11 +95,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
                 "header_too_large",
                 f"request head over {self._max_head} bytes (CFN_INGEST_MAX_HEADER_BYTES)",
             )
+        elif self._in_body and self._body_timer is None:
+            self._body_timer = self.loop.call_later(self._body_timeout, self._body_timed_out)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._in_body = True
         self._disarm()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._disarm_body()
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         # The next bytes on this connection start a new head; uvicorn's keep-alive timer
@@ -108,6 +126,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
             self._head_timer.cancel()
             self._head_timer = None
 
+    def _disarm_body(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self._in_body:
+            self._refuse(
+                408,
+                "request_timeout",
+                f"the body did not arrive within {self._body_timeout:g}s (CFN_INGEST_BODY_TIMEOUT)",
+            )
+
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if self._in_head:
@@ -119,8 +151,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
             )
 
     def _refuse(self, status: int, error: str, message: str) -> None:
-        self._in_head = False
+        self._in_head = self._in_body = False
         self._disarm()
+        self._disarm_body()
         if not self.transport.is_closing():
             self.transport.write(_answer(status, error, message))
             self.transport.close()

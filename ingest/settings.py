@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,11 +33,11 @@ class IngestSettings:
     replication: int = 1
     retry_after: int = 5
 
-    @property
-    def raw_topic(self) -> str:
+    @functools.cached_property
+    def raw_topic(self) -> str:  # read per request: computed once
         return topic_names(self.topic_prefix)["raw"]
 
-    @property
+    @functools.cached_property
     def dlq_topic(self) -> str:
         return topic_names(self.topic_prefix)["dlq"]
 
