@@ -14,6 +14,7 @@ from ingest.protocol import GuardedHttpToolsProtocol
 from ingest.settings import IngestSettings
 from ingest.sink import KafkaSink
 from schemas.config import ConfigError
+from schemas.runtime import tune_gc
 
 log = logging.getLogger("cfn.ingest")
 
@@ -47,6 +48,7 @@ def load_secrets(settings: IngestSettings, allow_unauthenticated: bool) -> Secre
 def create_app() -> IngestApp:
     """The uvicorn factory: every worker process builds its own app from the environment."""
     settings = IngestSettings.from_env()
+    tune_gc()  # in each worker process, before the app's own objects exist
     allow = os.environ.get(UNAUTHENTICATED_ENV) == "1"
     secrets = load_secrets(settings, allow)
     sink = KafkaSink(
