@@ -96,7 +96,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
                 f"request head over {self._max_head} bytes (CFN_INGEST_MAX_HEADER_BYTES)",
             )
         elif self._in_body and self._body_timer is None:
-            self._body_timer = self.loop.call_later(self._body_timeout, self._body_timed_out)
+            self._arm_body()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -107,15 +107,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
     def on_message_complete(self) -> None:
         self._in_body = False
         self._disarm_body()
+        if self.cycle is not None and self.cycle.response_complete and not self.pipeline:
+            self._next_head()  # answered before its body ended (an early 401 or 413)
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        self._disarm_body()  # its request has its answer
+        if not self.pipeline and not self._in_body:
+            # A pipelined request's head is already parsed; the rest of an early-answered
+            # request's body is not a head (on_message_complete starts the next one then).
+            self._next_head()
+        super().on_response_complete()
+        if self._in_body and self._body_timer is None:
+            self._arm_body()  # a pipelined request that now runs, its body still incomplete
+
+    def _next_head(self) -> None:
         # The next bytes on this connection start a new head; uvicorn's keep-alive timer
         # covers the wait for them, ours starts with their first byte.
-        if not self.pipeline:  # a pipelined request's head is already parsed
-            self._in_head = True
-            self._head_bytes = 0
-        super().on_response_complete()
+        self._in_head = True
+        self._head_bytes = 0
+
+    def _arm_body(self) -> None:
+        """Time the body of the request being served, from the read that ended its head (or
+        from when it starts running, for one queued behind a pipelined request). A request
+        already answered (an early 401 or 413) is not timed: its answer is out, and uvicorn's
+        keep-alive timeout closes a connection that then stalls."""
+        cycle = self.cycle
+        if self.pipeline or cycle is None or cycle.response_started:
+            return
+        self._body_timer = self.loop.call_later(self._body_timeout, self._body_timed_out, cycle)
 
     def _arm(self) -> None:
         self._disarm()
@@ -131,9 +151,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
             self._body_timer.cancel()
             self._body_timer = None
 
-    def _body_timed_out(self) -> None:
+    def _body_timed_out(self, cycle: Any) -> None:
         self._body_timer = None
-        if self._in_body:
+        if self._in_body and self.cycle is cycle and not cycle.response_started:
             self._refuse(
                 408,
                 "request_timeout",

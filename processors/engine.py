@@ -189,6 +189,9 @@ class Engine:
         cluster = await self.consumer._client.fetch_all_metadata()
         topics = {self.raw_topic, *self.topics.values()}
         self._partition_counts = {t: len(cluster.partitions_for_topic(t) or ()) for t in topics}
+        empty = sorted(t for t, n in self._partition_counts.items() if n == 0)
+        if empty:
+            raise KafkaError(f"no partitions in the metadata of {', '.join(empty)}")
         counts = set(self._partition_counts.values())
         if counts != {self.settings.partitions}:
             log.warning(
@@ -314,6 +317,9 @@ class Engine:
     async def _tick_task(self, partition: int, now: float) -> None:
         task = self.tasks[partition]
         await self._begin(task)
+        # The rate inputs summed so far go before the tick, as the events they count came
+        # before it: a tick behind them cannot find their rate partition idle.
+        await self._send(task, self.pipeline.drain_rate_inputs(partition))
         await self._send(task, self.pipeline.on_tick(now, partition))
 
     async def _begin(self, task: Task) -> None:

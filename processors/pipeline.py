@@ -221,7 +221,10 @@ class Pipeline:
             outputs.append(self._incident_output(key, incident))
         if n.kind == "alert":
             # Summed per (type, account, ts rounded to the rate step) until drain_rate_inputs:
-            # one rate-input record per distinct triple per commit, not one per event.
+            # one rate-input record per distinct triple per commit (or tick), not one per
+            # event. Rounding changes no decision; summing moves an event ahead of other keys'
+            # events of the same interval, so it may be counted where per-event order would
+            # have found it late (never the reverse). Replays count per event.
             pending = self._rate_pending.setdefault(source.partition, {})
             slot = (n.alert_type, n.account_id, self.rates.quantise(n.ts))
             pending[slot] = pending.get(slot, 0) + 1

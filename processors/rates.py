@@ -30,8 +30,9 @@ class RateCounter:
     Windows follow event time. A partition's watermark is the highest `ts` it has seen (or,
     once the partition has been idle for `idle_after_s`, wall time minus `idle_delay_s`, so a
     quiet stream still closes its windows). A window is emitted (revision 1) when the
-    watermark reaches its end, corrected (revision n+1) by each event arriving within
-    `lateness_s` after that, and forgotten after; later events are counted as dropped-late.
+    watermark reaches its end, corrected (revision n+1) by each `add` arriving within
+    `lateness_s` after that (one event, or a sum of events at one rounded ts), and forgotten
+    after; later events are counted as dropped-late.
 
     The watermark is stored quantised to the gcd of the windows and the lateness: every
     decision compares it with window ends (+ lateness), all multiples of that gcd, so the

@@ -847,6 +847,57 @@ def test_slow_loris_gets_408_and_other_clients_stay_fast(
     assert after_huge[0] == 202 and after_huge[1] < 1.0, figures
 
 
+def _head(length: int, secret: str) -> bytes:
+    return (
+        f"POST {WEBHOOK} HTTP/1.1\r\nHost: 127.0.0.1\r\ncf-webhook-auth: {secret}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def _read_for(sock: socket.socket, seconds: float) -> bytes:
+    """Everything the server sends within `seconds` or until it closes."""
+    received = b""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+@pytest.mark.broker
+def test_body_timer_times_the_request_being_served_and_never_answers_twice(
+    kafka: str, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    body_timeout = 1.0
+    ingest = start_ingest(
+        tmp_path,
+        kafka,
+        unique("bt") + ".",
+        {"CFN_INGEST_SECRET": SECRET, "CFN_INGEST_BODY_TIMEOUT": f"{body_timeout:g}s"},
+    )
+    body = encode(alert(correlation=f"pipelined-{uuid.uuid4().hex}"))
+    try:
+        # Pipelined: a whole request, then one whose body stops. The first is answered first;
+        # the second's time starts when it runs, and it alone gets the 408.
+        with socket.create_connection(("127.0.0.1", ingest.port), timeout=10) as sock:
+            sock.sendall(_head(len(body), SECRET) + body + _head(len(body), SECRET) + body[:10])
+            pipelined = _read_for(sock, body_timeout + 5)
+        # Answered early (wrong secret, body unread) and then silent: one answer only.
+        with socket.create_connection(("127.0.0.1", ingest.port), timeout=10) as sock:
+            sock.sendall(_head(len(body), "wrong-secret") + body[:10])
+            early = _read_for(sock, body_timeout + 1.5)
+    finally:
+        ingest.stop()
+    assert re.findall(rb"HTTP/1\.1 (\d{3})", pipelined) == [b"202", b"408"], pipelined
+    assert re.findall(rb"HTTP/1\.1 (\d{3})", early) == [b"401"], early
+
+
 @pytest.mark.broker
 def test_oversized_header_is_refused(
     kafka: str, tmp_path: Path, unique: Callable[[str], str]
