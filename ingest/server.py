@@ -87,7 +87,7 @@ def serve(workers: int = 1, allow_unauthenticated: bool = False) -> int:
         port=settings.port,
         workers=workers,
         loop="uvloop",
-        http=GuardedHttpToolsProtocol,  # header size and time limits (ingest/protocol.py)
+        http=GuardedHttpToolsProtocol,  # head size, head and body time limits (ingest/protocol.py)
         lifespan="on",
         access_log=False,
         log_level="warning",

@@ -77,15 +77,17 @@ class ChangelogTable(dict[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         dict.__setitem__(self, key, value)
-        partition = _partition_of(value)
-        changed = self._changed.get(partition)
-        if changed is None:
-            changed = self._changed[partition] = set()
-        changed.add(key)
+        self._mark(key, value)
 
     def __delitem__(self, key: str) -> None:
-        value = dict.pop(self, key)
-        self._changed.setdefault(_partition_of(value), set()).add(key)
+        self._mark(key, dict.pop(self, key))
+
+    def _mark(self, key: str, value: Any) -> None:
+        partition = _partition_of(value)
+        changed = self._changed.get(partition)
+        if changed is None:  # not setdefault: that builds a set on every write
+            changed = self._changed[partition] = set()
+        changed.add(key)
 
     def _untracked(self, *_args: Any, **_kwargs: Any) -> Any:
         raise TypeError("ChangelogTable: write keys one by one (t[k] = v, del t[k])")
@@ -317,9 +319,6 @@ class Engine:
     async def _tick_task(self, partition: int, now: float) -> None:
         task = self.tasks[partition]
         await self._begin(task)
-        # The rate inputs summed so far go before the tick, as the events they count came
-        # before it: a tick behind them cannot find their rate partition idle.
-        await self._send(task, self.pipeline.drain_rate_inputs(partition))
         await self._send(task, self.pipeline.on_tick(now, partition))
 
     async def _begin(self, task: Task) -> None:

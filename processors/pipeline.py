@@ -225,7 +225,9 @@ class Pipeline:
             # event. Rounding changes no decision; summing moves an event ahead of other keys'
             # events of the same interval, so it may be counted where per-event order would
             # have found it late (never the reverse). Replays count per event.
-            pending = self._rate_pending.setdefault(source.partition, {})
+            pending = self._rate_pending.get(source.partition)
+            if pending is None:
+                pending = self._rate_pending[source.partition] = {}
             slot = (n.alert_type, n.account_id, self.rates.quantise(n.ts))
             pending[slot] = pending.get(slot, 0) + 1
         return outputs
@@ -273,8 +275,12 @@ class Pipeline:
     # ---- timers -----------------------------------------------------------------------------
 
     def on_tick(self, now: float, partition: int) -> list[Output]:
-        """A timer tick for one raw partition: expiry, orphan release, dedup TTL, and a
-        watermark tick for the rate partition of the same number."""
+        """A timer tick for one raw partition: expiry, orphan release, dedup TTL, then the rate
+        inputs summed so far and a watermark tick for the rate partition of the same number.
+
+        The sums go before the tick, as the events they count came before it: a tick behind
+        them cannot find their rate partition idle.
+        """
         self.dedup.expire(now, partition)
         # The open-incident gauge is refreshed once a tick, not once per incident record: it
         # walks every alert type, which the per-event path should not pay for.
@@ -289,6 +295,7 @@ class Pipeline:
                 },
             )
             outputs.append(self._incident_output(key, incident))
+        outputs += self.drain_rate_inputs(partition)
         outputs.append(Output("rate-input", b"", jsonio.dumps({"tick": now}), partition=partition))
         return outputs
 

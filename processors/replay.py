@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -19,6 +18,7 @@ from ingest.topics import ensure_topics
 from processors.metrics import WorkerMetrics
 from processors.pipeline import Output, Pipeline, header_map
 from processors.settings import WorkerSettings
+from schemas.partition import partition_for
 
 FAR_FUTURE = 4_102_444_800.0  # closes every window and fires every timer at the end
 
@@ -164,11 +164,9 @@ def process(settings: WorkerSettings, records: Iterable[Any]) -> list[Output]:
                 outputs.append(out)
     # Rates see the same partitions as live (the rate-input topic is keyed by alert_type), so
     # each partition's watermark, and so each late/on-time decision, matches the live run's.
-    partitioner = DefaultPartitioner()
-    every = list(range(settings.partitions))
     used: set[int] = set()
     for out in rate_inputs:
-        target = partitioner(out.key, every, every)
+        target = partition_for(out.key, settings.partitions)
         used.add(target)
         outputs.extend(pipeline.on_rate_input(out.value, target))
     for target in sorted(used):

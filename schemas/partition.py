@@ -52,4 +52,4 @@ def default_partitioner(
     """Drop-in for aiokafka's DefaultPartitioner (`AIOKafkaProducer(partitioner=...)`)."""
     if key is None:
         return random.choice(available or all_partitions)  # noqa: S311 (load spreading)
-    return all_partitions[(murmur2(key) & 0x7FFFFFFF) % len(all_partitions)]
+    return all_partitions[partition_for(key, len(all_partitions))]

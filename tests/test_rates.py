@@ -448,35 +448,44 @@ def test_quantised_ts_makes_the_same_decisions(
     assert exact.watermark(0) == rounded.watermark(0)
 
 
+@dataclass
+class Tally:
+    """What a counter emitted and dropped over a script, for comparing two ways of feeding it."""
+
+    counter: RateCounter
+    last: dict[tuple[str | None, int, int], int] = field(default_factory=dict)  # latest counts
+    dropped: Counter[int] = field(default_factory=Counter)
+
+    def add(self, account: str, ts: int, n: int) -> None:
+        result = self.counter.add(TYPE, account, ts, 0, ts, n)
+        self.dropped.update(result.dropped_late)
+        self.last.update(
+            {(r.account_id, r.window_s, r.window_start): r.count for r in result.records}
+        )
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {
+            k: {w: c for w, (c, _rev) in v.items()}
+            for k, v in windows_in(self.counter.store).items()
+        }
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(CONFIGS), events)
 def test_n_events_at_once_count_like_n_single_events(
     config: tuple[tuple[int, ...], int], script: list[tuple[str, int, int]]
 ) -> None:
     windows, lateness = config
-    singles = counter(windows=windows, lateness_s=lateness)
-    summed = counter(windows=windows, lateness_s=lateness)
-    last: dict[tuple[str | None, int, int], int] = {}  # (account, window_s, start) -> count
-    last_summed: dict[tuple[str | None, int, int], int] = {}
-    dropped: Counter[int] = Counter()
-    dropped_summed: Counter[int] = Counter()
+    singles = Tally(counter(windows=windows, lateness_s=lateness))
+    summed = Tally(counter(windows=windows, lateness_s=lateness))
     for account, offset, n in script:
-        ts = summed.quantise(B + offset)
+        ts = summed.counter.quantise(B + offset)
         for _ in range(n):
-            result = singles.add(TYPE, account, ts, 0, ts)
-            dropped.update(result.dropped_late)
-            last.update(
-                {(r.account_id, r.window_s, r.window_start): r.count for r in result.records}
-            )
-        result = summed.add(TYPE, account, ts, 0, ts, n)
-        dropped_summed.update(result.dropped_late)
-        last_summed.update(
-            {(r.account_id, r.window_s, r.window_start): r.count for r in result.records}
-        )
-    counts = {k: {w: c for w, (c, _rev) in v.items()} for k, v in windows_in(singles.store).items()}
-    counts_summed = {
-        k: {w: c for w, (c, _rev) in v.items()} for k, v in windows_in(summed.store).items()
-    }
+            singles.add(account, ts, 1)
+        summed.add(account, ts, n)
+    counts, counts_summed = singles.counts(), summed.counts()
+    last, last_summed = singles.last, summed.last
+    dropped, dropped_summed = singles.dropped, summed.dropped
     assert counts == counts_summed  # the same counts; only the number of revisions differs
     assert last == last_summed  # every window's latest record carries the same count
     assert dropped == dropped_summed
