@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+import random
 import signal
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -36,6 +36,12 @@ Send = Callable[[Message], Awaitable[None]]
 
 WEBHOOK_PATH = "/webhooks/cloudflare"
 AUTH_HEADER = b"cf-webhook-auth"
+# The 202's start message: its body is always 61 bytes (a 32-hex-digit id).
+_ACCEPTED_START: Message = {
+    "type": "http.response.start",
+    "status": 202,
+    "headers": [(b"content-type", b"application/json"), (b"content-length", b"61")],
+}
 
 
 class BodyTooLarge(Exception):
@@ -78,6 +84,16 @@ class IngestApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._openapi = jsonio.dumps(openapi_document(settings))
         self._by_status: dict[int, Any] = {}
+        # Request ids: 128 random bits each, like uuid4, from a generator seeded by os.urandom
+        # per process. Unique, not secret; os.urandom per request cost a syscall (measured at
+        # 6 us under load here).
+        self._random_bits = random.Random().getrandbits  # noqa: S311 (not a secret)
+        # The hot path's lookups, done once.
+        self._raw_topic = settings.raw_topic
+        self._accepted = self.metrics.requests.labels("202")
+        self._observe_request = self.metrics.request_duration.observe
+        self._observe_ack = self.metrics.ack_duration.observe
+        self._observe_body = self.metrics.body_bytes.observe
         # Read at scrape time: nothing to update per request.
         self.metrics.in_flight.set_function(lambda: self._inflight)
 
@@ -122,7 +138,7 @@ class IngestApp:
             await self._accept(scope, receive, send)
         finally:
             self._inflight -= 1
-        self.metrics.request_duration.observe(time.perf_counter() - started)
+        self._observe_request(time.perf_counter() - started)
 
     async def _accept(self, scope: Scope, receive: Receive, send: Send) -> int:
         presented: bytes | None = None
@@ -131,8 +147,10 @@ class IngestApp:
             if name == AUTH_HEADER:
                 presented = value
             elif name == b"content-length":
-                with contextlib.suppress(ValueError):
+                try:
                     declared = int(value)
+                except ValueError:
+                    declared = None
 
         tenant = self._authenticate(presented)
         if tenant is None:
@@ -150,23 +168,33 @@ class IngestApp:
             return await self._error(
                 send, 413, "payload_too_large", f"body over {limit} bytes (CFN_INGEST_MAX_BODY)"
             )
-        try:
-            body = await _read_body(receive, limit)
-        except BodyTooLarge:
-            return await self._error(
-                send, 413, "payload_too_large", f"body over {limit} bytes (CFN_INGEST_MAX_BODY)"
-            )
-        except BodyIncomplete:
-            # The connection closed before the body was complete: the protocol's body timeout
-            # (which has already answered 408) or the client leaving. Nothing is written; the
-            # answer below goes nowhere but counts the request as a 408.
-            return await self._error(
-                send, 408, "request_timeout", "the body did not arrive in CFN_INGEST_BODY_TIMEOUT"
-            )
-        self.metrics.body_bytes.observe(len(body))
+        first = await receive()
+        if first.get("more_body", False) or first["type"] != "http.request":
+            try:
+                body = await _read_body(receive, limit, first)
+            except BodyTooLarge:
+                return await self._error(
+                    send, 413, "payload_too_large", f"body over {limit} bytes (CFN_INGEST_MAX_BODY)"
+                )
+            except BodyIncomplete:
+                # The connection closed before the body was complete: the protocol's body
+                # timeout (which has already answered 408) or the client leaving. Nothing is
+                # written; the answer below goes nowhere but counts the request as a 408.
+                return await self._error(
+                    send,
+                    408,
+                    "request_timeout",
+                    "the body did not arrive in CFN_INGEST_BODY_TIMEOUT",
+                )
+        else:  # the whole body in one message: the usual case
+            body = first.get("body", b"")
+            if len(body) > limit:
+                return await self._error(
+                    send, 413, "payload_too_large", f"body over {limit} bytes (CFN_INGEST_MAX_BODY)"
+                )
+        self._observe_body(len(body))
         received_at = int(self.clock() * 1000)
-        request_id = os.urandom(16).hex()  # as random as uuid4().hex, without the object
-        request_id_b = request_id.encode()
+        request_id_b = b"%032x" % self._random_bits(128)
 
         try:
             parsed = jsonio.loads(body)
@@ -176,7 +204,7 @@ class IngestApp:
                 tenant,
                 body,
                 received_at,
-                request_id,
+                request_id_b.decode(),
                 "invalid_json",
                 f"body is not valid JSON: {exc}",
             )
@@ -186,7 +214,7 @@ class IngestApp:
                 tenant,
                 body,
                 received_at,
-                request_id,
+                request_id_b.decode(),
                 "not_an_object",
                 f"body is JSON {type(parsed).__name__}, not an object",
             )
@@ -195,18 +223,20 @@ class IngestApp:
             return await self._kafka_failed(send, Outcome.RETRIABLE)
         headers = [
             ("cfn-tenant", tenant.encode()),
-            ("cfn-received-at", str(received_at).encode()),
+            ("cfn-received-at", b"%d" % received_at),
             ("cfn-request-id", request_id_b),
         ]
         ack_started = time.perf_counter()
-        result = await self.sink.send(
-            self.settings.raw_topic, incident_key(tenant, parsed), body, headers
-        )
-        self.metrics.ack_duration.observe(time.perf_counter() - ack_started)
+        result = await self.sink.send(self._raw_topic, incident_key(tenant, parsed), body, headers)
+        self._observe_ack(time.perf_counter() - ack_started)
         if result.outcome is not Outcome.ACKED:
             return await self._kafka_failed(send, result.outcome)
+        await send(_ACCEPTED_START)
         # request_id is hex: no JSON escaping needed.
-        return await self._respond(send, 202, b'{"status":"accepted","id":"%s"}' % request_id_b)
+        answer = b'{"status":"accepted","id":"%s"}' % request_id_b
+        await send({"type": "http.response.body", "body": answer})
+        self._accepted.inc()
+        return 202
 
     def _authenticate(self, presented: bytes | None) -> str | None:
         if self.secrets is None:
@@ -414,11 +444,11 @@ class IngestApp:
         return True
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
+async def _read_body(receive: Receive, limit: int, message: Message) -> bytes:
+    """The body whose first ASGI message is `message`, read up to `limit` bytes."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             raise BodyIncomplete
         chunk: bytes = message.get("body", b"")
@@ -428,6 +458,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
+        message = await receive()
     return b"".join(chunks)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client import CollectorRegistry, Gauge, disable_created_metrics
 
-from schemas.histogram import FastHistogram
+from schemas.fastmetrics import FastCounter, FastHistogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BODY_BUCKETS = (256, 512, 1024, 2048, 4096, 16384, 65536, 262144, 1048576)
@@ -18,14 +18,14 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstre
 
 @dataclass(frozen=True, slots=True)
 class IngestMetrics:
-    requests: Counter
+    requests: FastCounter
     request_duration: FastHistogram
     ack_duration: FastHistogram
     body_bytes: FastHistogram
-    auth_failures: Counter
+    auth_failures: FastCounter
     in_flight: Gauge
-    kafka_errors: Counter
-    dead_letters: Counter
+    kafka_errors: FastCounter
+    dead_letters: FastCounter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> IngestMetrics:
@@ -46,7 +46,7 @@ class IngestMetrics:
     def _create(cls, registry: CollectorRegistry) -> IngestMetrics:
         return cls(
             # Every answered request, by HTTP status code.
-            requests=Counter(
+            requests=FastCounter(
                 "cfn_ingest_requests",
                 "Requests answered, by status code.",
                 ["code"],
@@ -74,7 +74,7 @@ class IngestMetrics:
                 registry=registry,
             ),
             # 401s by reason: the header was missing, or matched no tenant's secret.
-            auth_failures=Counter(
+            auth_failures=FastCounter(
                 "cfn_ingest_auth_failures",
                 "Rejected authentications, by reason.",
                 ["reason"],
@@ -87,14 +87,14 @@ class IngestMetrics:
                 registry=registry,
             ),
             # Failed Kafka writes: timeout and retriable give 503, permanent gives 500.
-            kafka_errors=Counter(
+            kafka_errors=FastCounter(
                 "cfn_ingest_kafka_errors",
                 "Failed Kafka writes, by kind.",
                 ["kind"],
                 registry=registry,
             ),
             # Authenticated bodies written to the dead-letter topic at ingest, by reason.
-            dead_letters=Counter(
+            dead_letters=FastCounter(
                 "cfn_ingest_dead_letters",
                 "Bodies dead-lettered at ingest.",
                 ["reason"],

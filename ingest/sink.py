@@ -1,20 +1,37 @@
-"""The durable write: one acks=all send per request, bounded by the ack timeout."""
+"""The durable write: one acks=all send per request, bounded by the ack timeout.
+
+The hot path is cheaper than `AIOKafkaProducer.send` by the work a webhook does not need each
+time (measured per acknowledged record, see `KafkaSink.send`): it knows each topic's partitions
+from the last metadata update, places the key with `schemas.partition`, and bounds the wait for
+the acknowledgement with one shared sweeper instead of a timer per request.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
+from aiokafka.structs import TopicPartition
 
-from schemas.partition import default_partitioner
+from schemas.partition import default_partitioner, partition_for
 
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+
+# A record of key + value + headers + this much stays under max_request_size with room to spare
+# (a v2 record adds at most ~30 bytes of varints and the batch header 61); anything closer to
+# the limit goes through AIOKafkaProducer.send, which measures it exactly.
+_SIZE_MARGIN = 1024
 
 
 class Outcome(Enum):
@@ -31,6 +48,13 @@ class Outcome(Enum):
 class SendResult:
     outcome: Outcome
     error: str | None = None  # the Kafka error class name; never payload or secret content
+
+
+ACKED = SendResult(Outcome.ACKED)
+
+
+class AckTimeout(KafkaTimeoutError):  # type: ignore[misc]  # aiokafka is untyped
+    """No acknowledgement within the ack timeout (set by the sweeper on the record's future)."""
 
 
 def classify(exc: BaseException) -> Outcome:
@@ -51,6 +75,12 @@ class KafkaSink:
 
     It trades throughput for latency honesty: every request awaits its own ack (no linger by
     default), so a 2xx always means "durable", and concurrent requests still share batches.
+
+    Args:
+        bootstrap: the Kafka bootstrap servers.
+        ack_timeout: seconds from `send` to its answer at most (plus `sweep_interval`).
+        linger_ms, compression, max_request_size: the producer's settings.
+        sweep_interval: how often the sweeper fails records whose ack is overdue.
     """
 
     def __init__(
@@ -61,8 +91,11 @@ class KafkaSink:
         linger_ms: int = 0,
         compression: str = "lz4",
         max_request_size: int = 2 * 1024 * 1024,
+        sweep_interval: float = 0.02,
     ) -> None:
         self.ack_timeout = ack_timeout
+        self.sweep_interval = sweep_interval
+        self._max_fast_size = max_request_size - _SIZE_MARGIN
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             acks="all",
@@ -74,14 +107,36 @@ class KafkaSink:
             client_id="cfn-ingest",
             partitioner=default_partitioner,  # aiokafka's placement, a faster murmur2
         )
+        # aiokafka's accumulator (AIOKafkaProducer.send ends in its add_message); None if a
+        # future aiokafka renames it, and then every send takes the public path.
+        accumulator = getattr(self._producer, "_message_accumulator", None)
+        self._accumulator: Any = accumulator if hasattr(accumulator, "add_message") else None
+        # topic -> its partitions in order, from the last metadata update; cleared on each.
+        self._routes: dict[str, tuple[TopicPartition, ...]] = {}
+        # (deadline, future) in deadline order: every deadline is send time + ack_timeout.
+        self._pending: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self._sweeper: asyncio.Task[None] | None = None
         self._started = False
+
+    @property
+    def fast_path(self) -> bool:
+        """True when sends bypass AIOKafkaProducer.send's per-record metadata work."""
+        return self._accumulator is not None
 
     async def start(self) -> None:
         await self._producer.start()
+        self._producer.client.cluster.add_listener(self._metadata_updated)
+        self._sweeper = asyncio.create_task(self._sweep())
         self._started = True
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         if self._started:
+            self._producer.client.cluster.remove_listener(self._metadata_updated)
             await self._producer.stop()
             self._started = False
 
@@ -92,16 +147,64 @@ class KafkaSink:
             ACKED only when the broker acknowledged; otherwise the failure's classification.
         """
         try:
-            async with asyncio.timeout(self.ack_timeout):
-                future = await self._producer.send(topic, value=value, key=key, headers=headers)
-                await future
+            routes = self._routes.get(topic)
+            if (
+                routes is None
+                or self._accumulator is None
+                or len(value) + len(key) + sum(len(k) + len(v) for k, v in headers)
+                > self._max_fast_size
+            ):
+                await self._send_public(topic, key, value, headers)
+                return ACKED
+            deadline = time.monotonic() + self.ack_timeout
+            future = await self._accumulator.add_message(
+                routes[partition_for(key, len(routes))], key, value, self.ack_timeout, None, headers
+            )
+            if not future.done():
+                if time.monotonic() >= deadline:  # the enqueue itself waited that long
+                    raise AckTimeout
+                self._pending.append((deadline, future))
+            await future
         except Exception as exc:
             outcome = classify(exc)
             log.warning(
                 "kafka write to %s failed: %s (%s)", topic, type(exc).__name__, outcome.value
             )
             return SendResult(outcome, type(exc).__name__)
-        return SendResult(Outcome.ACKED)
+        return ACKED
+
+    async def _send_public(self, topic: str, key: bytes, value: bytes, headers: Headers) -> None:
+        """The public path: waits for the topic's metadata and checks the size exactly."""
+        async with asyncio.timeout(self.ack_timeout):
+            future = await self._producer.send(topic, value=value, key=key, headers=headers)
+            await future
+        if topic not in self._routes:
+            partitions = self._producer.client.cluster.partitions_for_topic(topic)
+            if partitions:
+                self._routes[topic] = self._routes_for(topic, partitions)
+
+    @staticmethod
+    def _routes_for(topic: str, partitions: Iterable[int]) -> tuple[TopicPartition, ...]:
+        return tuple(TopicPartition(topic, partition) for partition in sorted(partitions))
+
+    def _metadata_updated(self, _cluster: object) -> None:
+        # Partitions may have been added: the next send per topic relearns them.
+        self._routes.clear()
+
+    async def _sweep(self) -> None:
+        """Fail every record still unacknowledged at its deadline; drop acknowledged ones."""
+        pending = self._pending
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            now = time.monotonic()
+            while pending:
+                deadline, future = pending[0]
+                if deadline > now and not future.done():
+                    break
+                pending.popleft()
+                if not future.done():
+                    # aiokafka skips a future that is already done when the ack comes later.
+                    future.set_exception(AckTimeout())
 
     async def ready(self, topic: str, timeout: float = 2.0) -> bool:
         """True when the producer can reach the cluster and `topic` exists there."""

@@ -9,25 +9,44 @@ as little-endian 32-bit words in one `struct` call. Equality with aiokafka's is 
 
 from __future__ import annotations
 
+import functools
 import random
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 _SEED = 0x9747B28C
 
 
+@functools.cache
+def _lanes(
+    words: int,
+) -> tuple[int, Callable[..., bytes], Callable[[bytes], tuple[int, ...]], Callable[..., Any]]:
+    """For keys of `words` whole words: the lane mask, lane packer and reader, the word reader."""
+    mask = int.from_bytes(b"\xff\xff\xff\xff\x00\x00\x00\x00" * words, "little")
+    lanes = struct.Struct(f"<{words}Q")
+    return mask, lanes.pack, lanes.unpack, struct.Struct(f"<{words}I").unpack_from
+
+
 def murmur2(data: bytes) -> int:
-    """MurmurHash2 as org.apache.kafka.common.utils.Utils.murmur2, as an unsigned 32-bit int."""
+    """MurmurHash2 as org.apache.kafka.common.utils.Utils.murmur2, as an unsigned 32-bit int.
+
+    Each word's own mixing (`k *= m; k ^= k >> 24; k *= m`) does not depend on the running
+    hash, so it runs on all words at once: word i sits in bits 64i..64i+31 of one Python int,
+    a product of two 32-bit values fits its 64-bit lane, and masking keeps the lanes apart.
+    Only the chain through `h` is a loop.
+    """
     length = len(data)
     h = (_SEED ^ length) & _MASK
     words = length >> 2
     if words:
-        for k in struct.unpack_from(f"<{words}I", data):
-            k = (k * _M) & _MASK
-            k ^= k >> 24
-            h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+        mask, pack, unpack, read = _lanes(words)
+        k = (int.from_bytes(pack(*read(data)), "little") * _M) & mask
+        k = ((k ^ ((k >> 24) & mask)) * _M) & mask
+        for mixed in unpack(k.to_bytes(words << 3, "little")):
+            h = ((h * _M) & _MASK) ^ mixed
     tail = length & 3
     if tail:
         base = words << 2
