@@ -148,12 +148,10 @@ class KafkaSink:
         """
         try:
             routes = self._routes.get(topic)
-            if (
-                routes is None
-                or self._accumulator is None
-                or len(value) + len(key) + sum(len(k) + len(v) for k, v in headers)
-                > self._max_fast_size
-            ):
+            size = len(value) + len(key)
+            for name, data in headers:
+                size += len(name) + len(data)
+            if routes is None or self._accumulator is None or size > self._max_fast_size:
                 await self._send_public(topic, key, value, headers)
                 return ACKED
             deadline = time.monotonic() + self.ack_timeout

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas import partition
 from schemas.keys import incident_key
 from schemas.partition import default_partitioner, murmur2, partition_for
 
@@ -15,6 +17,23 @@ from schemas.partition import default_partitioner, murmur2, partition_for
 @given(st.binary(max_size=200))
 def test_murmur2_equals_aiokafkas_for_any_bytes(data: bytes) -> None:
     assert murmur2(data) == aiokafka_murmur2(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from([b"default|9a7806061c88ada191ed06f989cc3dac|", b"t|" * 20]), st.binary())
+def test_murmur2_of_keys_sharing_a_prefix_equals_aiokafkas(prefix: bytes, rest: bytes) -> None:
+    # Several keys per prefix and length: the remembered prefix hashes are used, not just made.
+    for data in (prefix + rest, prefix + rest[::-1], prefix + rest):
+        assert murmur2(data) == aiokafka_murmur2(data)
+
+
+def test_remembered_prefixes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(partition, "_PREFIX_LIMIT", 8)
+    monkeypatch.setattr(partition, "_prefix_states", {})
+    keys = [b"tenant|account-%04d-of-many|incident-one" % i for i in range(50)]
+    for _ in range(2):
+        assert [murmur2(k) for k in keys] == [aiokafka_murmur2(k) for k in keys]
+    assert 0 < len(partition._prefix_states) <= 8
 
 
 def test_known_java_values() -> None:
