@@ -17,6 +17,7 @@ import pytest
 from schemas import jsonio
 from tests.bench.cli import run_bench
 from tests.bench.core import Sizes
+from tests.bench.ingest_bench import median_run
 from tests.bench.load import parse_wrk, webhook_body
 
 pytestmark = pytest.mark.broker
@@ -102,3 +103,10 @@ def test_quick_ingest_and_memory_sections(kafka: str, tmp_path: Path) -> None:
     assert markdown.startswith("## Performance")
     assert "quick mode" in markdown and "pytest tests/test_bench_smoke.py" in markdown
     assert "| Ingest req/s, 1 process(es)" in markdown
+
+
+def test_latency_reports_the_run_with_the_median_tail() -> None:
+    runs = [{"p99_ms": 900.0, "n": 1}, {"p99_ms": 12.0, "n": 2}, {"p99_ms": 15.0, "n": 3}]
+    assert median_run(runs) == {"p99_ms": 15.0, "n": 3}
+    assert median_run([{"p99_ms": None}, {"p99_ms": 5.0}]) == {"p99_ms": 5.0}
+    assert median_run([{"p99_ms": 7.0}]) == {"p99_ms": 7.0}

@@ -55,7 +55,9 @@ class Sizes:
 
     @classmethod
     def full(cls, runs: int = 3) -> Sizes:
-        return cls(quick=False, runs=runs, wrk_duration=10.0, wrk_warmup=1.0)
+        # A warm-up long enough for the broker's JIT: the first contender measured after a
+        # short one was measurably slower than in later rounds.
+        return cls(quick=False, runs=runs, wrk_duration=10.0, wrk_warmup=5.0)
 
     @classmethod
     def fast(cls, runs: int = 1) -> Sizes:

@@ -243,7 +243,8 @@ def _ingest_detail(ingest: dict[str, Any] | None) -> list[str]:
         "`bare+Kafka` is tests/bench/bare_ingest.py (same uvicorn options, same idempotent "
         "acks=all lz4 producer, no key); `bare HTTP` is the same handler with no Kafka. "
         "Latency at 50% of peak comes from tests/bench/rate_client.py (open loop, measured "
-        "from the scheduled send time, as wrk2 would; wrk2 is not installed).",
+        "from the scheduled send time, as wrk2 would; wrk2 is not installed); cfn and bare "
+        "alternate, one run per round, and each side's run with the median p99 is shown.",
         "",
         "| Processes | Server | req/s | p50 ms | p99 ms | req per server CPU-s | non-2xx |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -265,6 +266,11 @@ def _ingest_detail(ingest: dict[str, Any] | None) -> list[str]:
                 f"p50 {_num(h['p50_ms'], 1)} ms, p99 {_num(h['p99_ms'], 1)} ms "
                 f"(server share p99 {_num(h['service_p99_ms'], 1)} ms), sent at "
                 f"{_num(h['achieved_send_rate'])} req/s, statuses {h['statuses']}"
+                + (
+                    f"; p99 of each run: {', '.join(_num(v, 1) for v in h['p99_ms_runs'])} ms"
+                    if len(h.get("p99_ms_runs", [])) > 1
+                    else ""
+                )
             )
     lines.append("")
     return lines
