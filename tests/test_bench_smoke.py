@@ -60,7 +60,7 @@ def test_quick_ingest_and_memory_sections(kafka: str, tmp_path: Path) -> None:
         wrk_duration=1.0,
         wrk_connections=16,
         ingest_workers=(1,),
-        half_rate_duration=1.0,
+        fixed_rate_duration=1.0,
         memory_keys=5_000,
     )
     results = run_bench(
@@ -86,7 +86,7 @@ def test_quick_ingest_and_memory_sections(kafka: str, tmp_path: Path) -> None:
     assert positive(entry["ratio_cfn_vs_bare_kafka"])
     assert positive(entry["ratio_bare_kafka_vs_bare_http"])
     for name in ("cfn", "bare_kafka"):
-        half = entry["half_rate"][name]
+        half = entry["fixed_rate"][name]
         assert half["ok"] == half["sent"] > 0, half
         assert positive(half["p99_ms"])
 

@@ -3,8 +3,9 @@
 START/END pairs are POSTed at a fixed rate (END right after its START's 202); a read_committed
 consumer of `cfn.incidents` notes when each incident version appears. Latency of the `open`
 record = seen - the START's 202, of the `resolved` record = seen - the END's 202 (also
-reported from the moment the POST was sent). The rate is half of the slower of cfn's ingest
-peak and one worker's events/s, both measured earlier in the same invocation.
+reported from the moment the POST was sent). The rate is a quarter (core.LOAD_FRACTION) of the
+slower of cfn's ingest peak and one worker's events/s, both measured earlier in the same
+invocation: the client, the ingest, the worker and the broker share the machine.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer
 
 from schemas import jsonio
-from tests.bench.core import SECRET, Context, finite_or_none, percentile, progress
+from tests.bench.core import LOAD_FRACTION, SECRET, Context, finite_or_none, percentile, progress
 from tests.bench.load import WEBHOOK_PATH, webhook_body
 from tests.services import start_ingest, start_worker
 
@@ -41,7 +42,10 @@ def choose_rate(ctx: Context, override: float | None) -> tuple[float, str]:
         peaks.append(float(pipeline["cfn_one_eps"]))
     if not peaks:
         return FALLBACK_RATE, "no peak measured in this invocation: fixed fallback"
-    return min(peaks) / 2, "half of min(cfn ingest peak, one worker's events/s)"
+    return (
+        min(peaks) * LOAD_FRACTION,
+        f"{LOAD_FRACTION:.0%} of min(cfn ingest peak, one worker's events/s)",
+    )
 
 
 async def _measure(
