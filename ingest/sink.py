@@ -57,6 +57,12 @@ class AckTimeout(KafkaTimeoutError):  # type: ignore[misc]  # aiokafka is untype
     """No acknowledgement within the ack timeout (set by the sweeper on the record's future)."""
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    # Marks a failure of a record nobody awaits any more as seen (no "never retrieved" log).
+    if not future.cancelled():
+        future.exception()
+
+
 def classify(exc: BaseException) -> Outcome:
     """Tell retriable errors from permanent ones, using aiokafka's own `retriable` flag."""
     if isinstance(exc, asyncio.TimeoutError | KafkaTimeoutError):
@@ -78,7 +84,7 @@ class KafkaSink:
 
     Args:
         bootstrap: the Kafka bootstrap servers.
-        ack_timeout: seconds from `send` to its answer at most (plus `sweep_interval`).
+        ack_timeout: seconds from `send` to its answer at most (plus up to two sweep intervals).
         linger_ms, compression, max_request_size: the producer's settings.
         sweep_interval: how often the sweeper fails records whose ack is overdue.
     """
@@ -113,8 +119,10 @@ class KafkaSink:
         self._accumulator: Any = accumulator if hasattr(accumulator, "add_message") else None
         # topic -> its partitions in order, from the last metadata update; cleared on each.
         self._routes: dict[str, tuple[TopicPartition, ...]] = {}
-        # (deadline, future) in deadline order: every deadline is send time + ack_timeout.
+        # (deadline, future) of records sent and not yet acknowledged, every deadline send time
+        # + ack_timeout: in deadline order (nearly all), and the few whose enqueue had to wait.
         self._pending: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self._waited: list[tuple[float, asyncio.Future[Any]]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._started = False
 
@@ -130,15 +138,15 @@ class KafkaSink:
         self._started = True
 
     async def stop(self) -> None:
+        if self._started:
+            self._producer.client.cluster.remove_listener(self._metadata_updated)
+            await self._producer.stop()  # flushes: the sweeper still bounds the waits
+            self._started = False
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
-        if self._started:
-            self._producer.client.cluster.remove_listener(self._metadata_updated)
-            await self._producer.stop()
-            self._started = False
 
     async def send(self, topic: str, key: bytes, value: bytes, headers: Headers) -> SendResult:
         """Write one record and wait for the acks=all acknowledgement.
@@ -154,14 +162,12 @@ class KafkaSink:
             if routes is None or self._accumulator is None or size > self._max_fast_size:
                 await self._send_public(topic, key, value, headers)
                 return ACKED
-            deadline = time.monotonic() + self.ack_timeout
+            started = time.monotonic()
             future = await self._accumulator.add_message(
                 routes[partition_for(key, len(routes))], key, value, self.ack_timeout, None, headers
             )
             if not future.done():
-                if time.monotonic() >= deadline:  # the enqueue itself waited that long
-                    raise AckTimeout
-                self._pending.append((deadline, future))
+                self._watch(future, started)
             await future
         except Exception as exc:
             outcome = classify(exc)
@@ -170,6 +176,26 @@ class KafkaSink:
             )
             return SendResult(outcome, type(exc).__name__)
         return ACKED
+
+    def _watch(self, future: asyncio.Future[Any], started: float) -> None:
+        """Have the sweeper fail `future` if it is still pending at `started` + ack_timeout.
+
+        Raises:
+            AckTimeout: the enqueue itself (waiting for room in a full batch) took that long.
+        """
+        deadline = started + self.ack_timeout
+        waited = time.monotonic() - started
+        if waited < self.sweep_interval:
+            # Enqueued at once, as nearly always: entries arrive in deadline order, give or take
+            # less than one sweep, so the sweeper only ever looks at the oldest.
+            self._pending.append((deadline, future))
+        elif waited < self.ack_timeout:
+            # The enqueue waited for room while later requests went ahead: kept apart, so its
+            # deadline is not hidden behind theirs.
+            self._waited.append((deadline, future))
+        else:
+            future.add_done_callback(_retrieve)  # nobody awaits it now
+            raise AckTimeout
 
     async def _send_public(self, topic: str, key: bytes, value: bytes, headers: Headers) -> None:
         """The public path: waits for the topic's metadata and checks the size exactly."""
@@ -185,9 +211,14 @@ class KafkaSink:
     def _routes_for(topic: str, partitions: Iterable[int]) -> tuple[TopicPartition, ...]:
         return tuple(TopicPartition(topic, partition) for partition in sorted(partitions))
 
-    def _metadata_updated(self, _cluster: object) -> None:
-        # Partitions may have been added: the next send per topic relearns them.
-        self._routes.clear()
+    def _metadata_updated(self, cluster: Any) -> None:
+        # Partitions may have been added: relearn each topic's from the new metadata.
+        for topic in list(self._routes):
+            partitions = cluster.partitions_for_topic(topic)
+            if partitions:
+                self._routes[topic] = self._routes_for(topic, partitions)
+            else:  # gone from the metadata: the public path waits for it again
+                del self._routes[topic]
 
     async def _sweep(self) -> None:
         """Fail every record still unacknowledged at its deadline; drop acknowledged ones."""
@@ -203,6 +234,16 @@ class KafkaSink:
                 if not future.done():
                     # aiokafka skips a future that is already done when the ack comes later.
                     future.set_exception(AckTimeout())
+            if self._waited:
+                waiting = []
+                for deadline, future in self._waited:
+                    if future.done():
+                        continue
+                    if deadline <= now:
+                        future.set_exception(AckTimeout())
+                    else:
+                        waiting.append((deadline, future))
+                self._waited = waiting
 
     async def ready(self, topic: str, timeout: float = 2.0) -> bool:
         """True when the producer can reach the cluster and `topic` exists there."""

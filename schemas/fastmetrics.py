@@ -78,13 +78,14 @@ class FastCounter(Collector):
         self._children: dict[tuple[str, ...], CounterChild] = {}
         registry.register(self)
 
-    def labels(self, *values: str) -> CounterChild:
+    def labels(self, *values: object) -> CounterChild:
         """The child for these label values, created at zero the first time."""
         if len(values) != len(self.labelnames):
             raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
-        child = self._children.get(values)
+        key = tuple(str(value) for value in values)  # as prometheus-client does
+        child = self._children.get(key)
         if child is None:
-            child = self._children[values] = CounterChild()
+            child = self._children[key] = CounterChild()
         return child
 
     def collect(self) -> Iterator[Metric]:

@@ -29,6 +29,11 @@ _PREFIX_LIMIT = 16_384
 _prefix_states: dict[tuple[bytes, int], int] = {}
 
 
+# Words mixed at once: enough for an incident key after its remembered prefix, and it keeps the
+# lane tables below to 16 (a key's length is the sender's to choose).
+_CHUNK = 16
+
+
 @functools.cache
 def _lanes(
     words: int,
@@ -43,15 +48,19 @@ def _mix(h: int, data: bytes, first: int, words: int) -> int:
     """The hash after mixing `words` words of `data` from word `first` into `h`.
 
     Each word's own mixing (`k *= m; k ^= k >> 24; k *= m`) does not depend on the running
-    hash, so it runs on all words at once: word i sits in bits 64i..64i+31 of one Python int,
-    a product of two 32-bit values fits its 64-bit lane, and masking keeps the lanes apart.
-    Only the chain through `h` is a loop.
+    hash, so it runs on up to _CHUNK words at once: word i sits in bits 64i..64i+31 of one
+    Python int, a product of two 32-bit values fits its 64-bit lane, and masking keeps the
+    lanes apart. Only the chain through `h` is a loop.
     """
-    mask, pack, unpack, read = _lanes(words)
-    k = (int.from_bytes(pack(*read(data, first << 2)), "little") * _M) & mask
-    k = ((k ^ ((k >> 24) & mask)) * _M) & mask
-    for mixed in unpack(k.to_bytes(words << 3, "little")):
-        h = ((h * _M) & _MASK) ^ mixed
+    while words:
+        count = min(words, _CHUNK)
+        mask, pack, unpack, read = _lanes(count)
+        k = (int.from_bytes(pack(*read(data, first << 2)), "little") * _M) & mask
+        k = ((k ^ ((k >> 24) & mask)) * _M) & mask
+        for mixed in unpack(k.to_bytes(count << 3, "little")):
+            h = ((h * _M) & _MASK) ^ mixed
+        first += count
+        words -= count
     return h
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from ingest.metrics import BODY_BUCKETS, LATENCY_BUCKETS
 from schemas.fastmetrics import FastCounter, FastHistogram
@@ -38,6 +44,7 @@ INCREMENTS = st.lists(
 def test_counter_same_exposition_as_prometheus_client(
     increments: list[tuple[str, str, float]],
 ) -> None:
+    disable_created_metrics()  # as ingest.metrics does; otherwise theirs has *_created too
     theirs, ours = CollectorRegistry(), CollectorRegistry()
     reference = Counter("c_requests", "doc \\ with\nescapes", ["code", "kind"], registry=theirs)
     fast = FastCounter("c_requests", "doc \\ with\nescapes", ["code", "kind"], ours)
@@ -54,3 +61,5 @@ def test_counter_refuses_wrong_labels_and_decrements() -> None:
     with pytest.raises(ValueError, match="only go up"):
         fast.labels("202").inc(-1)
     assert fast.labels("202").value == 0.0
+    fast.labels(202).inc()  # label values become strings, as prometheus-client makes them
+    assert fast.labels("202").value == 1.0

@@ -27,6 +27,22 @@ def test_murmur2_of_keys_sharing_a_prefix_equals_aiokafkas(prefix: bytes, rest: 
         assert murmur2(data) == aiokafka_murmur2(data)
 
 
+@pytest.mark.parametrize("length", range(0, 81))
+def test_murmur2_at_every_length_around_the_remembered_prefix(length: int) -> None:
+    # 0..80 bytes: no words, the prefix boundary (32..36), one and several chunks after it.
+    for fill in (b"a", b"\xff"):
+        data = (b"tenant|9a7806061c88ada191ed06f989cc3dac|" + fill * 80)[:length]
+        assert murmur2(data) == aiokafka_murmur2(data)
+        assert murmur2(data) == aiokafka_murmur2(data)  # the second time from the prefix
+
+
+def test_murmur2_of_long_keys_mixes_in_chunks() -> None:
+    for length in (100, 257, 4096):
+        data = bytes(range(256)) * (length // 256) + bytes(length % 256)
+        assert murmur2(data) == aiokafka_murmur2(data)
+    assert partition._lanes.cache_info().currsize <= partition._CHUNK
+
+
 def test_remembered_prefixes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(partition, "_PREFIX_LIMIT", 8)
     monkeypatch.setattr(partition, "_prefix_states", {})

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import jsonio
+from tests.bench.core import LOAD_FRACTION
 
 TARGETS_NOTE = (
     "The brief's pipeline target reads `a/b >= 1.5` with a = cfn worker, b = bare agent; a "
@@ -243,9 +244,10 @@ def _ingest_detail(ingest: dict[str, Any] | None) -> list[str]:
         "correlation id each time and the `cf-webhook-auth` header; medians over runs. "
         "`bare+Kafka` is tests/bench/bare_ingest.py (same uvicorn options, same idempotent "
         "acks=all lz4 producer, no key); `bare HTTP` is the same handler with no Kafka. "
-        "Latency at a quarter of cfn's peak comes from tests/bench/rate_client.py (open loop, "
-        "measured from the scheduled send time, as wrk2 would; wrk2 is not installed); cfn and "
-        "bare alternate, one run per round, and each side's run with the median p99 is shown.",
+        f"Latency at {LOAD_FRACTION:.0%} of cfn's peak comes from tests/bench/rate_client.py "
+        "(open loop, measured from the scheduled send time, as wrk2 would; wrk2 is not "
+        "installed); cfn and bare alternate, one run per round, and each side's run with the "
+        "median p99 is shown.",
         "",
         "| Processes | Server | req/s | p50 ms | p99 ms | req per server CPU-s | non-2xx |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
