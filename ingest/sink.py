@@ -117,7 +117,8 @@ class KafkaSink:
         # future aiokafka renames it, and then every send takes the public path.
         accumulator = getattr(self._producer, "_message_accumulator", None)
         self._accumulator: Any = accumulator if hasattr(accumulator, "add_message") else None
-        # topic -> its partitions in order, from the last metadata update; cleared on each.
+        # topic -> its partitions in order, learnt by its first send, relearnt on each metadata
+        # update (a topic that grows is followed).
         self._routes: dict[str, tuple[TopicPartition, ...]] = {}
         # (deadline, future) of records sent and not yet acknowledged, every deadline send time
         # + ack_timeout: in deadline order (nearly all), and the few whose enqueue had to wait.
@@ -125,11 +126,6 @@ class KafkaSink:
         self._waited: list[tuple[float, asyncio.Future[Any]]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._started = False
-
-    @property
-    def fast_path(self) -> bool:
-        """True when sends bypass AIOKafkaProducer.send's per-record metadata work."""
-        return self._accumulator is not None
 
     async def start(self) -> None:
         await self._producer.start()
