@@ -4,21 +4,29 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint fmt unit test-faults bench clean
+.PHONY: run test lint fmt unit test-faults bench clean deps-run deps-test
+
+# System packages (Java, Maven; for tests also Prometheus and wrk): installed when missing, by the
+# same script .ci/run calls (tools/install-deps says what it installs, or what you must).
+deps-run:
+	@tools/install-deps run
+
+deps-test:
+	@tools/install-deps test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/cfn fetch-kafka
 	touch $(STAMP)
 
 ## run: start a local broker, ingest and worker in the foreground (Ctrl-C stops all)
-run: $(STAMP)
+run: deps-run $(STAMP)
 	$(BIN)/cfn run
 
 ## test: lint, then the whole suite against a real broker and a real Prometheus
-test: $(STAMP) lint
+test: deps-test $(STAMP) lint
 	$(BIN)/pytest -m "not faults"
 
 ## lint: ruff format --check, ruff check, mypy --strict
@@ -36,11 +44,11 @@ unit: $(STAMP)
 	$(BIN)/pytest -m "not broker and not prometheus and not faults"
 
 ## test-faults: broker loss, worker crash, Kafka down, flood, hostile input
-test-faults: $(STAMP)
+test-faults: deps-test $(STAMP)
 	$(BIN)/pytest -m faults
 
 ## bench: same-run ratio benchmarks; writes bench/results.json and README's Performance table
-bench: $(STAMP)
+bench: deps-test $(STAMP)
 	$(BIN)/python -m tests.bench
 
 clean:

@@ -21,9 +21,10 @@ from ingest.auth import DEFAULT_TENANT, SecretIndex, SecretsError
 from ingest.metrics import IngestMetrics
 from ingest.openapi import openapi_document
 from ingest.settings import IngestSettings
-from ingest.sink import KafkaSink, Outcome
+from ingest.sink import KafkaSink, Outcome, SendResult
 from ingest.topics import ensure_topics
 from schemas import jsonio
+from schemas.health import Reachability
 from schemas.keys import incident_key
 from schemas.records import DlqRecord
 
@@ -35,6 +36,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 WEBHOOK_PATH = "/webhooks/cloudflare"
+PROBE_INTERVAL = 1.0  # seconds between two checks that Kafka takes writes
 AUTH_HEADER = b"cf-webhook-auth"
 # The 202's start message: its body is always 61 bytes (a 32-hex-digit id).
 _ACCEPTED_START: Message = {
@@ -42,6 +44,10 @@ _ACCEPTED_START: Message = {
     "status": 202,
     "headers": [(b"content-type", b"application/json"), (b"content-length", b"61")],
 }
+
+
+# The answer to a write before the first producer has started.
+NOT_CONNECTED = SendResult(Outcome.RETRIABLE, "NotConnected")
 
 
 class BodyTooLarge(Exception):
@@ -79,7 +85,10 @@ class IngestApp:
         self.metrics = IngestMetrics.create(registry)
         self.clock = clock
         self.kafka_ready = False
+        self.reachability = Reachability(log, registry)
         self._connected = False
+        # sink.replacements when the current outage began; -1 while Kafka is reachable
+        self._replaced_before_outage = -1
         self._inflight = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._openapi = jsonio.dumps(openapi_document(settings))
@@ -216,7 +225,7 @@ class IngestApp:
             )
 
         if not self._connected:
-            return await self._kafka_failed(send, Outcome.RETRIABLE)
+            return await self._kafka_failed(send, NOT_CONNECTED)
         headers = [
             ("cfn-tenant", tenant.encode()),
             ("cfn-received-at", b"%d" % received_at),
@@ -226,7 +235,7 @@ class IngestApp:
         result = await self.sink.send(self._raw_topic, incident_key(tenant, parsed), body, headers)
         self._observe_ack(time.perf_counter() - ack_started)
         if result.outcome is not Outcome.ACKED:
-            return await self._kafka_failed(send, result.outcome)
+            return await self._kafka_failed(send, result)
         await send(_ACCEPTED_START)
         # request_id is hex: no JSON escaping needed.
         answer = b'{"status":"accepted","id":"%s"}' % request_id_b
@@ -269,7 +278,7 @@ class IngestApp:
             raw_size=len(body),
         )
         if not self._connected:
-            return await self._kafka_failed(send, Outcome.RETRIABLE)
+            return await self._kafka_failed(send, NOT_CONNECTED)
         result = await self.sink.send(
             self.settings.dlq_topic,
             tenant.encode(),
@@ -277,7 +286,7 @@ class IngestApp:
             [("cfn-tenant", tenant.encode()), ("cfn-reason", reason.encode())],
         )
         if result.outcome is not Outcome.ACKED:
-            return await self._kafka_failed(send, result.outcome)
+            return await self._kafka_failed(send, result)
         self.metrics.dead_letters.labels(reason).inc()
         return await self._error(send, 400, reason, detail, request_id=request_id)
 
@@ -287,14 +296,10 @@ class IngestApp:
             send, 413, "payload_too_large", f"body over {limit} bytes (CFN_INGEST_MAX_BODY)"
         )
 
-    async def _kafka_failed(self, send: Send, outcome: Outcome) -> int:
-        self.metrics.kafka_errors.labels(
-            "timeout"
-            if outcome is Outcome.TIMEOUT
-            else "permanent"
-            if outcome in (Outcome.PERMANENT, Outcome.TOO_LARGE)
-            else "retriable"
-        ).inc()
+    async def _kafka_failed(self, send: Send, result: SendResult) -> int:
+        outcome = result.outcome
+        cause = result.error or "unknown"
+        self.metrics.kafka_errors.labels(outcome.value, cause).inc()
         if outcome is Outcome.TOO_LARGE:
             return await self._error(
                 send, 413, "payload_too_large", "Kafka refused the record as too large"
@@ -304,13 +309,13 @@ class IngestApp:
                 send,
                 500,
                 "kafka_rejected",
-                "Kafka rejected the write; an operator must act",
+                f"Kafka rejected the write ({cause}); an operator must act",
                 retry=True,
             )
         message = (
             "Kafka did not acknowledge within CFN_INGEST_ACK_TIMEOUT"
             if outcome is Outcome.TIMEOUT
-            else "Kafka is unavailable"
+            else f"Kafka is unavailable ({cause})"
         )
         return await self._error(send, 503, "kafka_unavailable", message, retry=True)
 
@@ -405,7 +410,8 @@ class IngestApp:
 
     async def _connect_loop(self) -> None:
         """Create topics and start the producer, retrying until Kafka answers; then keep
-        `/readyz` current. Until connected, webhooks get 503 (Cloudflare retries them)."""
+        `/readyz`, `cfn_kafka_up` and the producer current. Until connected, webhooks get 503
+        (Cloudflare retries them)."""
         settings = self.settings
         while not self._connected:
             try:
@@ -417,13 +423,31 @@ class IngestApp:
                 )
                 await self.sink.start()
                 self._connected = True
-            except Exception as exc:  # Kafka not there yet: say so once a round, retry
-                log.warning("Kafka not reachable yet (%s); retrying", type(exc).__name__)
+            except Exception as exc:  # Kafka not there yet: the reachability log says so once
+                self.reachability.report(False, type(exc).__name__)
                 await self.sink.stop()
                 await asyncio.sleep(1.0)
         while True:
-            self.kafka_ready = await self.sink.ready(settings.raw_topic)
-            await asyncio.sleep(1.0 if not self.kafka_ready else 2.0)
+            await self.check_kafka()
+            await asyncio.sleep(PROBE_INTERVAL)
+
+    async def check_kafka(self) -> None:
+        """One probe: can the ingest write to the raw topic now? Updates `/readyz` and
+        `cfn_kafka_up`; when Kafka comes back after being unreachable, the producer is replaced
+        (records it held through the outage may carry sequence numbers the broker has lost),
+        so the first request after an outage is answered by a producer the broker knows."""
+        reason = await self.sink.probe(self._raw_topic)
+        ok = reason is None
+        self.kafka_ready = ok
+        if not self.reachability.report(ok, reason or ""):
+            return
+        if not ok:
+            self._replaced_before_outage = self.sink.replacements
+        elif self._replaced_before_outage >= 0:
+            # Back after an outage; a failed write may have replaced the producer already.
+            if self.sink.replacements == self._replaced_before_outage and not self.sink.replacing:
+                self.sink.replace("Kafka is back after an outage", broken=False)
+            self._replaced_before_outage = -1
 
     def _install_sighup(self) -> None:
         if self.settings.secrets_file is None or self.secrets is None:

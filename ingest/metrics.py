@@ -36,8 +36,13 @@ class IngestMetrics:
             metrics.requests.labels(code)
         for reason in ("missing", "mismatch"):
             metrics.auth_failures.labels(reason)
-        for kind in ("timeout", "retriable", "permanent"):
-            metrics.kafka_errors.labels(kind)
+        for kind, cause in (
+            ("timeout", "AckTimeout"),
+            ("retriable", "KafkaConnectionError"),
+            ("recovering", "ProducerReplacing"),
+            ("permanent", "TopicAuthorizationFailedError"),
+        ):
+            metrics.kafka_errors.labels(kind, cause)
         for reason in ("invalid_json", "not_an_object"):
             metrics.dead_letters.labels(reason)
         return metrics
@@ -86,11 +91,13 @@ class IngestMetrics:
                 "Requests in flight.",
                 registry=registry,
             ),
-            # Failed Kafka writes: timeout and retriable give 503, permanent gives 500.
+            # Failed Kafka writes, by kind and cause (the Kafka error class name, or
+            # ProducerReplacing): timeout, retriable and recovering give 503, permanent 500,
+            # too_large 413.
             kafka_errors=FastCounter(
                 "cfn_ingest_kafka_errors",
-                "Failed Kafka writes, by kind.",
-                ["kind"],
+                "Failed Kafka writes, by kind and cause.",
+                ["kind", "cause"],
                 registry=registry,
             ),
             # Authenticated bodies written to the dead-letter topic at ingest, by reason.

@@ -4,7 +4,10 @@ uvicorn + httptools buffer a request head of any size and wait for it, and for a
 client that sends a 64 MiB header, or opens sockets and never finishes a request, costs memory or
 sockets until it leaves. This subclass answers such a connection and closes it:
 
-* more than `max_header_bytes` received before the head is complete -> 431;
+* a head over `max_header_bytes` -> 431. It is counted twice: the bytes received while a head
+  is incomplete (a single endless header is refused before it is buffered), and the parsed
+  request line and headers (a head that arrives whole in one read, in many small headers, is
+  refused before the app sees it);
 * the head not complete `header_timeout` seconds after its first byte (or after the connection
   opened) -> 408;
 * the body not complete `body_timeout` seconds after the head -> 408. The app, waiting for the
@@ -17,6 +20,12 @@ request a timer and a task lookup.
 
 The answers are JSON like the app's own errors, and none reaches the app, so none needs a
 secret. Idle keep-alive connections stay under uvicorn's own `timeout_keep_alive`.
+
+Requests on one connection are answered in order, each one (HTTP/1.1 pipelining). When bytes that
+are not HTTP follow complete requests, those requests are answered first, then the 400, then the
+connection closes: uvicorn's own 400 went out at once and closed the connection under requests
+it had already dispatched, whose bodies may be in Kafka by then. A refusal (431 or 408) of a
+later request waits for the earlier answers in the same way.
 """
 
 from __future__ import annotations
@@ -28,7 +37,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from schemas import jsonio
 
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+}
 
 
 def _answer(status: int, error: str, message: str) -> bytes:
@@ -70,7 +83,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         self._max_head, self._head_timeout, self._body_timeout = _configured()
         self._in_head = True
         self._in_body = False
-        self._head_bytes = 0
+        self._head_bytes = 0  # received while the head is incomplete
+        self._head_parsed = 0  # request line and headers, as parsed
+        self._refused = False  # an error answer is written or owed: parse nothing more
+        self._owed: bytes | None = None  # that answer, until earlier requests are answered
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
 
@@ -84,27 +100,43 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # the connection ends after the answers it owes
         if self._in_head:
             self._head_bytes += len(data)
             if self._head_timer is None:
                 self._arm()
         super().data_received(data)
         if self._in_head and self._head_bytes > self._max_head:
-            self._refuse(
-                431,
-                "header_too_large",
-                f"request head over {self._max_head} bytes (CFN_INGEST_MAX_HEADER_BYTES)",
-            )
+            self._too_large()
         elif self._in_body and self._body_timer is None:
             self._arm_body()
+
+    def on_url(self, url: bytes) -> None:
+        self._head_parsed += len(url) + 16  # method, version and line ends
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_parsed += len(name) + len(value) + 4  # ": " and CRLF
+        if self._head_parsed > self._max_head and not self._refused:
+            self._too_large()
+        if not self._refused:
+            super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._in_body = True
         self._disarm()
-        super().on_headers_complete()
+        if not self._refused:
+            super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         self._in_body = False
         self._disarm_body()
         if self.cycle is not None and self.cycle.response_complete and not self.pipeline:
@@ -113,6 +145,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
 
     def on_response_complete(self) -> None:
         self._disarm_body()  # its request has its answer
+        if self._owed is not None:
+            if self.pipeline:
+                super().on_response_complete()  # the next queued request runs
+            else:
+                self._close_with(self._owed)
+            return
         if not self.pipeline and not self._in_body:
             # A pipelined request's head is already parsed; the rest of an early-answered
             # request's body is not a head (on_message_complete starts the next one then).
@@ -126,6 +164,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         # covers the wait for them, ours starts with their first byte.
         self._in_head = True
         self._head_bytes = 0
+        self._head_parsed = 0
+
+    def on_message_begin(self) -> None:
+        self._head_parsed = 0
+        super().on_message_begin()
+
+    def send_400_response(self, msg: str) -> None:
+        """Not HTTP: answered after every request already read whole (uvicorn's own 400 went
+        out at once and closed the connection under them)."""
+        self._refuse(400, "bad_request", "the request is not valid HTTP/1.1")
 
     def _arm_body(self) -> None:
         """Time the body of the request being served, from the read that ended its head (or
@@ -158,6 +206,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
                 408,
                 "request_timeout",
                 f"the body did not arrive within {self._body_timeout:g}s (CFN_INGEST_BODY_TIMEOUT)",
+                now=True,
             )
 
     def _head_timed_out(self) -> None:
@@ -170,10 +219,34 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
                 "(CFN_INGEST_HEADER_TIMEOUT)",
             )
 
-    def _refuse(self, status: int, error: str, message: str) -> None:
+    def _too_large(self) -> None:
+        self._refuse(
+            431,
+            "header_too_large",
+            f"request head over {self._max_head} bytes (CFN_INGEST_MAX_HEADER_BYTES)",
+        )
+
+    def _owes_answers(self) -> bool:
+        """Whether an earlier request on this connection still waits for its answer."""
+        cycle = self.cycle
+        return bool(self.pipeline) or (cycle is not None and not cycle.response_complete)
+
+    def _refuse(self, status: int, error: str, message: str, *, now: bool = False) -> None:
+        """Answer `status` and close, after the answers earlier requests are owed (`now`: the
+        refused request is the one being served, so nothing earlier is owed)."""
+        if self._refused:
+            return
         self._in_head = self._in_body = False
+        self._refused = True
         self._disarm()
         self._disarm_body()
+        answer = _answer(status, error, message)
+        if not now and self._owes_answers():
+            self._owed = answer
+            return
+        self._close_with(answer)
+
+    def _close_with(self, answer: bytes) -> None:
         if not self.transport.is_closing():
-            self.transport.write(_answer(status, error, message))
+            self.transport.write(answer)
             self.transport.close()

@@ -13,7 +13,9 @@ from ingest.auth import SecretIndex, SecretsError
 from ingest.protocol import GuardedHttpToolsProtocol
 from ingest.settings import IngestSettings
 from ingest.sink import KafkaSink
+from schemas import internals
 from schemas.config import ConfigError
+from schemas.health import quiet_client_logs
 from schemas.runtime import tune_gc
 
 log = logging.getLogger("cfn.ingest")
@@ -49,6 +51,7 @@ def create_app() -> IngestApp:
     """The uvicorn factory: every worker process builds its own app from the environment."""
     settings = IngestSettings.from_env()
     tune_gc()  # in each worker process, before the app's own objects exist
+    quiet_client_logs()
     allow = os.environ.get(UNAUTHENTICATED_ENV) == "1"
     secrets = load_secrets(settings, allow)
     sink = KafkaSink(
@@ -66,9 +69,11 @@ def serve(workers: int = 1, allow_unauthenticated: bool = False) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
+        internals.check_versions()
+        internals.check_protocol(GuardedHttpToolsProtocol)
         settings = IngestSettings.from_env()
         secrets = load_secrets(settings, allow_unauthenticated)
-    except (ConfigError, StartupError) as exc:
+    except (ConfigError, StartupError, internals.InternalsError) as exc:
         print(f"cfn ingest: {exc}", file=sys.stderr)
         return 2
     if secrets is None:

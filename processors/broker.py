@@ -243,10 +243,33 @@ class LocalKafka:
 
     def kill(self, node_id: int) -> None:
         """SIGKILL one node: the fault tests use this to lose a broker mid-stream."""
+        self.stop_node(node_id, kill=True)
+
+    def stop_node(self, node_id: int, *, kill: bool = False, timeout: float = 60.0) -> None:
+        """Stop one node: SIGTERM (a controlled shutdown) or SIGKILL (a crash)."""
         node = self.members[node_id - 1]
-        if node.process is not None and node.process.poll() is None:
-            node.process.kill()
-            node.process.wait()
+        process = node.process
+        if process is None or process.poll() is not None:
+            return
+        if kill:
+            process.kill()
+        else:
+            process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def restart_node(
+        self, node_id: int, *, kill: bool = False, down_for: float = 0.0, timeout: float = 90.0
+    ) -> None:
+        """Stop one node, keep it down `down_for` seconds, start it on the same storage and
+        wait until every node is registered again (a rolling restart is this, node by node)."""
+        self.stop_node(node_id, kill=kill)
+        time.sleep(down_for)
+        self.start_node(self.members[node_id - 1])
+        self.wait_ready(timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop every node with SIGTERM (controlled shutdown), then SIGKILL stragglers."""

@@ -40,13 +40,15 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from processors.pipeline import Output, Pipeline, header_map
 from processors.settings import WorkerSettings
-from schemas import jsonio
+from schemas import internals, jsonio
 from schemas.partition import partition_for
 
 log = logging.getLogger("cfn.worker")
 
 TABLES = ("dedup", "incidents", "rates")
 MAX_RECORDS = 2000  # per poll; bounds the work between two checks of the timers
+COMMIT_TIMEOUT = 30.0  # seconds; under the producers' transaction timeout (60 s)
+ASSIGN_RETRY = 1.0  # seconds between two attempts to open newly assigned tasks
 _NO_HEADERS: list[tuple[str, bytes]] = []  # BatchBuilder.append wants a list; never mutated
 
 
@@ -183,12 +185,13 @@ class Engine:
             rebalance_timeout_ms=max(session_ms, 60_000),
         )
         await self._consumer.start()
+        internals.check_consumer(self._consumer)
         self.copartitioned = await self._copartitioned()
         self._consumer.subscribe([self.raw_topic, self.rate_topic], listener=_Listener(self))
 
     async def _copartitioned(self) -> bool:
         """True when the inputs and every output have exactly CFN_PARTITIONS partitions."""
-        cluster = await self.consumer._client.fetch_all_metadata()
+        cluster = await internals.fetch_metadata(self.consumer)
         topics = {self.raw_topic, *self.topics.values()}
         self._partition_counts = {t: len(cluster.partitions_for_topic(t) or ()) for t in topics}
         empty = sorted(t for t, n in self._partition_counts.items() if n == 0)
@@ -258,7 +261,11 @@ class Engine:
         self.tasks.clear()
 
     async def _stop_producer(self, producer: AIOKafkaProducer) -> None:
+        """Close a task's producer without waiting for records it still holds: whatever they
+        belonged to is an open transaction, aborted when the partition's next owner fences
+        (an idempotent producer would otherwise retry them for as long as Kafka is away)."""
         try:
+            internals.abandon(producer, KafkaError("task closed"))
             await producer.stop()
         except Exception as exc:  # closing a fenced or broken producer: nothing left to save
             log.debug("producer stop: %s", type(exc).__name__)
@@ -384,7 +391,15 @@ class Engine:
         return len(tasks)
 
     async def _commit(self, task: Task) -> None:
-        """Changelog writes, outputs and consumed offsets of one task: all or nothing."""
+        """Changelog writes, outputs and consumed offsets of one task: all or nothing.
+
+        Bounded by COMMIT_TIMEOUT: with Kafka away, an idempotent producer retries forever;
+        the task is dropped instead (see `_guarded`) and rebuilt once Kafka answers again.
+        """
+        async with asyncio.timeout(COMMIT_TIMEOUT):
+            await self._commit_steps(task)
+
+    async def _commit_steps(self, task: Task) -> None:
         await self._send(task, self.pipeline.drain_rate_inputs(task.partition))
         for table in self.tables.values():
             for key, value in table.drain(task.partition):
@@ -434,7 +449,7 @@ class Engine:
             # Closing without committing: the broker aborts the open transaction when the
             # next owner (maybe this worker again) calls init_transactions.
             await self._stop_producer(task.producer)
-            self.consumer._coordinator.request_rejoin()  # no public call exists for this
+            internals.request_rejoin(self.consumer)
 
     # ---- rebalancing ------------------------------------------------------------------------
 
@@ -458,8 +473,9 @@ class Engine:
             for table in self.tables.values():
                 table.drop(gone)
             new = sorted(mine - set(self.tasks))
+            if new and not await self._open_tasks_retrying(new):
+                return
             if new:
-                await self._open_tasks(new)
                 self.metrics.restore_duration.observe(time.monotonic() - started)
             self.metrics.partitions.set(len(self.tasks))
             self._rebuild_indexes()
@@ -477,17 +493,51 @@ class Engine:
                 len(gone),
             )
 
+    async def _open_tasks_retrying(self, partitions: list[int]) -> bool:
+        """Open new tasks, retrying while Kafka does not answer (a broker restart can hand out
+        partitions before every coordinator is back). Gives up after a session timeout's worth
+        of tries, asking for a new rebalance, so no assignment is ever left half-open."""
+        deadline = time.monotonic() + self.settings.session_timeout
+        while True:
+            try:
+                await self._open_tasks(partitions)
+                return True
+            except (TimeoutError, KafkaError, IllegalOperation, OSError) as exc:
+                if time.monotonic() >= deadline or self._closing:
+                    log.warning(
+                        "could not open tasks %s (%s); asking the group to rebalance",
+                        partitions,
+                        type(exc).__name__,
+                    )
+                    self.metrics.task_failures.labels(type(exc).__name__).inc()
+                    internals.request_rejoin(self.consumer)
+                    return False
+                await asyncio.sleep(ASSIGN_RETRY)
+
     async def _open_tasks(self, partitions: list[int]) -> None:
         """Fence, restore, seek: the order matters (see the module docstring)."""
         tasks = {p: Task(p, self._producer(p)) for p in partitions}
-        # start() runs init_transactions: the previous owner's open transaction of this
-        # partition is aborted (its offsets and changelog writes with it) and it is fenced.
-        await asyncio.gather(*(t.producer.start() for t in tasks.values()))
-        for table in self.tables.values():
-            table.drop(set(partitions))
-        await self._restore(partitions)
+        try:
+            # start() runs init_transactions: the previous owner's open transaction of this
+            # partition is aborted (its offsets and changelog writes with it) and it is fenced.
+            async with asyncio.timeout(COMMIT_TIMEOUT):
+                await asyncio.gather(*(t.producer.start() for t in tasks.values()))
+                for table in self.tables.values():
+                    table.drop(set(partitions))
+                await self._restore(partitions)
+                await self._seek_committed(tasks)
+        except BaseException:
+            await asyncio.gather(*(self._stop_producer(t.producer) for t in tasks.values()))
+            for table in self.tables.values():
+                table.drop(set(partitions))
+            raise
+        self.tasks.update(tasks)
+
+    async def _seek_committed(self, tasks: dict[int, Task]) -> None:
+        """Position the consumer at the group's committed offsets of the new tasks."""
+        partitions = sorted(tasks)
         tps = [TopicPartition(t, p) for p in partitions for t in (self.raw_topic, self.rate_topic)]
-        committed = await self.consumer._coordinator.fetch_committed_offsets(tps)
+        committed = await internals.fetch_committed(self.consumer, tps)
         for tp in tps:
             meta = committed.get(tp)
             if meta is not None and meta.offset >= 0:
@@ -498,7 +548,6 @@ class Engine:
                     tasks[tp.partition].next_rate = meta.offset
             else:
                 await self.consumer.seek_to_beginning(tp)
-        self.tasks.update(tasks)
 
     async def _restore(self, partitions: list[int]) -> None:
         """Load the partitions' state from the changelogs, up to their last stable offset."""

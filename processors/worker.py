@@ -18,7 +18,9 @@ from processors.engine import TABLES, ChangelogTable, Engine, changelog_topic
 from processors.metrics import WorkerMetrics
 from processors.pipeline import Pipeline
 from processors.settings import WorkerSettings
+from schemas import internals
 from schemas.config import ConfigError, topic_names
+from schemas.health import Reachability, quiet_client_logs
 from schemas.runtime import tune_gc
 
 log = logging.getLogger("cfn.worker")
@@ -38,7 +40,9 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Engine:
     return Engine(settings, pipeline, tables)
 
 
-def metrics_app(registry: CollectorRegistry, engine: Engine) -> web.Application:
+def metrics_app(
+    registry: CollectorRegistry, engine: Engine, reachability: Reachability
+) -> web.Application:
     async def metrics(_request: web.Request) -> web.Response:
         return web.Response(
             body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
@@ -48,12 +52,13 @@ def metrics_app(registry: CollectorRegistry, engine: Engine) -> web.Application:
         return web.json_response({"status": "ok"})
 
     async def readyz(_request: web.Request) -> web.Response:
-        ready = engine.ready
+        ready = engine.ready and reachability.up is True
         return web.json_response(
             {
                 "status": "ready" if ready else "not_ready",
                 "processed": engine.processed,
                 "partitions": sorted(engine.tasks),
+                "kafka": "reachable" if reachability.up else "unreachable",
             },
             status=200 if ready else 503,
         )
@@ -77,7 +82,13 @@ def run() -> int:
     except ConfigError as exc:
         print(f"cfn worker: {exc}", file=sys.stderr)
         return 2
+    try:
+        internals.check_versions()
+    except internals.InternalsError as exc:
+        print(f"cfn worker: {exc}", file=sys.stderr)
+        return 2
     tune_gc()
+    quiet_client_logs()
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(serve(settings))
@@ -99,7 +110,8 @@ async def serve(settings: WorkerSettings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(metrics_app(registry, engine), access_log=None)
+    reachability = Reachability(log, registry)
+    runner = web.AppRunner(metrics_app(registry, engine, reachability), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
     await site.start()
@@ -107,11 +119,28 @@ async def serve(settings: WorkerSettings) -> None:
         f"cfn worker: metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics",
         flush=True,
     )
+    probe: asyncio.Task[None] | None = None
     try:
         await engine.start()
+        probe = asyncio.create_task(watch_kafka(engine, reachability, stop))
         await engine.run(stop)
     finally:
+        if probe is not None:
+            probe.cancel()
         await runner.cleanup()
+
+
+async def watch_kafka(engine: Engine, reachability: Reachability, stop: asyncio.Event) -> None:
+    """Probe Kafka through the worker's consumer once a second: `cfn_kafka_up`, `/readyz`, and
+    one log line per change."""
+    while not stop.is_set():
+        try:
+            async with asyncio.timeout(2.0):
+                await internals.fetch_metadata(engine.consumer)
+            reachability.report(True)
+        except Exception as exc:  # any failure to learn metadata means "unreachable"
+            reachability.report(False, type(exc).__name__)
+        await asyncio.sleep(1.0)
 
 
 async def _ensure(settings: WorkerSettings) -> None:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 T = TypeVar("T")
 
@@ -107,3 +107,76 @@ async def drain(
     finally:
         await consumer.stop()
     return out
+
+
+async def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
+    """Every partition of `topic`, as the cluster describes it (never empty)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    tps = [TopicPartition(topic, p["partition"]) for p in described[0]["partitions"]]
+    assert tps, f"{topic} has no partitions"
+    return sorted(tps)
+
+
+async def read_to_end(bootstrap: str, topic: str, timeout: float = 120.0) -> list[Any]:
+    """Every committed record of `topic` up to the end offsets taken when called.
+
+    Done means position() has reached each partition's end offset (the last offset is often a
+    transaction marker no consumer receives); records past those ends are ignored.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",  # with "latest", the assignment's own reset can win
+        group_id=None,
+    )
+    tps = await partitions_of(bootstrap, topic)
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout
+        pending = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+        while pending:
+            assert time.monotonic() < deadline, f"{topic}: not at the end offsets in {timeout}s"
+            batch = await consumer.getmany(*pending, timeout_ms=500)
+            for tp, records in batch.items():
+                out.extend(r for r in records if r.offset < ends[tp])
+            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def wait_caught_up(bootstrap: str, group: str, topic: str, timeout: float = 180.0) -> None:
+    """Block until `group` has committed `topic` to its end offsets (taken when called): every
+    output of those inputs is then committed too (the worker commits them in one transaction)."""
+    tps = await partitions_of(bootstrap, topic)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await admin.start()
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout
+        while True:
+            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+            behind = {
+                tp: ends[tp] - (committed[tp].offset if tp in committed else 0)
+                for tp in tps
+                if (committed[tp].offset if tp in committed else 0) < ends[tp]
+            }
+            if not behind:
+                return
+            assert time.monotonic() < deadline, f"{group} still behind on {topic}: {behind}"
+            await asyncio.sleep(0.5)
+    finally:
+        await consumer.stop()
+        await admin.close()
