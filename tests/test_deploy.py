@@ -53,7 +53,7 @@ K8S_VERSION = "1.32.0"
 COUNTERS: dict[str, frozenset[str]] = {
     "cfn_ingest_requests_total": frozenset({"code"}),
     "cfn_ingest_auth_failures_total": frozenset({"reason"}),
-    "cfn_ingest_kafka_errors_total": frozenset({"kind"}),
+    "cfn_ingest_kafka_errors_total": frozenset({"kind", "cause"}),
     "cfn_ingest_dead_letters_total": frozenset({"reason"}),
     "cfn_notifications_total": frozenset({"alert_type", "event"}),
     "cfn_duplicates_total": frozenset({"alert_type"}),
@@ -71,6 +71,7 @@ GAUGES: dict[str, frozenset[str]] = {
     "cfn_alert_rate_per_minute": frozenset({"alert_type", "window"}),
     "cfn_consumer_lag_records": frozenset({"topic"}),
     "cfn_worker_partitions": frozenset(),
+    "cfn_kafka_up": frozenset(),
 }
 HISTOGRAMS: dict[str, frozenset[str]] = {
     "cfn_ingest_request_duration_seconds": frozenset(),

@@ -7,6 +7,7 @@ numbers the README's Reliability section quotes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -896,6 +897,47 @@ def test_body_timer_times_the_request_being_served_and_never_answers_twice(
         ingest.stop()
     assert re.findall(rb"HTTP/1\.1 (\d{3})", pipelined) == [b"202", b"408"], pipelined
     assert re.findall(rb"HTTP/1\.1 (\d{3})", early) == [b"401"], early
+
+
+@pytest.mark.broker
+def test_pipelined_requests_garbage_and_many_small_headers(
+    kafka: str, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    """Every request on a connection is answered, in order; bytes that are not HTTP after a
+    whole request get their 400 after that request's 202; a head over the limit is refused
+    however it is split, before anything is written."""
+    prefix = unique("pp") + "."
+    ingest = start_ingest(tmp_path, kafka, prefix, {"CFN_INGEST_SECRET": SECRET})
+    token = uuid.uuid4().hex
+    bodies = [encode(alert(correlation=f"pipe-{token}-{i}")) for i in range(4)]
+    many = "".join(f"x-h{i}: v\r\n" for i in range(10_000))  # ~120 KB of small headers
+    many_body = encode(alert(correlation=f"many-headers-{token}"))
+    try:
+        with socket.create_connection(("127.0.0.1", ingest.port), timeout=10) as sock:
+            sock.sendall(b"".join(_head(len(b), SECRET) + b for b in bodies[:3]))  # one write
+            pipelined = _read_for(sock, 5)
+        with socket.create_connection(("127.0.0.1", ingest.port), timeout=10) as sock:
+            sock.sendall(_head(len(bodies[3]), SECRET) + bodies[3] + b"garbage\r\n\r\n")
+            garbage = _read_for(sock, 5)
+        head = _head(len(many_body), SECRET).replace(
+            b"Content-Type", many.encode() + b"Content-Type"
+        )
+        with socket.create_connection(("127.0.0.1", ingest.port), timeout=10) as sock:
+            with contextlib.suppress(OSError):  # the server may close before reading it all
+                sock.sendall(head + many_body)
+            try:
+                small_headers = _read_for(sock, 5)
+            except ConnectionResetError:
+                small_headers = b""
+        raw = run(drain(kafka, f"{prefix}raw", settle=2.0, timeout=30))
+    finally:
+        ingest.stop()
+    written = [record.value for record in raw]
+    assert re.findall(rb"HTTP/1\.1 (\d{3})", pipelined) == [b"202"] * 3, pipelined
+    assert re.findall(rb"HTTP/1\.1 (\d{3})", garbage) == [b"202", b"400"], garbage
+    assert b'"error":"bad_request"' in garbage, garbage
+    assert re.findall(rb"HTTP/1\.1 (\d{3})", small_headers) in ([b"431"], []), small_headers
+    assert sorted(written) == sorted(bodies), "exactly the whole requests were written"
 
 
 @pytest.mark.broker

@@ -170,8 +170,8 @@ def run_restarts(
             metric_lines(ingest.port, "cfn_kafka_up").get("cfn_kafka_up", -1.0),
             metric_lines(worker.port, "cfn_kafka_up").get("cfn_kafka_up", -1.0),
         )
-        for process in (ingest, worker):
-            assert process.proc is not None and process.proc.poll() is None, process.output
+        for alive in (ingest, worker):
+            assert alive.proc is not None and alive.proc.poll() is None, alive.output
     finally:
         for process in (worker, ingest):
             if process is not None:

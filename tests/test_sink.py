@@ -8,9 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from aiokafka import errors as Errors
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
-from ingest.sink import AckTimeout, KafkaSink, Outcome
+from ingest.sink import AckTimeout, KafkaSink, Outcome, classify
 from schemas.partition import partition_for
 from tests.kafka_util import drain, run
 
@@ -59,9 +60,11 @@ def test_records_land_where_kafkas_partitioner_puts_them_also_after_a_topic_grow
             first = await _send_all(sink, topic, before)
             await _add_partitions(kafka, topic, 9)
             # A metadata update tells the sink; the next sends place over nine partitions.
-            cluster = sink._producer.client.cluster
+            producer = sink._producer
+            assert producer is not None
+            cluster = producer.client.cluster
             for _ in range(100):
-                await sink._producer.client.force_metadata_update()
+                await producer.client.force_metadata_update()
                 if len(cluster.available_partitions_for_topic(topic) or ()) == 9:
                     break
                 await asyncio.sleep(0.1)
@@ -124,11 +127,19 @@ class _SilentAccumulator:
         return future
 
 
+def _offline(sink: KafkaSink, accumulator: _SilentAccumulator) -> Any:
+    """Give `sink` a producer that is never started, writing into `accumulator`."""
+    producer = sink._new_producer()
+    sink._producer = producer
+    sink._accumulator = accumulator
+    return producer
+
+
 def test_an_unacknowledged_record_times_out_at_the_ack_timeout() -> None:
     async def scenario() -> tuple[list[Outcome], float, int]:
         sink = KafkaSink("127.0.0.1:1", ack_timeout=0.3, sweep_interval=0.02)
         silent = _SilentAccumulator()
-        sink._accumulator = silent
+        producer = _offline(sink, silent)
         sink._routes["t"] = sink._routes_for("t", range(3))
         sweeper = asyncio.create_task(sink._sweep())
         started = time.monotonic()
@@ -142,7 +153,7 @@ def test_an_unacknowledged_record_times_out_at_the_ack_timeout() -> None:
             failed = sum(isinstance(future.exception(), AckTimeout) for future in silent.futures)
         finally:
             sweeper.cancel()
-            await sink._producer.stop()  # never started; closed so it does not warn
+            await producer.stop()  # never started; closed so it does not warn
         return [result.outcome for result in results], elapsed, failed
 
     outcomes, elapsed, failed = asyncio.run(scenario())
@@ -155,7 +166,7 @@ def test_acknowledged_records_leave_the_sweepers_queue() -> None:
     async def scenario() -> tuple[list[Outcome], int]:
         sink = KafkaSink("127.0.0.1:1", ack_timeout=30.0, sweep_interval=0.01)
         silent = _SilentAccumulator()
-        sink._accumulator = silent
+        producer = _offline(sink, silent)
         sink._routes["t"] = sink._routes_for("t", range(3))
         sweeper = asyncio.create_task(sink._sweep())
         try:
@@ -169,7 +180,7 @@ def test_acknowledged_records_leave_the_sweepers_queue() -> None:
             left = len(sink._pending)
         finally:
             sweeper.cancel()
-            await sink._producer.stop()
+            await producer.stop()
         return [result.outcome for result in results], left
 
     outcomes, left = asyncio.run(scenario())
@@ -182,7 +193,7 @@ def test_a_record_whose_enqueue_waited_still_times_out_at_its_own_deadline() -> 
 
     async def scenario() -> tuple[float, float]:
         sink = KafkaSink("127.0.0.1:1", ack_timeout=0.5, sweep_interval=0.02)
-        sink._accumulator = _SilentAccumulator(slow={b"slow": 0.3})
+        producer = _offline(sink, _SilentAccumulator(slow={b"slow": 0.3}))
         sink._routes["t"] = sink._routes_for("t", range(3))
         sweeper = asyncio.create_task(sink._sweep())
         started = time.monotonic()
@@ -200,9 +211,112 @@ def test_a_record_whose_enqueue_waited_still_times_out_at_its_own_deadline() -> 
             later_elapsed = min(await asyncio.gather(*later))
         finally:
             sweeper.cancel()
-            await sink._producer.stop()
+            await producer.stop()
         return slow_elapsed, later_elapsed
 
     slow_elapsed, later_elapsed = asyncio.run(scenario())
     assert 0.5 <= slow_elapsed < 0.68  # its own deadline, not the later requests' 0.75 s
     assert later_elapsed >= 0.75
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        (Errors.OutOfOrderSequenceNumber(), Outcome.RECOVERING),
+        (Errors.UnknownProducerId(), Outcome.RECOVERING),
+        (Errors.InvalidProducerEpoch(), Outcome.RECOVERING),
+        (Errors.ProducerFenced(), Outcome.RECOVERING),
+        (Errors.KafkaError("Unexpected error during batch delivery"), Outcome.RECOVERING),
+        (Errors.NotEnoughReplicasError(), Outcome.RETRIABLE),
+        (Errors.NotLeaderForPartitionError(), Outcome.RETRIABLE),
+        (Errors.KafkaConnectionError(), Outcome.RETRIABLE),
+        (ConnectionRefusedError(), Outcome.RETRIABLE),
+        (AckTimeout(), Outcome.TIMEOUT),
+        (Errors.MessageSizeTooLargeError(), Outcome.TOO_LARGE),
+        (Errors.RecordListTooLargeError(), Outcome.TOO_LARGE),
+        (Errors.TopicAuthorizationFailedError(), Outcome.PERMANENT),
+        (Errors.ClusterAuthorizationFailedError(), Outcome.PERMANENT),
+        (Errors.SaslAuthenticationFailed(), Outcome.PERMANENT),
+        (Errors.InvalidTopicError(), Outcome.PERMANENT),
+    ],
+)
+def test_only_what_an_operator_must_fix_is_permanent(error: Exception, outcome: Outcome) -> None:
+    assert classify(error) is outcome
+
+
+@pytest.mark.broker
+def test_a_broken_producer_is_replaced_and_writes_resume(
+    kafka: str, topic_factory: Callable[..., str]
+) -> None:
+    """A write failing as aiokafka's idempotent producer does after a sequence gap: 503 for it,
+    503 (not 500) for writes during the switch, then a new producer and 202s again."""
+    topic = topic_factory("sink-broken", partitions=3)
+
+    async def scenario() -> tuple[list[Outcome], list[Outcome], int, bool]:
+        sink = KafkaSink(kafka, ack_timeout=10.0)
+        await sink.start()
+        try:
+            first = await _send_all(sink, topic, [b"before-%d" % i for i in range(5)])
+            old = sink._producer
+            real_add = sink._accumulator.add_message
+
+            async def out_of_order(*args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+                await real_add(*args, **kwargs)  # the record is sent; its answer is the error
+                failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                failed.set_exception(Errors.OutOfOrderSequenceNumber())
+                return failed
+
+            sink._accumulator.add_message = out_of_order
+            broken = await sink.send(topic, b"broken", b"v", HEADERS)
+            during = await sink.send(topic, b"during", b"v", HEADERS)
+            for _ in range(100):
+                if sink._producer is not None and sink._producer is not old:
+                    break
+                await asyncio.sleep(0.05)
+            replaced = sink._producer is not old
+            after = await _send_all(sink, topic, [b"after-%d" % i for i in range(5)])
+        finally:
+            await sink.stop()
+        outcomes = [broken.outcome, during.outcome]
+        return first + outcomes, after, sink.replacements, replaced
+
+    before, after, replacements, replaced = run(scenario())
+    assert before == [Outcome.ACKED] * 5 + [Outcome.RECOVERING, Outcome.RECOVERING]
+    assert replaced and replacements == 1
+    assert after == [Outcome.ACKED] * 5
+    keys = {record.key for record in run(drain(kafka, topic, settle=2.0))}
+    assert {b"after-%d" % i for i in range(5)} <= keys
+
+
+@pytest.mark.broker
+def test_a_dead_sender_is_noticed_without_traffic(
+    kafka: str, topic_factory: Callable[..., str]
+) -> None:
+    """The probe (the app runs it every second) finds a producer whose sender task has died
+    and replaces it, with no request needed to find out."""
+    topic = topic_factory("sink-idle", partitions=1)
+
+    async def scenario() -> tuple[str | None, str | None, str | None, Outcome]:
+        sink = KafkaSink(kafka, ack_timeout=10.0)
+        await sink.start()
+        try:
+            healthy = await sink.probe(topic)
+            assert sink._producer is not None
+            sink._producer._sender.sender_task.cancel()  # as if it had crashed
+            await asyncio.sleep(0.05)
+            noticed = await sink.probe(topic)
+            for _ in range(100):
+                if await sink.probe(topic) is None:
+                    break
+                await asyncio.sleep(0.05)
+            recovered = await sink.probe(topic)
+            written = (await sink.send(topic, b"k", b"v", HEADERS)).outcome
+        finally:
+            await sink.stop()
+        return healthy, noticed, recovered, written
+
+    healthy, noticed, recovered, written = run(scenario())
+    assert healthy is None
+    assert noticed == "producer being replaced"
+    assert recovered is None
+    assert written is Outcome.ACKED
