@@ -334,7 +334,7 @@ def test_broker_loss_keeps_every_202_exactly_once(tmp_path: Path) -> None:
             ("answers_202_after_kill", len(after_kill)),
             (
                 "kafka_errors",
-                {k.split("kind=")[-1].strip('"}'): v for k, v in kafka_errors.items()},
+                {k.split("{", 1)[-1].rstrip("}"): v for k, v in kafka_errors.items() if v},
             ),
             ("accepted_missing_from_raw", len(missing_raw)),
             ("raw_records", len(raw)),
