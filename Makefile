@@ -33,7 +33,7 @@ test: deps-test $(STAMP) lint
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy ingest processors schemas tests
+	$(BIN)/mypy cfn tests tools
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .

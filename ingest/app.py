@@ -17,16 +17,16 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from ingest.auth import DEFAULT_TENANT, SecretIndex, SecretsError
-from ingest.metrics import IngestMetrics
-from ingest.openapi import openapi_document
-from ingest.settings import IngestSettings
-from ingest.sink import KafkaSink, Outcome, SendResult
-from ingest.topics import ensure_topics
-from schemas import jsonio
-from schemas.health import Reachability
-from schemas.keys import incident_key
-from schemas.records import DlqRecord
+from cfn.health import Reachability
+from cfn.ingest.auth import DEFAULT_TENANT, SecretIndex, SecretsError
+from cfn.ingest.metrics import IngestMetrics
+from cfn.ingest.openapi import openapi_document
+from cfn.ingest.settings import IngestSettings
+from cfn.ingest.sink import KafkaSink, Outcome, SendResult
+from cfn.schemas import jsonio
+from cfn.schemas.keys import incident_key
+from cfn.schemas.records import DlqRecord
+from cfn.topics import ensure_topics
 
 log = logging.getLogger("cfn.ingest")
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas import jsonio
+from cfn.schemas import jsonio
 
 DEFAULT_TENANT = "default"
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Gauge, disable_created_metrics
 
-from schemas.fastmetrics import FastCounter, FastHistogram
+from cfn.fastmetrics import FastCounter, FastHistogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BODY_BUCKETS = (256, 512, 1024, 2048, 4096, 16384, 65536, 262144, 1048576)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ingest.settings import IngestSettings
+from cfn.ingest.settings import IngestSettings
 
 
 def _error(description: str, *, retry: bool = False) -> dict[str, Any]:

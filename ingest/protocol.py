@@ -35,7 +35,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from schemas import jsonio
+from cfn.schemas import jsonio
 
 _REASONS = {
     400: b"Bad Request",
@@ -68,7 +68,7 @@ def _configured() -> tuple[int, float, float]:
     """
     global _limits
     if _limits is None:
-        from ingest.settings import IngestSettings
+        from cfn.ingest.settings import IngestSettings
 
         settings = IngestSettings.from_env()
         _limits = (settings.max_header_bytes, settings.header_timeout, settings.body_timeout)

@@ -8,15 +8,15 @@ import sys
 
 from prometheus_client import CollectorRegistry
 
-from ingest.app import IngestApp
-from ingest.auth import SecretIndex, SecretsError
-from ingest.protocol import GuardedHttpToolsProtocol
-from ingest.settings import IngestSettings
-from ingest.sink import KafkaSink
-from schemas import internals
-from schemas.config import ConfigError
-from schemas.health import quiet_client_logs
-from schemas.runtime import tune_gc
+from cfn import internals
+from cfn.config import ConfigError
+from cfn.health import quiet_client_logs
+from cfn.ingest.app import IngestApp
+from cfn.ingest.auth import SecretIndex, SecretsError
+from cfn.ingest.protocol import GuardedHttpToolsProtocol
+from cfn.ingest.settings import IngestSettings
+from cfn.ingest.sink import KafkaSink
+from cfn.runtime import tune_gc
 
 log = logging.getLogger("cfn.ingest")
 
@@ -86,7 +86,7 @@ def serve(workers: int = 1, allow_unauthenticated: bool = False) -> int:
     else:
         os.environ.pop(UNAUTHENTICATED_ENV, None)
     uvicorn.run(
-        "ingest.server:create_app",
+        "cfn.ingest.server:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,

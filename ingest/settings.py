@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.config import COMPRESSIONS, Env, topic_names
+from cfn.config import COMPRESSIONS, Env, topic_names
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The hot path is cheaper than `AIOKafkaProducer.send` by the work a webhook does not need each
 time (measured per acknowledged record, see `KafkaSink.send`): it knows each topic's partitions
-from the last metadata update, places the key with `schemas.partition`, and bounds the wait for
+from the last metadata update, places the key with `cfn.partition`, and bounds the wait for
 the acknowledgement with one shared sweeper instead of a timer per request.
 """
 
@@ -23,8 +23,8 @@ from aiokafka import errors as Errors
 from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from aiokafka.structs import TopicPartition
 
-from schemas import internals
-from schemas.partition import default_partitioner, partition_for
+from cfn import internals
+from cfn.partition import default_partitioner, partition_for
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas import jsonio
-from schemas.payload import Notification
-from schemas.records import IncidentRecord, short_hash
+from cfn.schemas import jsonio
+from cfn.schemas.payload import Notification
+from cfn.schemas.records import IncidentRecord, short_hash
 
 State = dict[str, Any]
 Describe = Callable[[str | None], dict[str, str | None] | None]

@@ -38,10 +38,11 @@ from aiokafka.errors import IllegalOperation, KafkaError, MessageSizeTooLargeErr
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from processors.pipeline import Output, Pipeline, header_map
-from processors.settings import WorkerSettings
-from schemas import internals, jsonio
-from schemas.partition import partition_for
+from cfn import internals
+from cfn.partition import partition_for
+from cfn.processors.pipeline import Output, Pipeline, header_map
+from cfn.processors.settings import WorkerSettings
+from cfn.schemas import jsonio
 
 log = logging.getLogger("cfn.worker")
 

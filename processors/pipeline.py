@@ -11,16 +11,16 @@ from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from processors.correlate import Correlator
-from processors.dedup import Deduplicator
-from processors.metrics import WorkerMetrics, event_label, type_label
-from processors.rates import RateCounter
-from processors.settings import WorkerSettings
-from schemas import jsonio
-from schemas.catalog import known_ids, record_for
-from schemas.keys import incident_key
-from schemas.payload import Notification, Rejected, parse
-from schemas.records import (
+from cfn.processors.correlate import Correlator
+from cfn.processors.dedup import Deduplicator
+from cfn.processors.metrics import WorkerMetrics, event_label, type_label
+from cfn.processors.rates import RateCounter
+from cfn.processors.settings import WorkerSettings
+from cfn.schemas import jsonio
+from cfn.schemas.catalog import known_ids, record_for
+from cfn.schemas.keys import incident_key
+from cfn.schemas.payload import Notification, Rejected, parse
+from cfn.schemas.records import (
     DlqRecord,
     EventRecord,
     IncidentRecord,

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
 
-from schemas import jsonio
-from schemas.records import RateRecord, short_hash
+from cfn.schemas import jsonio
+from cfn.schemas.records import RateRecord, short_hash
 
 State = dict[str, Any]
 WATERMARK_PREFIX = "wm|"

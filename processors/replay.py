@@ -14,11 +14,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from ingest.topics import ensure_topics
-from processors.metrics import WorkerMetrics
-from processors.pipeline import Output, Pipeline, header_map
-from processors.settings import WorkerSettings
-from schemas.partition import partition_for
+from cfn.partition import partition_for
+from cfn.processors.metrics import WorkerMetrics
+from cfn.processors.pipeline import Output, Pipeline, header_map
+from cfn.processors.settings import WorkerSettings
+from cfn.topics import ensure_topics
 
 FAR_FUTURE = 4_102_444_800.0  # closes every window and fires every timer at the end
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from schemas.config import COMPRESSIONS, ConfigError, Env, parse_duration, topic_names
+from cfn.config import COMPRESSIONS, ConfigError, Env, parse_duration, topic_names
 
 
 def _per_type(name: str, text: str | None) -> dict[str, float]:

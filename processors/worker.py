@@ -12,16 +12,16 @@ import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from ingest.topics import ensure_topics
-from processors.clock import wall_clock
-from processors.engine import TABLES, ChangelogTable, Engine, changelog_topic
-from processors.metrics import WorkerMetrics
-from processors.pipeline import Pipeline
-from processors.settings import WorkerSettings
-from schemas import internals
-from schemas.config import ConfigError, topic_names
-from schemas.health import Reachability, quiet_client_logs
-from schemas.runtime import tune_gc
+from cfn import internals
+from cfn.config import ConfigError, topic_names
+from cfn.health import Reachability, quiet_client_logs
+from cfn.processors.clock import wall_clock
+from cfn.processors.engine import TABLES, ChangelogTable, Engine, changelog_topic
+from cfn.processors.metrics import WorkerMetrics
+from cfn.processors.pipeline import Pipeline
+from cfn.processors.settings import WorkerSettings
+from cfn.runtime import tune_gc
+from cfn.topics import ensure_topics
 
 log = logging.getLogger("cfn.worker")
 

@@ -66,7 +66,7 @@ def _opt(value: Any) -> str | None:
 
 def _load() -> tuple[dict[str, CatalogEntry], dict[str, dict[str, str | None]], dict[str, _Extra]]:
     raw: dict[str, dict[str, Any]] = orjson.loads(
-        resources.files("schemas").joinpath("catalog.json").read_bytes()
+        resources.files("cfn.schemas").joinpath("catalog.json").read_bytes()
     )
     entries: dict[str, CatalogEntry] = {}
     extras: dict[str, _Extra] = {}

@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from schemas import jsonio
-from schemas.records import short_hash
+from cfn.schemas import jsonio
+from cfn.schemas.records import short_hash
 
 TEST_PREFIX = "Hello World! This is a test message sent from https://cloudflare.com"
 EVENT_NAMES = {"ALERT_STATE_EVENT_START": "start", "ALERT_STATE_EVENT_END": "end"}

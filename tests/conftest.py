@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from processors.broker import BrokerError, LocalKafka
+from cfn.broker import BrokerError, LocalKafka
 from tests.kafka_util import create_topics, run
 
 

@@ -7,7 +7,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from schemas import jsonio
+from cfn.schemas import jsonio
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SEED_SCHEMA = SHARED / "seeds" / "webhook-payload-schema.md"

@@ -8,12 +8,12 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from schemas import jsonio
+from cfn.schemas import jsonio
 
 
 @cache
 def validator(role: str) -> Draft202012Validator:
-    text = resources.files("schemas").joinpath(f"{role}.schema.json").read_bytes()
+    text = resources.files("cfn.schemas").joinpath(f"{role}.schema.json").read_bytes()
     schema = jsonio.loads(text)
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)

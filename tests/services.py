@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas import jsonio
+from cfn.schemas import jsonio
 
 
 def free_port() -> int:
@@ -111,7 +111,7 @@ def start_ingest(
     """Start `cfn ingest` on a free port and wait until /readyz answers 200."""
     port = free_port()
     process = Process(
-        [sys.executable, "-m", "processors", "ingest", *args],
+        [sys.executable, "-m", "cfn", "ingest", *args],
         cfn_env(
             {
                 "CFN_KAFKA_BOOTSTRAP": bootstrap,
@@ -158,7 +158,7 @@ def start_worker(
     """Start `cfn worker` with its own metrics port and wait until it has its partitions."""
     port = free_port()
     process = Process(
-        [sys.executable, "-m", "processors", "worker"],
+        [sys.executable, "-m", "cfn", "worker"],
         cfn_env(
             {
                 "CFN_KAFKA_BOOTSTRAP": bootstrap,

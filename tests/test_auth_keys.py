@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest.auth import DEFAULT_TENANT, SecretIndex, SecretsError
-from schemas import jsonio
-from schemas.keys import incident_key
+from cfn.ingest.auth import DEFAULT_TENANT, SecretIndex, SecretsError
+from cfn.schemas import jsonio
+from cfn.schemas.keys import incident_key
 from tests.payloads import STREAM_LIVE, alert, seed_examples
 
 OLD, NEW, OTHER = "acme-old-4f1e9c", "acme-new-77d2a0", "globex-only-0b3c55"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from schemas import jsonio
+from cfn.schemas import jsonio
 from tests.bench.cli import run_bench
 from tests.bench.core import Sizes
 from tests.bench.ingest_bench import median_run

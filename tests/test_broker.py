@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from processors.broker import LocalKafka
+from cfn.broker import LocalKafka
 from tests.conftest import free_port_block
 from tests.kafka_util import drain, produce, run
 
@@ -65,7 +65,7 @@ def test_three_node_cluster_accepts_acks_all_with_min_isr_2(tmp_path: Path) -> N
 def test_missing_java_is_a_clear_message_not_a_traceback(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": str(tmp_path), "CFN_KAFKA_CACHE": str(tmp_path / "cache")}
     result = subprocess.run(
-        [sys.executable, "-m", "processors", "broker", "--data-dir", str(tmp_path / "d")],
+        [sys.executable, "-m", "cfn", "broker", "--data-dir", str(tmp_path / "d")],
         capture_output=True,
         text=True,
         env=env,

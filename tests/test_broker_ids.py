@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from processors import broker
+from cfn import broker
 
 
 def test_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:

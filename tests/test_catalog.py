@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from schemas import build_catalog, catalog
-from schemas.build_catalog import (
+from cfn.schemas import catalog
+from tools import build_catalog
+from tools.build_catalog import (
     PARTIALS,
     REVIEWED_ALIASES,
     AlertTypeRow,

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from processors.engine import ChangelogTable
+from cfn.processors.engine import ChangelogTable
 
 
 def table() -> ChangelogTable:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from schemas import jsonio
+from cfn.schemas import jsonio
 from tests.conftest import free_port_block
 from tests.kafka_util import drain, run
 from tests.payloads import alert, encode
@@ -30,7 +30,7 @@ def cfn(
     *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "processors", *args],
+        [sys.executable, "-m", "cfn", *args],
         capture_output=True,
         text=True,
         env=cfn_env(env or {}),
@@ -147,7 +147,7 @@ def test_make_run_starts_prints_endpoints_and_stops_on_ctrl_c(tmp_path: Path) ->
         }
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "processors", "run", "--kafka-port", str(free_port_block(1))],
+        [sys.executable, "-m", "cfn", "run", "--kafka-port", str(free_port_block(1))],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

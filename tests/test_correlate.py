@@ -9,10 +9,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.clock import FakeClock
-from processors.correlate import Correlator, State
-from schemas.payload import Notification, parse
-from schemas.records import IncidentRecord
+from cfn.processors.clock import FakeClock
+from cfn.processors.correlate import Correlator, State
+from cfn.schemas.payload import Notification, parse
+from cfn.schemas.records import IncidentRecord
 from tests.payloads import SAVE_AND_TEST, alert, encode
 
 TENANT = "acme"

@@ -8,7 +8,7 @@ from collections.abc import Iterator, MutableMapping
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.dedup import Deduplicator
+from cfn.processors.dedup import Deduplicator
 
 WINDOW = 600
 T0 = 1_700_000_000

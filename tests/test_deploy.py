@@ -623,7 +623,11 @@ def test_dockerfile() -> None:
     assert 'CMD ["ingest"]' in lines
     assert re.search(r"^USER (?!root|0\b)", text, re.MULTILINE), "runs as non-root"
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    needed = [*pyproject["tool"]["setuptools"]["packages"], "pyproject.toml"]
+    # The cfn package and the folders its links point to (pyproject.toml, [tool.setuptools]).
+    assert pyproject["tool"]["setuptools"]["packages"]["find"]["include"] == ["cfn", "cfn.*"]
+    links = [p.name for p in (ROOT / "cfn").iterdir() if p.is_symlink()]
+    assert sorted(links) == ["ingest", "processors", "schemas"], links
+    needed = ["cfn", *links, "pyproject.toml"]
     needed.append(pyproject["project"]["readme"])
     copied = " ".join(line for line in lines if line.startswith("COPY "))
     for item in needed:

@@ -13,8 +13,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from ingest.metrics import BODY_BUCKETS, LATENCY_BUCKETS
-from schemas.fastmetrics import FastCounter, FastHistogram
+from cfn.fastmetrics import FastCounter, FastHistogram
+from cfn.ingest.metrics import BODY_BUCKETS, LATENCY_BUCKETS
 
 VALUES = st.lists(st.floats(min_value=0, max_value=1e7, allow_nan=False), max_size=50)
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from schemas.health import Reachability, quiet_client_logs
+from cfn.health import Reachability, quiet_client_logs
 
 
 class Clock:

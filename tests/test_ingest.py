@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from processors.broker import LocalKafka
-from schemas import jsonio
-from schemas.keys import incident_key
+from cfn.broker import LocalKafka
+from cfn.schemas import jsonio
+from cfn.schemas.keys import incident_key
 from tests.conftest import free_port_block
 from tests.kafka_util import drain, run
 from tests.payloads import SAVE_AND_TEST, alert, encode, seed_examples
@@ -137,7 +137,7 @@ def test_no_secret_refuses_to_start_unless_explicit(tmp_path: Path, kafka: str) 
     from tests.services import cfn_env
 
     result = subprocess.run(
-        [sys.executable, "-m", "processors", "ingest"],
+        [sys.executable, "-m", "cfn", "ingest"],
         env=cfn_env({"CFN_KAFKA_BOOTSTRAP": kafka}),
         capture_output=True,
         text=True,

@@ -8,10 +8,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from ingest.app import IngestApp
-from ingest.auth import SecretIndex
-from ingest.settings import IngestSettings
-from ingest.sink import Outcome, SendResult
+from cfn.ingest.app import IngestApp
+from cfn.ingest.auth import SecretIndex
+from cfn.ingest.settings import IngestSettings
+from cfn.ingest.sink import Outcome, SendResult
 from tests.payloads import alert, encode
 
 SECRET = "app-test-secret"

@@ -9,8 +9,8 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from ingest.protocol import GuardedHttpToolsProtocol
-from schemas import internals
+from cfn import internals
+from cfn.ingest.protocol import GuardedHttpToolsProtocol
 from tests.kafka_util import run
 
 

@@ -8,9 +8,9 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import partition
-from schemas.keys import incident_key
-from schemas.partition import default_partitioner, murmur2, partition_for
+from cfn import partition
+from cfn.partition import default_partitioner, murmur2, partition_for
+from cfn.schemas.keys import incident_key
 
 
 @settings(max_examples=2000, deadline=None)

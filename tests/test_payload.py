@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import jsonio
-from schemas.payload import (
+from cfn.schemas import jsonio
+from cfn.schemas.payload import (
     STRING_FIELDS,
     TEST_PREFIX,
     TS_MAX,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from processors.metrics import WorkerMetrics
-from processors.pipeline import Pipeline
-from processors.settings import WorkerSettings
-from schemas import jsonio
+from cfn.processors.metrics import WorkerMetrics
+from cfn.processors.pipeline import Pipeline
+from cfn.processors.settings import WorkerSettings
+from cfn.schemas import jsonio
 from tests.payloads import alert, encode
 
 NOW = 1_790_000_000

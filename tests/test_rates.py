@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.clock import FakeClock
-from processors.rates import WATERMARK_PREFIX, RateCounter, RateResult, State
-from schemas import jsonio
-from schemas.records import RateRecord
+from cfn.processors.clock import FakeClock
+from cfn.processors.rates import WATERMARK_PREFIX, RateCounter, RateResult, State
+from cfn.schemas import jsonio
+from cfn.schemas.records import RateRecord
 
 WINDOWS = (60, 300)
 LATENESS = 120

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from schemas.records import DlqRecord, EventRecord, IncidentRecord, RateRecord
+from cfn.schemas.records import DlqRecord, EventRecord, IncidentRecord, RateRecord
 from tests.records_check import validator
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from schemas.runtime import GC_THRESHOLDS
+from cfn.runtime import GC_THRESHOLDS
 
 
 def test_tune_gc_raises_thresholds_and_freezes_what_exists() -> None:
     code = (
         "import gc\n"
-        "from schemas.runtime import tune_gc\n"
+        "from cfn.runtime import tune_gc\n"
         "tune_gc()\n"
         "print(*gc.get_threshold(), gc.get_freeze_count() > 0)\n"
     )

@@ -11,8 +11,8 @@ import pytest
 from aiokafka import errors as Errors
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
-from ingest.sink import AckTimeout, KafkaSink, Outcome, classify
-from schemas.partition import partition_for
+from cfn.ingest.sink import AckTimeout, KafkaSink, Outcome, classify
+from cfn.partition import partition_for
 from tests.kafka_util import drain, run
 
 HEADERS = [("cfn-tenant", b"default"), ("cfn-request-id", b"0" * 32)]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from schemas import jsonio
-from schemas.keys import incident_key
-from schemas.payload import Notification, parse
+from cfn.schemas import jsonio
+from cfn.schemas.keys import incident_key
+from cfn.schemas.payload import Notification, parse
 
 TYPES = (
     "health_check_status_notification",

@@ -96,7 +96,7 @@ def create_app() -> BareIngest:
 def main() -> None:
     import uvicorn
 
-    from ingest.protocol import GuardedHttpToolsProtocol
+    from cfn.ingest.protocol import GuardedHttpToolsProtocol
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=1)

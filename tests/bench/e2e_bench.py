@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer
 
-from schemas import jsonio
+from cfn.schemas import jsonio
 from tests.bench.core import LOAD_FRACTION, SECRET, Context, finite_or_none, percentile, progress
 from tests.bench.load import WEBHOOK_PATH, webhook_body
 from tests.services import start_ingest, start_worker

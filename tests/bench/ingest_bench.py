@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from schemas import jsonio
+from cfn.schemas import jsonio
 from tests.bench.core import (
     LOAD_FRACTION,
     SECRET,

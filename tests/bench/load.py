@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from schemas import jsonio
+from cfn.schemas import jsonio
 from tests.bench.core import SECRET
 
 WEBHOOK_PATH = "/webhooks/cloudflare"

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from typing import Any
 
-from schemas import jsonio
+from cfn.schemas import jsonio
 from tests.bench.core import Context, bench_env, finite_or_none, progress, ratio
 
 TARGET_BYTES_PER_KEY = 400.0

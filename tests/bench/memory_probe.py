@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from schemas import jsonio
+from cfn.schemas import jsonio
 
 TYPES = (
     "health_check_status_notification",
@@ -51,7 +51,7 @@ def fill_dict(n: int, now: int) -> Any:
 
 
 def fill_dedup(n: int, now: int) -> Any:
-    from processors.dedup import Deduplicator
+    from cfn.processors.dedup import Deduplicator
 
     dedup = Deduplicator({}, 24 * 3600.0)
     for i in range(n):
@@ -60,8 +60,8 @@ def fill_dedup(n: int, now: int) -> Any:
 
 
 def fill_correlate(n: int, now: int) -> Any:
-    from processors.correlate import Correlator
-    from schemas.payload import Notification
+    from cfn.processors.correlate import Correlator
+    from cfn.schemas.payload import Notification
 
     correlator = Correlator(
         {}, stale_after=lambda _t: 24 * 3600.0, orphan_hold_s=600.0, closed_retention_s=86400.0

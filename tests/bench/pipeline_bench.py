@@ -40,8 +40,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
-from ingest.topics import ensure_topics
-from schemas.config import topic_names
+from cfn.config import topic_names
+from cfn.topics import ensure_topics
 from tests.bench.core import (
     Context,
     bench_env,
@@ -420,10 +420,10 @@ def run_two(ctx: Context, pre: Prefilled, app_id: str) -> dict[str, Any]:
 def synthetic_state(keys: int, now_s: int) -> dict[str, list[tuple[bytes, bytes, int]]]:
     """Changelog records (key, value, partition) as the worker's tables write them (UTF-8 key,
     JSON value), for `keys` dedup ids and keys // 4 open incidents, made by the real classes."""
-    from processors.correlate import Correlator
-    from processors.dedup import Deduplicator
-    from schemas import jsonio
-    from schemas.payload import Notification
+    from cfn.processors.correlate import Correlator
+    from cfn.processors.dedup import Deduplicator
+    from cfn.schemas import jsonio
+    from cfn.schemas.payload import Notification
 
     dedup_store: dict[str, list[int]] = {}
     dedup = Deduplicator(dedup_store, 24 * 3600.0)

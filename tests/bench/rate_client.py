@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import uvloop
 
-from schemas import jsonio
+from cfn.schemas import jsonio
 from tests.bench.core import SECRET, percentile
 from tests.bench.load import webhook_body
 

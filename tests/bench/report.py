@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from schemas import jsonio
+from cfn.schemas import jsonio
 from tests.bench.core import LOAD_FRACTION
 
 TARGETS_NOTE = (

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from processors.broker import BrokerError, LocalKafka
+from cfn.broker import BrokerError, LocalKafka
 
 LOCAL = Path(".local")
 
@@ -79,7 +79,7 @@ def run_all(port: int = 9092) -> int:
     for name in ("ingest", "worker"):
         with (logs / f"{name}.log").open("ab") as log:
             children[name] = subprocess.Popen(
-                [sys.executable, "-m", "processors", name],
+                [sys.executable, "-m", "cfn", name],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

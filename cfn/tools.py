@@ -11,8 +11,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
-from schemas import jsonio
-from schemas.config import topic_names
+from cfn.config import topic_names
+from cfn.schemas import jsonio
 
 TAIL_ROLES = ("events", "incidents", "rates", "dlq")
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from processors.broker import run_broker
+    from cfn.broker import run_broker
 
     return run_broker(Path(args.data_dir), args.port, args.nodes)
 
 
 def _fetch_kafka(_args: argparse.Namespace) -> int:
-    from processors.broker import BrokerError, ensure_jars
+    from cfn.broker import BrokerError, ensure_jars
 
     try:
         print(f"Kafka jars ready in {ensure_jars()}")
@@ -27,31 +27,31 @@ def _fetch_kafka(_args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from ingest.server import serve
+    from cfn.ingest.server import serve
 
     return serve(workers=args.workers, allow_unauthenticated=args.allow_unauthenticated)
 
 
 def _worker(_args: argparse.Namespace) -> int:
-    from processors.worker import run
+    from cfn.processors.worker import run
 
     return run()
 
 
 def _run(args: argparse.Namespace) -> int:
-    from processors.runner import run_all
+    from cfn.runner import run_all
 
     return run_all(args.kafka_port)
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from processors.replay import run_replay
+    from cfn.processors.replay import run_replay
 
     return run_replay(args.start, args.stop, args.output_prefix)
 
 
 def _send(args: argparse.Namespace) -> int:
-    from processors.tools import send
+    from cfn.tools import send
 
     secret = args.secret or os.environ.get("CFN_INGEST_SECRET")
     local = Path(".local/secret")
@@ -61,7 +61,7 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    from processors.tools import tail
+    from cfn.tools import tail
 
     return tail(
         args.topic,
@@ -74,7 +74,7 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _catalog(args: argparse.Namespace) -> int:
-    from schemas.catalog import describe, describe_all, lookup
+    from cfn.schemas.catalog import describe, describe_all, lookup
 
     if args.alert_type is None:
         print(describe_all())

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_DIR = Path(__file__).resolve().parents[1]
-CATALOG_PATH = Path(__file__).with_name("catalog.json")
+CATALOG_PATH = REPO_DIR / "schemas" / "catalog.json"
 SEED_TYPES = Path("seeds/notification-types.md")
 SEED_WHAT_TO_DO = Path("seeds/what-to-do-on-notification.md")
 ALERT_TYPES_CSV = Path("cloudflare/alert-types.csv")
@@ -516,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 on success; 1 when --check finds the committed file stale; 2 when sources are broken.
     """
-    parser = argparse.ArgumentParser(prog="python -m schemas.build_catalog", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.build_catalog", description=__doc__)
     parser.add_argument("--shared", type=Path, help="sources dir (default: $CFN_SHARED_DIR)")
     parser.add_argument("--output", type=Path, default=CATALOG_PATH, help="catalogue to write")
     parser.add_argument("--check", action="store_true", help="exit 1 if the catalogue is stale")
@@ -532,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         current = output.read_text(encoding="utf-8") if output.exists() else None
         if current != text:
-            print(f"{output} is stale: run `python -m schemas.build_catalog`", file=sys.stderr)
+            print(f"{output} is stale: run `python -m tools.build_catalog`", file=sys.stderr)
             return 1
         print(f"{output} is up to date")
         return 0

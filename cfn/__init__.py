@@ -1,0 +1,18 @@
+"""cfn: Cloudflare Notifications webhooks into Kafka streams of events, incidents and rates.
+
+The rooms, and what may import what:
+
+* `cfn.schemas` (folder schemas/): the shapes of data: parsing, records, JSON Schemas, the
+  catalogue and its lookup, the incident key. Imports nothing else of cfn's.
+* `cfn.ingest` (folder ingest/): the HTTP intake. Imports schemas and the plumbing below.
+* `cfn.processors` (folder processors/): the worker engine, its changelog tables and the pure
+  logic (dedup, correlate, rates, pipeline, replay). Imports schemas and the plumbing below.
+* The plumbing, in this package itself: Kafka client settings and topic creation (`topics`),
+  key placement (`partition`), environment parsing (`config`), lock-free metrics
+  (`fastmetrics`), Kafka reachability and client logs (`health`), the aiokafka and uvicorn
+  internals cfn uses (`internals`), GC tuning (`runtime`).
+* The command line (`cli`), the local Kafka (`broker`), `cfn run` (`runner`) and `cfn send` /
+  `cfn tail` (`tools`), which start ingest and processors.
+
+`cfn.ingest` and `cfn.processors` never import each other (tests/test_layout.py).
+"""

@@ -1,0 +1,5 @@
+"""`python -m cfn` is the `cfn` command."""
+
+from cfn.cli import main
+
+main()

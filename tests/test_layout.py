@@ -1,0 +1,58 @@
+"""The rooms of the house (cfn/__init__.py): which package may import which, checked on the AST
+of every module, including imports inside functions."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = ("ingest", "processors", "schemas")
+# package -> the cfn packages it must never import
+FORBIDDEN = {
+    "cfn.schemas": ("cfn.ingest", "cfn.processors", "cfn.cli", "cfn.runner", "cfn.broker"),
+    "cfn.ingest": ("cfn.processors", "cfn.cli", "cfn.runner", "cfn.tools"),
+    "cfn.processors": ("cfn.ingest", "cfn.cli", "cfn.runner", "cfn.tools"),
+}
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _modules() -> list[tuple[str, Path]]:
+    found = [(f"cfn.{p.stem}", p) for p in sorted((ROOT / "cfn").glob("*.py"))]
+    for folder in FOLDERS:
+        found += [(f"cfn.{folder}.{p.stem}", p) for p in sorted((ROOT / folder).glob("*.py"))]
+    return found
+
+
+def test_the_folders_are_the_cfn_packages() -> None:
+    for folder in FOLDERS:
+        link = ROOT / "cfn" / folder
+        assert link.is_symlink() and link.resolve() == ROOT / folder, link
+
+
+@pytest.mark.parametrize(("module", "path"), _modules(), ids=lambda v: str(v))
+def test_imports_stay_in_their_rooms(module: str, path: Path) -> None:
+    imported = _imports(path)
+    bare = sorted(n for n in imported if n.split(".")[0] in FOLDERS)
+    assert not bare, f"{module} imports {bare}: use the cfn namespace"
+    for package, forbidden in FORBIDDEN.items():
+        if module.startswith(package + "."):
+            wrong = sorted(n for n in imported if n.startswith(forbidden))
+            assert not wrong, f"{module} ({package}) must not import {wrong}"
+    if module.startswith("cfn.schemas."):
+        others = sorted(
+            n for n in imported if n.startswith("cfn.") and not n.startswith("cfn.schemas")
+        )
+        assert not others, f"{module}: schemas imports nothing else of cfn's, not {others}"
