@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cfn.schemas import jsonio
+from cfn.schemas.keys import correlation_key
 from cfn.schemas.payload import Notification
 from cfn.schemas.records import IncidentRecord, short_hash
 
@@ -16,11 +16,6 @@ State = dict[str, Any]
 Describe = Callable[[str | None], dict[str, str | None] | None]
 
 OPEN, RESOLVED, EXPIRED, ORPHAN, HELD = "open", "resolved", "expired", "orphan_end", "held"
-
-
-def correlation_key(tenant: str, account_id: str | None, correlation_id: str) -> str:
-    """The table key of one incident: a JSON array, so no field value can forge another's."""
-    return jsonio.dumps([tenant, account_id or "", correlation_id]).decode()
 
 
 def _no_catalog(_alert_type: str | None) -> dict[str, str | None] | None:

@@ -18,7 +18,7 @@ from cfn.processors.rates import RateCounter
 from cfn.processors.settings import WorkerSettings
 from cfn.schemas import jsonio
 from cfn.schemas.catalog import known_ids, record_for
-from cfn.schemas.keys import incident_key
+from cfn.schemas.keys import incident_record_key
 from cfn.schemas.payload import Notification, Rejected, parse
 from cfn.schemas.records import (
     DlqRecord,
@@ -287,13 +287,7 @@ class Pipeline:
         self._publish_open()
         outputs = []
         for incident in self.correlator.tick(now, partition):
-            key = incident_key(
-                incident.tenant,
-                {
-                    "account_id": incident.account_id,
-                    "alert_correlation_id": incident.correlation_id,
-                },
-            )
+            key = incident_record_key(incident.tenant, incident.account_id, incident.correlation_id)
             outputs.append(self._incident_output(key, incident))
         outputs += self.drain_rate_inputs(partition)
         outputs.append(Output("rate-input", b"", jsonio.dumps({"tick": now}), partition=partition))

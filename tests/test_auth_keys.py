@@ -8,7 +8,7 @@ import pytest
 
 from cfn.ingest.auth import DEFAULT_TENANT, SecretIndex, SecretsError
 from cfn.schemas import jsonio
-from cfn.schemas.keys import incident_key
+from cfn.schemas.keys import incident_key, incident_record_key
 from tests.payloads import STREAM_LIVE, alert, seed_examples
 
 OLD, NEW, OTHER = "acme-old-4f1e9c", "acme-new-77d2a0", "globex-only-0b3c55"
@@ -193,3 +193,10 @@ def test_documented_examples_get_their_correlation_key(raw: bytes) -> None:
     body = jsonio.loads(raw)
     expected = f"t|{body['account_id']}|{body['alert_correlation_id']}".encode()
     assert incident_key("t", body) == expected
+
+
+def test_the_incident_key_from_fields_is_the_key_of_every_body() -> None:
+    """cfn.incidents records are keyed like their notifications in cfn.raw, computed once."""
+    for account in ("acc", None, ""):
+        body = {"account_id": account, "alert_correlation_id": "c-1", "alert_type": "x"}
+        assert incident_record_key("t", account, "c-1") == incident_key("t", body)
