@@ -61,7 +61,7 @@ def check_producer(producer: Any) -> None:
     """Every producer internal cfn uses exists on `producer` (not started yet is fine)."""
     _need(producer, "_message_accumulator.add_message", "AIOKafkaProducer")
     _need(producer, "_message_accumulator.fail_all", "AIOKafkaProducer")
-    _need(producer, "_sender", "AIOKafkaProducer")
+    _need(producer, "_sender.sender_task", "AIOKafkaProducer")
     _need(producer, "client.cluster.add_listener", "AIOKafkaProducer")
 
 
@@ -74,17 +74,25 @@ def check_consumer(consumer: Any) -> None:
 
 
 def check_protocol(protocol_class: type) -> None:
-    """The uvicorn protocol methods ingest/protocol.py overrides or calls exist."""
+    """The uvicorn protocol ingest/protocol.py subclasses has every method it overrides or
+    calls (checked on the uvicorn class itself, not on cfn's subclass)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    if not issubclass(protocol_class, HttpToolsProtocol):
+        raise InternalsError(f"{protocol_class.__name__} is not uvicorn's HttpToolsProtocol")
     for name in (
         "data_received",
+        "connection_lost",
+        "on_message_begin",
+        "on_url",
         "on_header",
         "on_headers_complete",
+        "on_body",
         "on_message_complete",
         "on_response_complete",
         "send_400_response",
-        "connection_lost",
     ):
-        _need(protocol_class, name, protocol_class.__name__)
+        _need(HttpToolsProtocol, name, "uvicorn's HttpToolsProtocol")
 
 
 # ---- producer ---------------------------------------------------------------------------------

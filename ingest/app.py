@@ -151,81 +151,81 @@ class IngestApp:
             self._inflight -= 1
         self._observe_request(time.perf_counter() - started)
 
-    async def _accept(self, scope: Scope, receive: Receive, send: Send) -> int:
-        presented: bytes | None = None
-        declared: int | None = None
-        for name, value in scope["headers"]:
-            if name == AUTH_HEADER:
-                presented = value
-            elif name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = None
-
+    async def _accept(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Authenticate, read the body, keep it, answer: each step answers its own refusals."""
+        presented, declared = _auth_and_length(scope["headers"])
         tenant = self._authenticate(presented)
         if tenant is None:
-            reason = "missing" if not presented else "mismatch"
-            self.metrics.auth_failures.labels(reason).inc()
-            message = (
-                "the cf-webhook-auth header is missing"
-                if reason == "missing"
-                else "the cf-webhook-auth header matches no configured secret"
-            )
-            return await self._error(send, 401, "unauthorized", message)
-
-        limit = self.settings.max_body
-        if declared is not None and declared > limit:
-            return await self._too_large(send)
-        first = await receive()
-        if first.get("more_body", False) or first["type"] != "http.request":
-            try:
-                body = await _read_body(receive, limit, first)
-            except BodyTooLarge:
-                return await self._too_large(send)
-            except BodyIncomplete:
-                # The connection closed before the body was complete: the protocol's body
-                # timeout (which has already answered 408) or the client leaving. Nothing is
-                # written; the answer below goes nowhere but counts the request as a 408.
-                return await self._error(
-                    send,
-                    408,
-                    "request_timeout",
-                    "the body did not arrive in CFN_INGEST_BODY_TIMEOUT",
-                )
-        else:  # the whole body in one message: the usual case
-            body = first.get("body", b"")
-            if len(body) > limit:
-                return await self._too_large(send)
+            await self._unauthorized(send, presented)
+            return
+        body = await self._read(receive, send, declared)
+        if body is None:
+            return
         self._observe_body(len(body))
         received_at = int(self.clock() * 1000)
         request_id_b = b"%032x" % self._random_bits(128)
+        parsed, reason, detail = _json_object(body)
+        if parsed is None:
+            await self._reject(
+                send, tenant, body, received_at, request_id_b.decode(), reason, detail
+            )
+            return
+        result = await self._write(tenant, parsed, body, received_at, request_id_b)
+        if result.outcome is not Outcome.ACKED:
+            await self._kafka_failed(send, result)
+            return
+        await send(_ACCEPTED_START)
+        # request_id is hex: no JSON escaping needed.
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b'{"status":"accepted","id":"%s"}' % request_id_b,
+            }
+        )
+        self._accepted.inc()
 
+    async def _unauthorized(self, send: Send, presented: bytes | None) -> None:
+        reason = "missing" if not presented else "mismatch"
+        self.metrics.auth_failures.labels(reason).inc()
+        await self._error(send, 401, "unauthorized", _UNAUTHORIZED[reason])
+
+    async def _read(self, receive: Receive, send: Send, declared: int | None) -> bytes | None:
+        """The whole body, or None once a 413 or 408 has been answered."""
+        limit = self.settings.max_body
+        if declared is not None and declared > limit:
+            await self._too_large(send)
+            return None
+        first = await receive()
+        if not first.get("more_body", False) and first["type"] == "http.request":
+            body: bytes = first.get("body", b"")  # the whole body in one message: the usual case
+            if len(body) <= limit:
+                return body
+            await self._too_large(send)
+            return None
         try:
-            parsed = jsonio.loads(body)
-        except jsonio.JSONDecodeError as exc:
-            return await self._reject(
-                send,
-                tenant,
-                body,
-                received_at,
-                request_id_b.decode(),
-                "invalid_json",
-                f"body is not valid JSON: {exc}",
+            return await _read_body(receive, limit, first)
+        except BodyTooLarge:
+            await self._too_large(send)
+        except BodyIncomplete:
+            # The connection closed before the body was complete: the protocol's body timeout
+            # (which has already answered 408) or the client leaving. Nothing is written; the
+            # answer below goes nowhere but counts the request as a 408.
+            await self._error(
+                send, 408, "request_timeout", "the body did not arrive in CFN_INGEST_BODY_TIMEOUT"
             )
-        if not isinstance(parsed, dict):
-            return await self._reject(
-                send,
-                tenant,
-                body,
-                received_at,
-                request_id_b.decode(),
-                "not_an_object",
-                f"body is JSON {type(parsed).__name__}, not an object",
-            )
+        return None
 
+    async def _write(
+        self,
+        tenant: str,
+        parsed: dict[str, Any],
+        body: bytes,
+        received_at: int,
+        request_id_b: bytes,
+    ) -> SendResult:
+        """Keep the exact bytes in the raw topic, keyed by incident; ACKED once Kafka has them."""
         if not self._connected:
-            return await self._kafka_failed(send, NOT_CONNECTED)
+            return NOT_CONNECTED
         headers = [
             ("cfn-tenant", tenant.encode()),
             ("cfn-received-at", b"%d" % received_at),
@@ -234,14 +234,7 @@ class IngestApp:
         ack_started = time.perf_counter()
         result = await self.sink.send(self._raw_topic, incident_key(tenant, parsed), body, headers)
         self._observe_ack(time.perf_counter() - ack_started)
-        if result.outcome is not Outcome.ACKED:
-            return await self._kafka_failed(send, result)
-        await send(_ACCEPTED_START)
-        # request_id is hex: no JSON escaping needed.
-        answer = b'{"status":"accepted","id":"%s"}' % request_id_b
-        await send({"type": "http.response.body", "body": answer})
-        self._accepted.inc()
-        return 202
+        return result
 
     def _authenticate(self, presented: bytes | None) -> str | None:
         if self.secrets is None:
@@ -259,7 +252,7 @@ class IngestApp:
         request_id: str,
         reason: str,
         detail: str,
-    ) -> int:
+    ) -> None:
         """Dead-letter an authenticated but unusable body, then answer 400.
 
         The 400 is sent only after the dead letter is acknowledged: Cloudflare does not retry a
@@ -278,7 +271,8 @@ class IngestApp:
             raw_size=len(body),
         )
         if not self._connected:
-            return await self._kafka_failed(send, NOT_CONNECTED)
+            await self._kafka_failed(send, NOT_CONNECTED)
+            return
         result = await self.sink.send(
             self.settings.dlq_topic,
             tenant.encode(),
@@ -286,38 +280,22 @@ class IngestApp:
             [("cfn-tenant", tenant.encode()), ("cfn-reason", reason.encode())],
         )
         if result.outcome is not Outcome.ACKED:
-            return await self._kafka_failed(send, result)
+            await self._kafka_failed(send, result)
+            return
         self.metrics.dead_letters.labels(reason).inc()
-        return await self._error(send, 400, reason, detail, request_id=request_id)
+        await self._error(send, 400, reason, detail, request_id=request_id)
 
-    async def _too_large(self, send: Send) -> int:
+    async def _too_large(self, send: Send) -> None:
         limit = self.settings.max_body
-        return await self._error(
+        await self._error(
             send, 413, "payload_too_large", f"body over {limit} bytes (CFN_INGEST_MAX_BODY)"
         )
 
-    async def _kafka_failed(self, send: Send, result: SendResult) -> int:
-        outcome = result.outcome
+    async def _kafka_failed(self, send: Send, result: SendResult) -> None:
         cause = result.error or "unknown"
-        self.metrics.kafka_errors.labels(outcome.value, cause).inc()
-        if outcome is Outcome.TOO_LARGE:
-            return await self._error(
-                send, 413, "payload_too_large", "Kafka refused the record as too large"
-            )
-        if outcome is Outcome.PERMANENT:
-            return await self._error(
-                send,
-                500,
-                "kafka_rejected",
-                f"Kafka rejected the write ({cause}); an operator must act",
-                retry=True,
-            )
-        message = (
-            "Kafka did not acknowledge within CFN_INGEST_ACK_TIMEOUT"
-            if outcome is Outcome.TIMEOUT
-            else f"Kafka is unavailable ({cause})"
-        )
-        return await self._error(send, 503, "kafka_unavailable", message, retry=True)
+        self.metrics.kafka_errors.labels(result.outcome.value, cause).inc()
+        status, error, message, retry = _KAFKA_ANSWERS[result.outcome]
+        await self._error(send, status, error, message.format(cause=cause), retry=retry)
 
     # ---- GET endpoints ----------------------------------------------------------------------
 
@@ -359,7 +337,7 @@ class IngestApp:
         retry: bool = False,
         allow: bytes | None = None,
         request_id: str | None = None,
-    ) -> int:
+    ) -> None:
         payload: dict[str, str] = {"error": error, "message": message}
         if request_id is not None:
             payload["id"] = request_id
@@ -368,7 +346,7 @@ class IngestApp:
             extra.append((b"retry-after", str(self.settings.retry_after).encode()))
         if allow is not None:
             extra.append((b"allow", allow))
-        return await self._respond(send, status, jsonio.dumps(payload), extra=extra)
+        await self._respond(send, status, jsonio.dumps(payload), extra=extra)
 
     async def _respond(
         self,
@@ -379,7 +357,7 @@ class IngestApp:
         content_type: bytes = b"application/json",
         extra: list[tuple[bytes, bytes]] | None = None,
         count: bool = True,
-    ) -> int:
+    ) -> None:
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
         if extra:
             headers.extend(extra)
@@ -387,7 +365,6 @@ class IngestApp:
         await send({"type": "http.response.body", "body": body})
         if count:
             self.metrics.requests.labels(status).inc()
-        return status
 
     # ---- lifespan ---------------------------------------------------------------------------
 
@@ -465,6 +442,58 @@ class IngestApp:
             return False
         log.info("secrets reloaded: %d tenant(s)", len(self.secrets.tenants))
         return True
+
+
+_UNAUTHORIZED = {
+    "missing": "the cf-webhook-auth header is missing",
+    "mismatch": "the cf-webhook-auth header matches no configured secret",
+}
+
+# What a failed Kafka write answers: (status, error code, message with {cause}, Retry-After).
+# Only what an operator must fix is a 500; everything a retry or a new producer cures is a 503.
+_KAFKA_ANSWERS: dict[Outcome, tuple[int, str, str, bool]] = {
+    Outcome.TIMEOUT: (
+        503,
+        "kafka_unavailable",
+        "Kafka did not acknowledge within CFN_INGEST_ACK_TIMEOUT",
+        True,
+    ),
+    Outcome.RETRIABLE: (503, "kafka_unavailable", "Kafka is unavailable ({cause})", True),
+    Outcome.RECOVERING: (503, "kafka_unavailable", "Kafka is unavailable ({cause})", True),
+    Outcome.TOO_LARGE: (413, "payload_too_large", "Kafka refused the record as too large", False),
+    Outcome.PERMANENT: (
+        500,
+        "kafka_rejected",
+        "Kafka rejected the write ({cause}); an operator must act",
+        True,
+    ),
+}
+
+
+def _auth_and_length(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, int | None]:
+    """The presented secret and the declared Content-Length (None if absent or not a number)."""
+    presented: bytes | None = None
+    declared: int | None = None
+    for name, value in headers:
+        if name == AUTH_HEADER:
+            presented = value
+        elif name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                declared = None
+    return presented, declared
+
+
+def _json_object(body: bytes) -> tuple[dict[str, Any] | None, str, str]:
+    """(the body as a JSON object, "", "") or (None, DLQ reason, detail)."""
+    try:
+        parsed = jsonio.loads(body)
+    except jsonio.JSONDecodeError as exc:
+        return None, "invalid_json", f"body is not valid JSON: {exc}"
+    if not isinstance(parsed, dict):
+        return None, "not_an_object", f"body is JSON {type(parsed).__name__}, not an object"
+    return parsed, "", ""
 
 
 async def _read_body(receive: Receive, limit: int, message: Message) -> bytes:

@@ -124,11 +124,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
             super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return
         self._in_head = False
         self._in_body = True
         self._disarm()
-        if not self._refused:
-            super().on_headers_complete()
+        super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -172,8 +173,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
 
     def send_400_response(self, msg: str) -> None:
         """Not HTTP: answered after every request already read whole (uvicorn's own 400 went
-        out at once and closed the connection under them)."""
-        self._refuse(400, "bad_request", "the request is not valid HTTP/1.1")
+        out at once and closed the connection under them). A request whose body broke never
+        runs: answered now if it is the one being served (the app, waiting for the rest of
+        its body, is told the client left and writes nothing), dropped if it was queued."""
+        now = False
+        if self._in_body:
+            if self.pipeline:
+                self.pipeline.popleft()  # the newest queued request: the broken one
+            else:
+                now = True
+        self._refuse(400, "bad_request", "the request is not valid HTTP/1.1", now=now)
 
     def _arm_body(self) -> None:
         """Time the body of the request being served, from the read that ended its head (or

@@ -86,6 +86,8 @@ _OPERATOR_ERRORS: tuple[type[BaseException], ...] = (
     Errors.InvalidRequiredAcksError,
     Errors.PolicyViolationError,
     Errors.InvalidConfigurationError,
+    Errors.InvalidTimestampError,  # this host's clock is far off the broker's
+    Errors.CorruptRecordException,
 )
 _TOO_LARGE_ERRORS: tuple[type[BaseException], ...] = (
     MessageSizeTooLargeError,
@@ -100,7 +102,8 @@ def classify(exc: BaseException) -> Outcome:
     few an operator must fix are 500s, a record the broker will never take a 413. Any other
     Kafka error leaves an idempotent producer unusable (OutOfOrderSequenceNumber,
     UnknownProducerId, InvalidProducerEpoch: aiokafka has no KIP-360 epoch bump) and is cured by
-    a new producer: RECOVERING, a 503 while the sink replaces it.
+    a new producer: RECOVERING, a 503 while the sink replaces it. An exception that is not
+    Kafka's is a 500 that names it.
     """
     if isinstance(exc, asyncio.TimeoutError | KafkaTimeoutError):
         return Outcome.TIMEOUT
@@ -112,7 +115,7 @@ def classify(exc: BaseException) -> Outcome:
         return Outcome.RETRIABLE if exc.retriable else Outcome.RECOVERING
     if isinstance(exc, OSError):
         return Outcome.RETRIABLE  # a connection that cannot be made now may work later
-    return Outcome.RECOVERING
+    return Outcome.PERMANENT  # not Kafka's: a bug to look at, named in the 500
 
 
 class KafkaSink:
@@ -191,19 +194,17 @@ class KafkaSink:
         self._started = True
 
     async def stop(self) -> None:
+        self._started = False  # no replacement starts from here on
         if self._replacing is not None:
             self._replacing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._replacing
             self._replacing = None
-        producer, self._producer = self._producer, None
+        producer = self._producer
         if producer is not None:
-            self._uninstall(producer)
-            with contextlib.suppress(Exception):
-                await producer.stop()  # flushes: the sweeper still bounds the waits
+            self._retire(producer)  # what it holds gets ack_timeout, then it closes
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
-        self._started = False
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -251,15 +252,24 @@ class KafkaSink:
         log.warning("replacing the Kafka producer (%s)", cause)
         started = time.monotonic()
         delay = 0.25
+        failures = 0
         while True:
             producer = self._new_producer()
             try:
                 await producer.start()
                 break
-            except Exception:  # Kafka not reachable yet: the reachability log says so
+            except Exception as exc:  # Kafka not reachable yet, or refusing this producer
+                if failures == 0:
+                    log.warning(
+                        "a new Kafka producer could not start (%s); retrying", type(exc).__name__
+                    )
+                failures += 1
                 await _close(producer)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+            except BaseException:
+                await _close(producer)
+                raise
         old = self._producer
         if old is not None:
             self._retire(old)
@@ -407,6 +417,8 @@ class KafkaSink:
         if not self._started:
             return "not started"
         if producer is None:
+            if not self.replacing:
+                self.replace("no producer")
             return "producer being replaced"
         if not internals.sender_alive(producer):
             self.replace("the producer's sender stopped")

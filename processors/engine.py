@@ -49,6 +49,7 @@ log = logging.getLogger("cfn.worker")
 TABLES = ("dedup", "incidents", "rates")
 MAX_RECORDS = 2000  # per poll; bounds the work between two checks of the timers
 COMMIT_TIMEOUT = 30.0  # seconds; under the producers' transaction timeout (60 s)
+RESTORE_TIMEOUT = 600.0  # seconds for the changelogs of the partitions assigned at once
 ASSIGN_RETRY = 1.0  # seconds between two attempts to open newly assigned tasks
 _NO_HEADERS: list[tuple[str, bytes]] = []  # BatchBuilder.append wants a list; never mutated
 
@@ -496,9 +497,11 @@ class Engine:
 
     async def _open_tasks_retrying(self, partitions: list[int]) -> bool:
         """Open new tasks, retrying while Kafka does not answer (a broker restart can hand out
-        partitions before every coordinator is back). Gives up after a session timeout's worth
-        of tries, asking for a new rebalance, so no assignment is ever left half-open."""
-        deadline = time.monotonic() + self.settings.session_timeout
+        partitions before every coordinator is back). This runs inside the rebalance callback,
+        where aiokafka sends no heartbeats, so it gives up after a third of the session timeout,
+        asking for a new rebalance: no assignment is ever left half-open, and the member is not
+        expelled for silence."""
+        deadline = time.monotonic() + self.settings.session_timeout / 3
         while True:
             try:
                 await self._open_tasks(partitions)
@@ -523,9 +526,11 @@ class Engine:
             # partition is aborted (its offsets and changelog writes with it) and it is fenced.
             async with asyncio.timeout(COMMIT_TIMEOUT):
                 await asyncio.gather(*(t.producer.start() for t in tasks.values()))
-                for table in self.tables.values():
-                    table.drop(set(partitions))
+            for table in self.tables.values():
+                table.drop(set(partitions))
+            async with asyncio.timeout(RESTORE_TIMEOUT):
                 await self._restore(partitions)
+            async with asyncio.timeout(COMMIT_TIMEOUT):
                 await self._seek_committed(tasks)
         except BaseException:
             await asyncio.gather(*(self._stop_producer(t.producer) for t in tasks.values()))

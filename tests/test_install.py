@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,12 +78,17 @@ def test_without_apt_get_it_stops_with_one_line_naming_the_packages(tmp_path: Pa
 
 
 def test_without_root_or_sudo_it_stops_with_one_line(tmp_path: Path) -> None:
-    path = _path_with(tmp_path, {"java": None, "mvn": None, "apt-get": None})  # no sudo
     if os.geteuid() == 0:  # as root the script would install: run it as nobody
-        for folder in (tmp_path, *tmp_path.parents):
-            folder.chmod(folder.stat().st_mode | 0o005)  # nobody can reach the script's PATH
-        result = _install("test", path, user="nobody")
+        # A folder of its own under /tmp that nobody can read; no other folder is opened up.
+        shared = Path(tempfile.mkdtemp(prefix="cfn-install-", dir="/tmp"))
+        shared.chmod(0o755)
+        try:
+            path = _path_with(shared, {"java": None, "mvn": None, "apt-get": None})  # no sudo
+            result = _install("test", path, user="nobody")
+        finally:
+            shutil.rmtree(shared)
     else:
+        path = _path_with(tmp_path, {"java": None, "mvn": None, "apt-get": None})  # no sudo
         result = _install("test", path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -39,7 +39,7 @@ def test_uvicorn_protocol_internals_exist() -> None:
 def test_a_missing_internal_is_named() -> None:
     with pytest.raises(internals.InternalsError, match=r"_message_accumulator\.add_message"):
         internals.check_producer(object())
-    with pytest.raises(internals.InternalsError, match="int has no `data_received`"):
+    with pytest.raises(internals.InternalsError, match="not uvicorn's HttpToolsProtocol"):
         internals.check_protocol(int)
 
 

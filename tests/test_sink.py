@@ -238,6 +238,8 @@ def test_a_record_whose_enqueue_waited_still_times_out_at_its_own_deadline() -> 
         (Errors.ClusterAuthorizationFailedError(), Outcome.PERMANENT),
         (Errors.SaslAuthenticationFailed(), Outcome.PERMANENT),
         (Errors.InvalidTopicError(), Outcome.PERMANENT),
+        (Errors.InvalidTimestampError(), Outcome.PERMANENT),
+        (RuntimeError("a bug"), Outcome.PERMANENT),
     ],
 )
 def test_only_what_an_operator_must_fix_is_permanent(error: Exception, outcome: Outcome) -> None:
