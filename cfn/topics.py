@@ -10,6 +10,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.structs import TopicPartition
 
+from cfn import internals
+
 log = logging.getLogger(__name__)
 
 RAW_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
@@ -32,7 +34,7 @@ async def _visible(admin: AIOKafkaAdminClient, names: list[str], timeout: float)
     a client that asks sooner is told the topic does not exist."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        cluster = await admin._client.fetch_all_metadata()  # no public metadata call on admin
+        cluster = await internals.fetch_metadata(admin)  # no public metadata call on admin
         missing = [
             n
             for n in names

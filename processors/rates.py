@@ -23,6 +23,17 @@ class RateResult:
     dropped_late: dict[int, int] = field(default_factory=dict)  # window_s -> events dropped
 
 
+def window_label(window_s: int, start: int) -> str:
+    """A window's name in the table: "<window_s>:<start>"."""
+    return f"{window_s}:{start}"
+
+
+def parse_window_label(label: str) -> tuple[int, int]:
+    """(window_s, start) of a window's name in the table."""
+    window_s, start = label.split(":")
+    return int(window_s), int(start)
+
+
 @dataclass
 class RateCounter:
     """Tumbling-window counts per alert_type and per (account_id, alert_type), over a mapping.
@@ -84,7 +95,7 @@ class RateCounter:
         return self._marks.get(partition, 0)
 
     def _push(self, partition: int, key: str, label: str, revision: int) -> None:
-        window_s, start = (int(x) for x in label.split(":"))
+        window_s, start = parse_window_label(label)
         due = start + window_s + (self.lateness_s if revision > 0 else 0)
         heapq.heappush(self._heaps.setdefault(partition, []), (due, key, label))
 
@@ -107,7 +118,24 @@ class RateCounter:
         result = RateResult()
         self._last_event[partition] = now
         mark = self.watermark(partition)
-        keys = (
+        for key, scope, account in self._scopes(alert_type, account_id):
+            state = self.store.get(key)
+            state = (
+                {"p": partition, "scope": scope, "type": alert_type, "acc": account, "w": {}}
+                if state is None
+                else {**state, "w": dict(state["w"])}  # a copy: the mapping sees one write
+            )
+            if self._count(state, key, ts, n, mark, result):
+                self.store[key] = state
+        if ts > mark:
+            result.records.extend(self._advance(partition, ts))
+        return result
+
+    def _scopes(
+        self, alert_type: str | None, account_id: str | None
+    ) -> tuple[tuple[str, str, str | None], ...]:
+        """(table key, scope, account) of the two counts an event adds to."""
+        return (
             (self._key("type", alert_type or ""), "type", None),
             (
                 self._key("account_type", alert_type or "", account_id or ""),
@@ -115,39 +143,55 @@ class RateCounter:
                 account_id,
             ),
         )
-        for key, scope, account in keys:
-            state = self.store.get(key)
-            state = (
-                {"p": partition, "scope": scope, "type": alert_type, "acc": account, "w": {}}
-                if state is None
-                else {**state, "w": dict(state["w"])}
-            )
-            changed = False
-            for window_s in self.windows:
-                start = ts - ts % window_s
-                if start + window_s + self.lateness_s <= mark:
-                    if scope == "type":
-                        result.dropped_late[window_s] = result.dropped_late.get(window_s, 0) + n
-                    continue
-                label = f"{window_s}:{start}"
-                count, revision = state["w"].get(label, (0, 0))
-                count += n
-                if revision > 0:  # already emitted: a late event inside lateness corrects it
-                    revision += 1
-                    result.records.append(self._record(state, window_s, start, count, revision))
-                elif start + window_s <= mark:  # closed but never seen: emit it now
-                    revision = 1
-                    result.records.append(self._record(state, window_s, start, count, revision))
-                    self._push(partition, key, label, revision)
-                elif count == n:  # the window's first events
-                    self._push(partition, key, label, 0)
-                state["w"][label] = [count, revision]
-                changed = True
-            if changed:
-                self.store[key] = state
-        if ts > mark:
-            result.records.extend(self._advance(partition, ts))
-        return result
+
+    def _count(
+        self, state: State, key: str, ts: int, n: int, mark: int, result: RateResult
+    ) -> bool:
+        """Add `n` to every window of `state` that holds `ts`; False if none still counts."""
+        changed = False
+        for window_s in self.windows:
+            start = ts - ts % window_s
+            if start + window_s + self.lateness_s <= mark:  # past lateness: final
+                if state["scope"] == "type":
+                    result.dropped_late[window_s] = result.dropped_late.get(window_s, 0) + n
+                continue
+            label = window_label(window_s, start)
+            count, revision = state["w"].get(label, (0, 0))
+            count += n
+            revision = self._revision(state, key, label, count, n, revision, mark, result)
+            state["w"][label] = [count, revision]
+            changed = True
+        return changed
+
+    def _revision(
+        self,
+        state: State,
+        key: str,
+        label: str,
+        count: int,
+        n: int,
+        revision: int,
+        mark: int,
+        result: RateResult,
+    ) -> int:
+        """The window's revision once `n` more events are counted, emitting what that emits:
+
+        * already emitted: a correction, revision + 1;
+        * closed by the watermark but never seen before: emitted now, revision 1;
+        * still open: not emitted (0), its end scheduled when these are its first events.
+        """
+        window_s, start = parse_window_label(label)
+        partition = state["p"]
+        if revision > 0:
+            result.records.append(self._record(state, window_s, start, count, revision + 1))
+            return revision + 1
+        if start + window_s <= mark:
+            result.records.append(self._record(state, window_s, start, count, 1))
+            self._push(partition, key, label, 1)
+            return 1
+        if count == n:
+            self._push(partition, key, label, 0)
+        return 0
 
     def tick(self, now: float, partition: int) -> list[RateRecord]:
         """Advance an idle partition's watermark to wall time and close what that closes."""
@@ -182,7 +226,7 @@ class RateCounter:
                 state = {**state, "w": dict(state["w"])}
                 touched[key] = state
             count, revision = state["w"][label]
-            window_s, start = (int(x) for x in label.split(":"))
+            window_s, start = parse_window_label(label)
             if revision == 0:
                 state["w"][label] = [count, 1]
                 out.append(self._record(state, window_s, start, count, 1))

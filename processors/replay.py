@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
+from cfn import internals
 from cfn.partition import partition_for
 from cfn.processors.metrics import WorkerMetrics
 from cfn.processors.pipeline import Output, Pipeline, header_map
@@ -56,7 +57,7 @@ async def _ranges(
     consumer: AIOKafkaConsumer, topic: str, start: Bound | None, stop: Bound | None
 ) -> dict[TopicPartition, tuple[int, int]]:
     """[first, end) offsets per partition for the requested range."""
-    cluster = await consumer._client.fetch_all_metadata()  # the consumer's own view is lazy
+    cluster = await internals.fetch_metadata(consumer)  # the consumer's own view is lazy
     partitions = sorted(cluster.partitions_for_topic(topic) or ())
     tps = [TopicPartition(topic, p) for p in partitions]
     begin = await consumer.beginning_offsets(tps)
