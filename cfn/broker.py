@@ -6,7 +6,6 @@ import asyncio
 import base64
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -306,15 +305,10 @@ async def _count_brokers(bootstrap: str) -> int:
 
 def run_broker(data_dir: Path, port: int, nodes: int) -> int:
     """Foreground entry for `cfn broker`: start, print ready, stop on SIGINT/SIGTERM."""
+    from cfn.runner import StopFlag, supervise
+
     kafka = LocalKafka(data_dir=data_dir, port=port, nodes=nodes)
-    stop = False
-
-    def _stop(signum: int, _frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    stop = StopFlag()
     try:
         print(f"cfn broker: starting Apache Kafka {KAFKA_VERSION} ({nodes} node(s))", flush=True)
         kafka.start()
@@ -323,14 +317,9 @@ def run_broker(data_dir: Path, port: int, nodes: int) -> int:
         print(f"cfn broker: {exc}", file=sys.stderr)
         return 2
     print(f"cfn broker: ready on {kafka.bootstrap} (logs under {data_dir})", flush=True)
-    while not stop:
-        for node in kafka.members:
-            if node.process is not None and node.process.poll() is not None:
-                print(
-                    f"cfn broker: node {node.node_id} exited; see {node.log_file}", file=sys.stderr
-                )
-                stop = True
-        time.sleep(0.5)
+    processes = {f"node {n.node_id}": n.process for n in kafka.members if n.process is not None}
+    logs = {f"node {n.node_id}": str(n.log_file) for n in kafka.members}
+    supervise(stop, processes, logs.__getitem__)
     print("cfn broker: stopping", flush=True)
     kafka.stop()
     print("cfn broker: stopped", flush=True)

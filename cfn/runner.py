@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from cfn.broker import BrokerError, LocalKafka
@@ -44,17 +45,38 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 120.
     return False
 
 
+class StopFlag:
+    """Set by SIGINT or SIGTERM: the foreground commands stop cleanly on either."""
+
+    def __init__(self) -> None:
+        self.set = False
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGTERM, self._stop)
+
+    def _stop(self, _signum: int, _frame: object) -> None:
+        self.set = True
+
+
+def supervise(
+    stop: StopFlag, processes: dict[str, subprocess.Popen[bytes]], where: Callable[[str], str]
+) -> int:
+    """Wait until `stop` is set or one of `processes` exits (then say which, and where its log
+    is); returns the exit code for the command: 0 when stopped, 1 when a process died."""
+    while not stop.set:
+        for name, process in processes.items():
+            if process.poll() is not None:
+                print(
+                    f"cfn: {name} exited ({process.returncode}); see {where(name)}",
+                    file=sys.stderr,
+                )
+                return 1
+        time.sleep(0.5)
+    return 0
+
+
 def run_all(port: int = 9092) -> int:
     """Start everything, print the endpoints, stop everything cleanly on Ctrl-C or SIGTERM."""
-    stopping = False
-
-    def _stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-
+    stop = StopFlag()
     kafka = LocalKafka(data_dir=LOCAL / "kafka", port=port)
     print(f"cfn run: starting Apache Kafka on 127.0.0.1:{port} (data in {LOCAL}/kafka)", flush=True)
     try:
@@ -63,17 +85,28 @@ def run_all(port: int = 9092) -> int:
         kafka.stop()
         print(f"cfn run: {exc}", file=sys.stderr)
         return 2
-
     secret = _secret()
-    env = {
-        **os.environ,
-        "CFN_KAFKA_BOOTSTRAP": kafka.bootstrap,
-        "CFN_INGEST_SECRET": secret,
-    }
-    ingest_port = env.setdefault("CFN_INGEST_PORT", "8080")
-    host = env.setdefault("CFN_INGEST_HOST", "127.0.0.1")
-    metrics_port = env.setdefault("CFN_WORKER_METRICS_PORT", "9464")
+    env = {**os.environ, "CFN_KAFKA_BOOTSTRAP": kafka.bootstrap, "CFN_INGEST_SECRET": secret}
+    env.setdefault("CFN_INGEST_PORT", "8080")
+    env.setdefault("CFN_INGEST_HOST", "127.0.0.1")
+    env.setdefault("CFN_WORKER_METRICS_PORT", "9464")
     logs = LOCAL / "logs"
+    children = _spawn(env, logs)
+    code = 1
+    if _wait_ready(env, children):
+        _print_endpoints(env, kafka.bootstrap, secret, logs)
+        code = supervise(stop, children, lambda name: f"{logs}/{name}.log")
+    else:
+        print(f"cfn run: a service did not become ready; see {logs}/", file=sys.stderr)
+    print("cfn run: stopping", flush=True)
+    _shutdown(children)
+    kafka.stop()
+    print("cfn run: stopped", flush=True)
+    return code
+
+
+def _spawn(env: dict[str, str], logs: Path) -> dict[str, subprocess.Popen[bytes]]:
+    """Start `cfn ingest` and `cfn worker`, each logging to its file under `logs`."""
     logs.mkdir(parents=True, exist_ok=True)
     children: dict[str, subprocess.Popen[bytes]] = {}
     for name in ("ingest", "worker"):
@@ -85,38 +118,35 @@ def run_all(port: int = 9092) -> int:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-    base = f"http://{host}:{ingest_port}"
-    ready = _wait_http(f"{base}/readyz", children["ingest"]) and _wait_http(
-        f"http://127.0.0.1:{metrics_port}/readyz", children["worker"]
+    return children
+
+
+def _wait_ready(env: dict[str, str], children: dict[str, subprocess.Popen[bytes]]) -> bool:
+    ingest = f"http://{env['CFN_INGEST_HOST']}:{env['CFN_INGEST_PORT']}/readyz"
+    worker = f"http://127.0.0.1:{env['CFN_WORKER_METRICS_PORT']}/readyz"
+    return _wait_http(ingest, children["ingest"]) and _wait_http(worker, children["worker"])
+
+
+def _print_endpoints(env: dict[str, str], bootstrap: str, secret: str, logs: Path) -> None:
+    base = f"http://{env['CFN_INGEST_HOST']}:{env['CFN_INGEST_PORT']}"
+    metrics_port = env["CFN_WORKER_METRICS_PORT"]
+    print(
+        "\ncfn is running:\n"
+        f"  POST webhooks to  {base}/webhooks/cloudflare\n"
+        f"  with header       cf-webhook-auth: {secret}\n"
+        f"  ingest metrics    {base}/metrics\n"
+        f"  worker metrics    http://127.0.0.1:{metrics_port}/metrics\n"
+        f"  Kafka             {bootstrap} (topics cfn.raw, cfn.events, "
+        "cfn.incidents, cfn.rates, cfn.dlq)\n"
+        f"  logs              {logs}/\n"
+        "  try: cfn send tests/data/examples/  then  cfn tail incidents --from-beginning\n"
+        "Ctrl-C stops everything.",
+        flush=True,
     )
-    if ready:
-        print(
-            "\ncfn is running:\n"
-            f"  POST webhooks to  {base}/webhooks/cloudflare\n"
-            f"  with header       cf-webhook-auth: {secret}\n"
-            f"  ingest metrics    {base}/metrics\n"
-            f"  worker metrics    http://127.0.0.1:{metrics_port}/metrics\n"
-            f"  Kafka             {kafka.bootstrap} (topics cfn.raw, cfn.events, "
-            "cfn.incidents, cfn.rates, cfn.dlq)\n"
-            f"  logs              {logs}/\n"
-            "  try: cfn send tests/data/examples/  then  cfn tail incidents --from-beginning\n"
-            "Ctrl-C stops everything.",
-            flush=True,
-        )
-    else:
-        print(f"cfn run: a service did not become ready; see {logs}/", file=sys.stderr)
-        stopping = True
-    code = 0
-    while not stopping:
-        for name, child in children.items():
-            if child.poll() is not None:
-                print(
-                    f"cfn run: {name} exited ({child.returncode}); see {logs}/{name}.log",
-                    file=sys.stderr,
-                )
-                stopping, code = True, 1
-        time.sleep(0.5)
-    print("cfn run: stopping", flush=True)
+
+
+def _shutdown(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every child that still runs, then wait (SIGKILL after 30 s)."""
     for child in children.values():
         if child.poll() is None:
             child.terminate()
@@ -125,6 +155,4 @@ def run_all(port: int = 9092) -> int:
             child.wait(30)
         except subprocess.TimeoutExpired:
             child.kill()
-    kafka.stop()
-    print("cfn run: stopped", flush=True)
-    return code
+            child.wait()
