@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 import uuid
@@ -12,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from tests.kafka_util import create_topics, drain, produce_with_headers, run
+from tests.kafka_util import (
+    create_topics,
+    drain,
+    produce_with_headers,
+    read_to_end,
+    run,
+    wait_caught_up,
+)
 from tests.records_check import checked
 from tests.services import Process, metric_value, request, start_worker
 from tests.workload import build
@@ -21,6 +29,8 @@ pytestmark = pytest.mark.broker
 
 PARTITIONS = 12
 FAST_FAILOVER = {"CFN_SESSION_TIMEOUT": "6s"}
+# How aiokafka reports a transactional producer whose epoch a newer owner has bumped.
+FENCED = {"ProducerFenced", "IllegalOperation", "InvalidProducerEpoch"}
 
 
 def processed(worker: Process) -> int:
@@ -40,20 +50,24 @@ def wait_processed(worker: Process, count: int, poll: float = 0.05) -> None:
 
 
 def read_all(
-    kafka: str, topic: str, role: str, expect: int, timeout: float
+    kafka: str, app_id: str, prefix: str, role: str, expect: int, timeout: float
 ) -> list[dict[str, Any]]:
-    """Committed records of a topic, once at least `expect` are there (or at the timeout)."""
+    """Committed records of an output topic, once at least `expect` are there (or at the
+    timeout): then, with the worker group's offsets committed to the end of the raw topic, the
+    topic is read to its end offsets, so a duplicate of anything processed cannot be missed."""
     deadline = time.monotonic() + timeout
-    records: list[dict[str, Any]] = []
+    topic = f"{prefix}{role}"
     while time.monotonic() < deadline:
         raw = run(drain(kafka, topic, settle=1.5, timeout=120))
-        records = checked(role, [r.value for r in raw])
-        if len(records) >= expect:
-            time.sleep(2.0)
-            raw = run(drain(kafka, topic, settle=1.5, timeout=120))
-            return checked(role, [r.value for r in raw])
+        if len(raw) >= expect:
+            break
         time.sleep(1.0)
-    return records
+    run(
+        wait_caught_up(
+            kafka, app_id, f"{prefix}raw", timeout=max(30.0, deadline - time.monotonic())
+        )
+    )
+    return checked(role, [r.value for r in run(read_to_end(kafka, topic))])
 
 
 def assert_exactly_once(
@@ -93,9 +107,9 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
     killed_at = time.monotonic()
     again = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
     try:
-        events = read_all(kafka, f"{prefix}events", "events", len(work.unique_event_ids), 240)
+        events = read_all(kafka, app_id, prefix, "events", len(work.unique_event_ids), 240)
         recovery = time.monotonic() - killed_at
-        incidents = read_all(kafka, f"{prefix}incidents", "incidents", 2 * work.pairs, 60)
+        incidents = read_all(kafka, app_id, prefix, "incidents", 2 * work.pairs, 60)
     finally:
         again.stop()
     assert_exactly_once(events, incidents, work.unique_event_ids, work.pairs)
@@ -119,7 +133,7 @@ def test_two_workers_split_partitions_and_state_moves(kafka: str, tmp_path: Path
     second: Process | None = None
     try:
         run(produce_with_headers(kafka, f"{prefix}raw", starts))
-        opened = read_all(kafka, f"{prefix}incidents", "incidents", work.pairs, 120)
+        opened = read_all(kafka, app_id, prefix, "incidents", work.pairs, 120)
         assert len({i["incident_id"] for i in opened}) == work.pairs  # all open, on one worker
 
         second = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
@@ -137,13 +151,13 @@ def test_two_workers_split_partitions_and_state_moves(kafka: str, tmp_path: Path
             time.sleep(0.2)
         before = (processed(first), processed(second))
         run(produce_with_headers(kafka, f"{prefix}raw", ends))
-        incidents = read_all(kafka, f"{prefix}incidents", "incidents", 2 * work.pairs, 120)
+        incidents = read_all(kafka, app_id, prefix, "incidents", 2 * work.pairs, 120)
         after = (processed(first), processed(second))
     finally:
         first.stop()
         if second is not None:
             second.stop()
-    events = checked("events", [r.value for r in run(drain(kafka, f"{prefix}events", settle=1))])
+    events = checked("events", [r.value for r in run(read_to_end(kafka, f"{prefix}events"))])
     assert_exactly_once(events, incidents, work.unique_event_ids, work.pairs)
     # Both workers handled ENDs, and ENDs on moved partitions found their START's state.
     assert after[0] > before[0] and after[1] > before[1], (before, after)
@@ -171,8 +185,8 @@ def test_a_paused_worker_is_fenced_when_it_wakes(kafka: str, tmp_path: Path) -> 
         run(produce_with_headers(kafka, f"{prefix}raw", work.records[half:]))
         time.sleep(3.0)  # the new owner is committing while the stalled one still "holds" work
         os.kill(stalled.proc.pid, signal.SIGCONT)
-        events = read_all(kafka, f"{prefix}events", "events", len(work.unique_event_ids), 240)
-        incidents = read_all(kafka, f"{prefix}incidents", "incidents", 2 * work.pairs, 60)
+        events = read_all(kafka, app_id, prefix, "events", len(work.unique_event_ids), 240)
+        incidents = read_all(kafka, app_id, prefix, "incidents", 2 * work.pairs, 60)
         woke_alive = stalled.proc.poll() is None
     finally:
         if stalled.proc is not None and stalled.proc.poll() is None:
@@ -182,5 +196,8 @@ def test_a_paused_worker_is_fenced_when_it_wakes(kafka: str, tmp_path: Path) -> 
             other.stop()
     assert_exactly_once(events, incidents, work.unique_event_ids, work.pairs)
     assert woke_alive, f"the woken worker died instead of rejoining:\n{stalled.output[-3000:]}"
-    refused = stalled.output.count(" failed (")
-    print(f"\nthe woken worker had {refused} task transaction(s) refused, and rejoined")
+    # It woke with transactions open: each was refused because it had been fenced.
+    refused = re.findall(r"task \d+ failed \((\w+):", stalled.output)
+    print(f"\nthe woken worker had {len(refused)} task transaction(s) refused, and rejoined")
+    assert refused, f"no transaction of the woken worker was refused:\n{stalled.output[-3000:]}"
+    assert set(refused) <= FENCED, f"refused for other reasons than fencing: {set(refused)}"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.kafka_util import drain, run
+from tests.kafka_util import drain, read_to_end, run, wait_caught_up
 from tests.payloads import SAVE_AND_TEST, SSL_NESTED, STREAM_LIVE, alert, encode
 from tests.records_check import checked
 from tests.services import Process, metric_value, request, start_ingest, start_worker
@@ -25,9 +25,12 @@ Record = dict[str, Any]
 class Stack:
     """ingest + worker on one prefix; helpers to post and to read what came out."""
 
-    def __init__(self, kafka: str, prefix: str, ingest: Process, worker: Process) -> None:
+    def __init__(
+        self, kafka: str, prefix: str, app_id: str, ingest: Process, worker: Process
+    ) -> None:
         self.kafka = kafka
         self.prefix = prefix
+        self.app_id = app_id
         self.ingest = ingest
         self.worker = worker
 
@@ -42,14 +45,17 @@ class Stack:
     def wait(
         self, role: str, match: Callable[[Record], bool], expect: int, timeout: float = 30.0
     ) -> list[Record]:
-        """Records of `role` matching, once there are `expect` of them and no more arrive."""
+        """Records of `role` matching, once there are `expect` of them: then read to the topic's
+        end offsets after the worker has committed all of the raw topic, so a duplicate of
+        anything it processed is there to be seen."""
         deadline = time.monotonic() + timeout
         found: list[Record] = []
         while time.monotonic() < deadline:
             found = [r for r in self.read(role) if match(r)]
             if len(found) >= expect:
-                time.sleep(1.5)  # would a duplicate still show up?
-                return [r for r in self.read(role) if match(r)]
+                run(wait_caught_up(self.kafka, self.app_id, f"{self.prefix}raw", timeout=60))
+                records = run(read_to_end(self.kafka, f"{self.prefix}{role}"))
+                return [r for r in checked(role, [r.value for r in records]) if match(r)]
             time.sleep(0.3)
         raise AssertionError(f"{role}: wanted {expect} matching records, found {len(found)}")
 
@@ -70,7 +76,7 @@ def stack(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stac
     worker = start_worker(tmp, kafka, prefix, f"app-{token}", env)
     ingest = start_ingest(tmp, kafka, prefix, {"CFN_INGEST_SECRET": SECRET})
     try:
-        yield Stack(kafka, prefix, ingest, worker)
+        yield Stack(kafka, prefix, f"app-{token}", ingest, worker)
     finally:
         ingest.stop()
         worker.stop()
