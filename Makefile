@@ -33,7 +33,7 @@ test: deps-test $(STAMP) lint
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy cfn tests tools
+	$(BIN)/mypy cfn tests tools examples
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .
@@ -47,9 +47,9 @@ unit: $(STAMP)
 test-faults: deps-test $(STAMP)
 	$(BIN)/pytest -m faults
 
-## bench: same-run ratio benchmarks; writes bench/results.json and README's Performance table
+## bench: same-run ratio benchmarks; writes tests/bench/results.json and docs/performance.md
 bench: deps-test $(STAMP)
-	$(BIN)/python -m tests.bench
+	$(BIN)/python -m tests.bench --doc docs/performance.md
 
 clean:
 	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache

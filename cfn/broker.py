@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
 import shutil
 import subprocess
@@ -50,7 +51,10 @@ def ensure_jars() -> Path:
     require_tool("java", "a Java 17+ runtime (Debian: `apt-get install openjdk-17-jre-headless`)")
     libs = cache_dir() / "libs"
     marker = cache_dir() / ".complete"
-    if marker.exists():
+    # The marker holds a digest of the pom: a dependency added to it is fetched on the next run.
+    # (An installed cfn without the repository's pom uses whatever the cache holds.)
+    wanted = hashlib.sha256(POM.read_bytes()).hexdigest() if POM.exists() else KAFKA_VERSION
+    if marker.exists() and (not POM.exists() or marker.read_text().strip() == wanted):
         return libs
     mvn = require_tool("mvn", "Apache Maven (Debian: `apt-get install maven`)")
     if not POM.exists():
@@ -74,7 +78,7 @@ def ensure_jars() -> Path:
     if result.returncode != 0:
         tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
         raise BrokerError("Maven could not fetch the Kafka jars:\n  " + "\n  ".join(tail))
-    marker.write_text(KAFKA_VERSION)
+    marker.write_text(wanted)
     return libs
 
 

@@ -168,11 +168,9 @@ async def wait_caught_up(bootstrap: str, group: str, topic: str, timeout: float 
         deadline = time.monotonic() + timeout
         while True:
             committed = await admin.list_consumer_group_offsets(group, partitions=tps)
-            behind = {
-                tp: ends[tp] - (committed[tp].offset if tp in committed else 0)
-                for tp in tps
-                if (committed[tp].offset if tp in committed else 0) < ends[tp]
-            }
+            # A partition the group never committed is reported at -1: nothing read yet.
+            at = {tp: max(0, committed[tp].offset) if tp in committed else 0 for tp in tps}
+            behind = {tp: ends[tp] - at[tp] for tp in tps if at[tp] < ends[tp]}
             if not behind:
                 return
             assert time.monotonic() < deadline, f"{group} still behind on {topic}: {behind}"

@@ -2,7 +2,7 @@
 contract, slow clients and oversized headers, and a flood through the pure logic.
 
 Every test ends with a block of `FIGURE <test>.<name>: <value>` lines (visible with `-s`), the
-numbers the README's Reliability section quotes.
+numbers docs/reliability.md quotes.
 """
 
 from __future__ import annotations

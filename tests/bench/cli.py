@@ -127,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--e2e-rate", type=float, help="POST/s for the end-to-end section")
     parser.add_argument("--note", help="a line to print above the results table")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs)")
+    parser.add_argument("--doc", type=Path, help="also write the results page here (make bench)")
     args = parser.parse_args(argv)
     try:
         sections = parse_sections(args.only)
@@ -152,4 +153,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         note=args.note,
         keep=args.keep,
     )
+    if args.doc is not None:
+        report.write_doc(results, args.doc)
     return 1 if any("error" in s for s in results["sections"].values()) else 0

@@ -1,0 +1,156 @@
+"""The subscriber examples of docs/consuming.md and the README, run against a real worker's
+output: the Python program, the README's ten lines, and Kafka's own console consumer."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cfn.broker import cache_dir
+from tests.kafka_util import create_topics, produce_with_headers, read_to_end, run, wait_caught_up
+from tests.services import start_worker
+from tests.workload import build
+
+pytestmark = pytest.mark.broker
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def incidents(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A worker's cfn.incidents with open and resolved incidents; yields (prefix, app id)."""
+    token = uuid.uuid4().hex[:8]
+    prefix, app_id = f"ex{token}.", f"ex-{token}"
+    work = build(n_incidents=40, n_one_offs=10, now_ms=int(time.time() * 1000), seed=3)
+    starts = [r for r in work.records if b"EVENT_START" in r[1]]
+    ends = [r for r in work.records if b"EVENT_END" in r[1]]
+    records = starts + ends[: len(ends) // 2] + [r for r in work.records if r not in starts + ends]
+    run(create_topics(kafka, [f"{prefix}raw"], 4))
+    run(produce_with_headers(kafka, f"{prefix}raw", records))
+    worker = start_worker(tmp_path_factory.mktemp("ex"), kafka, prefix, app_id, partitions=4)
+    try:
+        run(wait_caught_up(kafka, app_id, f"{prefix}raw"))
+    finally:
+        worker.stop()
+    yield prefix, app_id
+
+
+def fold(kafka: str, prefix: str) -> dict[str, dict[str, Any]]:
+    """The highest version of every incident, from the whole topic."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in run(read_to_end(kafka, f"{prefix}incidents")):
+        incident = json.loads(record.value)
+        known = latest.get(incident["incident_id"])
+        if known is None or incident["version"] > known["version"]:
+            latest[incident["incident_id"]] = incident
+    return latest
+
+
+def test_the_python_example_prints_the_open_incidents(
+    kafka: str, incidents: tuple[str, str]
+) -> None:
+    prefix, _ = incidents
+    latest = fold(kafka, prefix)
+    want = {i for i, inc in latest.items() if inc["state"] == "open"}
+    assert want and len(want) < len(latest), "the workload has open and closed incidents"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "consume_incidents.py"),
+            "--bootstrap",
+            kafka,
+            "--prefix",
+            prefix,
+            "--idle",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    printed = set(re.findall(r"^open (in_\w+)$", result.stdout, re.MULTILINE))
+    assert printed == want
+    assert f"open: {len(want)}" in result.stdout
+
+
+def _readme_snippet() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Consume cfn.incidents in ten lines", 1)[1]
+    return section.split("```python", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_ten_lines_keep_the_highest_version(
+    kafka: str, incidents: tuple[str, str], tmp_path: Path
+) -> None:
+    prefix, _ = incidents
+    latest = fold(kafka, prefix)
+    snippet = _readme_snippet()
+    logic = [line for line in snippet.splitlines() if line.strip()]
+    assert len(logic) <= 16, logic  # ten lines of logic, and the imports and settings
+    script = tmp_path / "ten_lines.py"
+    script.write_text(snippet)
+    env = {**os.environ, "CFN_KAFKA_BOOTSTRAP": kafka, "CFN_TOPIC_PREFIX": prefix}
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=12)
+    except subprocess.TimeoutExpired:  # it follows the topic forever: stop it
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    seen: dict[str, int] = {}
+    for state, incident_id, version in re.findall(r"^(\w+) (in_\w+) (\d+)$", out, re.MULTILINE):
+        assert int(version) > seen.get(incident_id, 0), "a version printed twice or out of order"
+        seen[incident_id] = int(version)
+        assert state in ("open", "resolved", "expired", "orphan_end")
+    assert seen == {i: inc["version"] for i, inc in latest.items()}, err[-2000:]
+
+
+def test_kafkas_console_consumer_reads_committed_incidents(
+    kafka: str, incidents: tuple[str, str]
+) -> None:
+    prefix, _ = incidents
+    total = len(run(read_to_end(kafka, f"{prefix}incidents")))
+    command = [
+        "java",
+        "-cp",
+        f"{cache_dir() / 'libs'}/*",
+        "org.apache.kafka.tools.consumer.ConsoleConsumer",
+        "--bootstrap-server",
+        kafka,
+        "--topic",
+        f"{prefix}incidents",
+        "--from-beginning",
+        "--isolation-level",
+        "read_committed",
+        "--formatter-property",
+        "print.key=true",
+        "--timeout-ms",
+        "8000",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    # Records are "key<TAB>value" lines; the tool adds a few lines of its own.
+    lines = [line for line in result.stdout.splitlines() if "\t" in line]
+    assert len(lines) == total, result.stdout[-2000:] + result.stderr[-2000:]
+    for line in lines:
+        key, value = line.split("\t", 1)
+        incident = json.loads(value)
+        assert key.startswith("default|") and incident["incident_id"].startswith("in_")
