@@ -59,7 +59,11 @@ def ensure_jars() -> Path:
     mvn = require_tool("mvn", "Apache Maven (Debian: `apt-get install maven`)")
     if not POM.exists():
         raise BrokerError(f"{POM} is missing; run cfn from a checkout of the repository.")
-    libs.mkdir(parents=True, exist_ok=True)
+    # Fetched into a folder of its own, then swapped in: a changed pom leaves no stale jar on
+    # the classpath, and a broker already running keeps the jars it opened.
+    fresh = cache_dir() / f"libs.fetching-{os.getpid()}"
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir(parents=True)
     result = subprocess.run(
         [
             mvn,
@@ -68,7 +72,7 @@ def ensure_jars() -> Path:
             "-f",
             str(POM),
             "dependency:copy-dependencies",
-            f"-DoutputDirectory={libs}",
+            f"-DoutputDirectory={fresh}",
             "-DincludeScope=runtime",
         ],
         capture_output=True,
@@ -76,8 +80,14 @@ def ensure_jars() -> Path:
         check=False,
     )
     if result.returncode != 0:
+        shutil.rmtree(fresh, ignore_errors=True)
         tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
         raise BrokerError("Maven could not fetch the Kafka jars:\n  " + "\n  ".join(tail))
+    old = cache_dir() / f"libs.old-{os.getpid()}"
+    if libs.exists():
+        libs.rename(old)
+    fresh.rename(libs)
+    shutil.rmtree(old, ignore_errors=True)
     marker.write_text(wanted)
     return libs
 
@@ -323,8 +333,8 @@ def run_broker(data_dir: Path, port: int, nodes: int) -> int:
     print(f"cfn broker: ready on {kafka.bootstrap} (logs under {data_dir})", flush=True)
     processes = {f"node {n.node_id}": n.process for n in kafka.members if n.process is not None}
     logs = {f"node {n.node_id}": str(n.log_file) for n in kafka.members}
-    supervise(stop, processes, logs.__getitem__)
+    code = supervise("cfn broker", stop, processes, logs.__getitem__)
     print("cfn broker: stopping", flush=True)
     kafka.stop()
     print("cfn broker: stopped", flush=True)
-    return 0
+    return code

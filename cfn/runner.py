@@ -58,7 +58,10 @@ class StopFlag:
 
 
 def supervise(
-    stop: StopFlag, processes: dict[str, subprocess.Popen[bytes]], where: Callable[[str], str]
+    command: str,
+    stop: StopFlag,
+    processes: dict[str, subprocess.Popen[bytes]],
+    where: Callable[[str], str],
 ) -> int:
     """Wait until `stop` is set or one of `processes` exits (then say which, and where its log
     is); returns the exit code for the command: 0 when stopped, 1 when a process died."""
@@ -66,7 +69,7 @@ def supervise(
         for name, process in processes.items():
             if process.poll() is not None:
                 print(
-                    f"cfn: {name} exited ({process.returncode}); see {where(name)}",
+                    f"{command}: {name} exited ({process.returncode}); see {where(name)}",
                     file=sys.stderr,
                 )
                 return 1
@@ -95,7 +98,7 @@ def run_all(port: int = 9092) -> int:
     code = 1
     if _wait_ready(env, children):
         _print_endpoints(env, kafka.bootstrap, secret, logs)
-        code = supervise(stop, children, lambda name: f"{logs}/{name}.log")
+        code = supervise("cfn run", stop, children, lambda name: f"{logs}/{name}.log")
     else:
         print(f"cfn run: a service did not become ready; see {logs}/", file=sys.stderr)
     print("cfn run: stopping", flush=True)

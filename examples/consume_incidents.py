@@ -10,8 +10,8 @@ What every subscriber of cfn.incidents needs, in one small program:
 * key on `incident_id`, not on the record key: one key (tenant|account|correlation id) can carry
   several incidents over time, each with its own id.
 
-It prints one line per change of the open set, and the open incidents when it stops (after
-`--idle` quiet seconds, or Ctrl-C).
+It prints one line per new incident version (opened, re-notified, resolved, expired), and the
+incidents still open when it stops (after `--idle` quiet seconds).
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ class RateCounter:
                 if state is None
                 else {**state, "w": dict(state["w"])}  # a copy: the mapping sees one write
             )
-            if self._count(state, key, ts, n, mark, result):
+            if self._count(state, key, ts, n, mark, partition, result):
                 self.store[key] = state
         if ts > mark:
             result.records.extend(self._advance(partition, ts))
@@ -145,7 +145,14 @@ class RateCounter:
         )
 
     def _count(
-        self, state: State, key: str, ts: int, n: int, mark: int, result: RateResult
+        self,
+        state: State,
+        key: str,
+        ts: int,
+        n: int,
+        mark: int,
+        partition: int,
+        result: RateResult,
     ) -> bool:
         """Add `n` to every window of `state` that holds `ts`; False if none still counts."""
         changed = False
@@ -158,7 +165,8 @@ class RateCounter:
             label = window_label(window_s, start)
             count, revision = state["w"].get(label, (0, 0))
             count += n
-            revision = self._revision(state, key, label, count, n, revision, mark, result)
+            window = (partition, key, label, window_s, start)
+            revision = self._revision(state, window, count, n, revision, mark, result)
             state["w"][label] = [count, revision]
             changed = True
         return changed
@@ -166,8 +174,7 @@ class RateCounter:
     def _revision(
         self,
         state: State,
-        key: str,
-        label: str,
+        window: tuple[int, str, str, int, int],
         count: int,
         n: int,
         revision: int,
@@ -180,8 +187,7 @@ class RateCounter:
         * closed by the watermark but never seen before: emitted now, revision 1;
         * still open: not emitted (0), its end scheduled when these are its first events.
         """
-        window_s, start = parse_window_label(label)
-        partition = state["p"]
+        partition, key, label, window_s, start = window
         if revision > 0:
             result.records.append(self._record(state, window_s, start, count, revision + 1))
             return revision + 1

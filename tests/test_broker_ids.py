@@ -1,4 +1,4 @@
-"""processors.broker's cluster ids: never one the storage tool would read as an option."""
+"""cfn.broker's cluster ids: never one the storage tool would read as an option."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""schemas.config: durations and typed CFN_* reads whose errors name the variable."""
+"""cfn.config: durations and typed CFN_* reads whose errors name the variable."""
 
 from __future__ import annotations
 

@@ -97,6 +97,7 @@ def test_the_readme_ten_lines_keep_the_highest_version(
 ) -> None:
     prefix, _ = incidents
     latest = fold(kafka, prefix)
+    assert latest
     snippet = _readme_snippet()
     logic = [line for line in snippet.splitlines() if line.strip()]
     assert len(logic) <= 16, logic  # ten lines of logic, and the imports and settings
@@ -129,6 +130,7 @@ def test_kafkas_console_consumer_reads_committed_incidents(
 ) -> None:
     prefix, _ = incidents
     total = len(run(read_to_end(kafka, f"{prefix}incidents")))
+    assert total > 0
     command = [
         "java",
         "-cp",

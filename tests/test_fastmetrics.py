@@ -1,4 +1,4 @@
-"""schemas.fastmetrics' collectors expose exactly what prometheus-client's metrics would."""
+"""cfn.fastmetrics' collectors expose exactly what prometheus-client's metrics would."""
 
 from __future__ import annotations
 

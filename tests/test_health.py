@@ -1,4 +1,4 @@
-"""schemas.health: one log line per change of Kafka's reachability, and quiet client logs."""
+"""cfn.health: one log line per change of Kafka's reachability, and quiet client logs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""schemas.internals: the aiokafka and uvicorn internals cfn uses exist in what is installed.
+"""cfn.internals: the aiokafka and uvicorn internals cfn uses exist in what is installed.
 
 These fail when an upgrade moves one, before any request or commit would."""
 

@@ -23,7 +23,9 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: relative import; cfn uses absolute ones"
+            assert node.module is not None
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names

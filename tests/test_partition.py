@@ -1,4 +1,4 @@
-"""schemas.partition: the same partitions as aiokafka's (and the Java client's) default."""
+"""cfn.partition: the same partitions as aiokafka's (and the Java client's) default."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""schemas.runtime.tune_gc, checked in a child process (it changes process-wide state)."""
+"""cfn.runtime.tune_gc, checked in a child process (it changes process-wide state)."""
 
 from __future__ import annotations
 

@@ -53,7 +53,9 @@ class Stack:
         while time.monotonic() < deadline:
             found = [r for r in self.read(role) if match(r)]
             if len(found) >= expect:
-                run(wait_caught_up(self.kafka, self.app_id, f"{self.prefix}raw", timeout=60))
+                inputs = ("raw", "rate-input") if role == "rates" else ("raw",)
+                for source in inputs:  # rates come from rate-input, the rest from raw
+                    run(wait_caught_up(self.kafka, self.app_id, self.prefix + source, timeout=60))
                 records = run(read_to_end(self.kafka, f"{self.prefix}{role}"))
                 return [r for r in checked(role, [r.value for r in records]) if match(r)]
             time.sleep(0.3)
