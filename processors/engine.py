@@ -51,6 +51,7 @@ MAX_RECORDS = 2000  # per poll; bounds the work between two checks of the timers
 COMMIT_TIMEOUT = 30.0  # seconds; under the producers' transaction timeout (60 s)
 RESTORE_TIMEOUT = 600.0  # seconds for the changelogs of the partitions assigned at once
 ASSIGN_RETRY = 1.0  # seconds between two attempts to open newly assigned tasks
+METADATA_WAIT = 30.0  # seconds for new topics to reach every broker's metadata
 _NO_HEADERS: list[tuple[str, bytes]] = []  # BatchBuilder.append wants a list; never mutated
 
 
@@ -192,13 +193,22 @@ class Engine:
         self._consumer.subscribe([self.raw_topic, self.rate_topic], listener=_Listener(self))
 
     async def _copartitioned(self) -> bool:
-        """True when the inputs and every output have exactly CFN_PARTITIONS partitions."""
-        cluster = await internals.fetch_metadata(self.consumer)
+        """True when the inputs and every output have exactly CFN_PARTITIONS partitions.
+
+        A topic created a moment ago may not be in every broker's metadata yet (the broker
+        that answers is any of the cluster's): asked again for up to METADATA_WAIT seconds.
+        """
         topics = {self.raw_topic, *self.topics.values()}
-        self._partition_counts = {t: len(cluster.partitions_for_topic(t) or ()) for t in topics}
-        empty = sorted(t for t, n in self._partition_counts.items() if n == 0)
-        if empty:
-            raise KafkaError(f"no partitions in the metadata of {', '.join(empty)}")
+        deadline = time.monotonic() + METADATA_WAIT
+        while True:
+            cluster = await internals.fetch_metadata(self.consumer)
+            self._partition_counts = {t: len(cluster.partitions_for_topic(t) or ()) for t in topics}
+            empty = sorted(t for t, n in self._partition_counts.items() if n == 0)
+            if not empty:
+                break
+            if time.monotonic() >= deadline:
+                raise KafkaError(f"no partitions in the metadata of {', '.join(empty)}")
+            await asyncio.sleep(0.2)
         counts = set(self._partition_counts.values())
         if counts != {self.settings.partitions}:
             log.warning(
