@@ -109,6 +109,7 @@ class Outcome:
     ingest_log: str
     worker_log: str
     kafka_up: tuple[float, float]  # cfn_kafka_up of ingest and worker at the end
+    ready: ReadySampler  # the ingest's /readyz answers through the run
     load_started: float
     load_ended: float
 
@@ -123,7 +124,6 @@ def run_restarts(
     down_for: float,
     env: dict[str, str],
     partitions: int,
-    sampler: list[ReadySampler],
 ) -> Outcome:
     """Load an ingest and a worker at `rate` for `seconds`, restarting nodes at the given
     offsets; then wait until the worker has committed all of cfn.raw and read every topic to
@@ -148,7 +148,6 @@ def run_restarts(
         bodies, _pairs = load_bodies(n, token, lag=40)
         actions = {int(rate * at): restart_action(cluster, r, down_for) for at, r in restarts}
         with ReadySampler(ingest.port) as ready:
-            sampler.append(ready)
             load_started = time.monotonic()
             answers = run_load(ingest.port, bodies, rate, actions)
             load_ended = time.monotonic()
@@ -184,6 +183,7 @@ def run_restarts(
         ingest.output,
         worker.output,
         up,
+        ready,
         load_started,
         load_ended,
     )
@@ -271,7 +271,6 @@ def test_one_broker_restarted_three_times_and_crashed_once(tmp_path: Path) -> No
         (60.0, Restart(1, kill=False)),
         (85.0, Restart(1, kill=True)),
     ]
-    sampler: list[ReadySampler] = []
     try:
         out = run_restarts(
             cluster,
@@ -282,13 +281,12 @@ def test_one_broker_restarted_three_times_and_crashed_once(tmp_path: Path) -> No
             down_for=6.0,
             env={"CFN_PARTITIONS": "4"},
             partitions=4,
-            sampler=sampler,
         )
     finally:
         cluster.stop()
     figures, codes = check("one_broker_restarts", out, [r for _, r in restarts])
     assert codes[503] > 0, f"the broker was down, yet no request was refused\n{figures}"
-    ready = sampler[0]
+    ready = out.ready
     for _, r in restarts:
         # Down: every answer from 3.5 s after the node stopped (a probe a second, each bounded
         # by 2 s) until it started again says 503.
@@ -306,7 +304,6 @@ def test_rolling_restart_of_three_nodes(tmp_path: Path) -> None:
         (30.0, Restart(2, kill=False)),
         (50.0, Restart(3, kill=False)),
     ]
-    sampler: list[ReadySampler] = []
     try:
         out = run_restarts(
             cluster,
@@ -317,7 +314,6 @@ def test_rolling_restart_of_three_nodes(tmp_path: Path) -> None:
             down_for=2.0,
             env={"CFN_PARTITIONS": "6", "CFN_REPLICATION": "3"},
             partitions=6,
-            sampler=sampler,
         )
     finally:
         cluster.stop()
