@@ -41,12 +41,29 @@ def processed(worker: Process) -> int:
     return int(body.get("processed", 0))
 
 
-def wait_processed(worker: Process, count: int, poll: float = 0.05) -> None:
-    """Block until the worker has processed at least `count` raw records (2 minutes at most)."""
-    deadline = time.monotonic() + 120
-    while processed(worker) < count:
+def feed_until_processed(
+    kafka: str,
+    topic: str,
+    records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]],
+    worker: Process,
+    count: int,
+    chunk: int = 300,
+    backlog: int = 900,
+) -> tuple[int, int]:
+    """Produce `records` in order while `worker` runs, never more than `backlog` ahead of what
+    it has processed, until it has processed at least `count` (2 minutes at most). Returns
+    (records sent, records processed). Whatever happens next (a kill, a stall) then lands with
+    records in flight and the rest of the stream still to come, on a fast machine or a slow
+    one: `count + backlog + chunk` must stay below len(records), which is asserted."""
+    assert count + backlog + chunk < len(records), "too few records to stop mid-stream"
+    sent, deadline = 0, time.monotonic() + 120
+    while (done := processed(worker)) < count:
         assert time.monotonic() < deadline, "the worker made no progress"
-        time.sleep(poll)
+        if sent - done < backlog:
+            sent += run(produce_with_headers(kafka, topic, records[sent : sent + chunk]))
+        else:
+            time.sleep(0.02)
+    return sent, done
 
 
 def read_all(
@@ -94,15 +111,16 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
     token = uuid.uuid4().hex[:8]
     prefix, app_id = f"k{token}.", f"kill-{token}"
     work = build(n_incidents=1500, n_one_offs=1500, now_ms=int(time.time() * 1000))
+    total = len(work.records)
     run(create_topics(kafka, [f"{prefix}raw"], PARTITIONS))
-    sent = run(produce_with_headers(kafka, f"{prefix}raw", work.records))
-    assert sent == len(work.records)
 
     worker = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
-    wait_processed(worker, len(work.records) // 5)
-    done_before_kill = processed(worker)
+    sent, done_before_kill = feed_until_processed(
+        kafka, f"{prefix}raw", work.records, worker, total // 5
+    )
     worker.kill()
-    assert done_before_kill < len(work.records), "the stream finished before the kill"
+    sent += run(produce_with_headers(kafka, f"{prefix}raw", work.records[sent:]))
+    assert sent == total
 
     killed_at = time.monotonic()
     again = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
@@ -171,18 +189,18 @@ def test_a_paused_worker_is_fenced_when_it_wakes(kafka: str, tmp_path: Path) -> 
     token = uuid.uuid4().hex[:8]
     prefix, app_id = f"z{token}.", f"zombie-{token}"
     work = build(n_incidents=1500, n_one_offs=1500, now_ms=int(time.time() * 1000), seed=5)
-    half = len(work.records) // 2
     run(create_topics(kafka, [f"{prefix}raw"], PARTITIONS))
-    run(produce_with_headers(kafka, f"{prefix}raw", work.records[:half]))
 
     stalled = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
     other: Process | None = None
     try:
-        wait_processed(stalled, half // 4, poll=0.02)
+        sent, _ = feed_until_processed(
+            kafka, f"{prefix}raw", work.records, stalled, len(work.records) // 8
+        )
         assert stalled.proc is not None
         os.kill(stalled.proc.pid, signal.SIGSTOP)
         other = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
-        run(produce_with_headers(kafka, f"{prefix}raw", work.records[half:]))
+        run(produce_with_headers(kafka, f"{prefix}raw", work.records[sent:]))
         time.sleep(3.0)  # the new owner is committing while the stalled one still "holds" work
         os.kill(stalled.proc.pid, signal.SIGCONT)
         events = read_all(kafka, app_id, prefix, "events", len(work.unique_event_ids), 240)

@@ -41,8 +41,7 @@ from tests.test_exactly_once import (
     FAST_FAILOVER,
     PARTITIONS,
     assert_exactly_once,
-    processed,
-    wait_processed,
+    feed_until_processed,
 )
 from tests.workload import build
 
@@ -376,13 +375,14 @@ def test_worker_sigkill_recovery_time(kafka: str, tmp_path: Path) -> None:
     prefix, app_id = f"wc{token}.", f"wc-{token}"
     work = build(n_incidents=1000, n_one_offs=1000, now_ms=int(time.time() * 1000), seed=23)
     run(create_topics(kafka, [f"{prefix}raw"], PARTITIONS))
-    assert run(produce_with_headers(kafka, f"{prefix}raw", work.records)) == len(work.records)
 
     worker = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
-    wait_processed(worker, len(work.records) // 5)
-    done_before_kill = processed(worker)
+    sent, done_before_kill = feed_until_processed(
+        kafka, f"{prefix}raw", work.records, worker, len(work.records) // 5
+    )
     worker.kill()
-    assert done_before_kill < len(work.records), "the stream finished before the kill"
+    sent += run(produce_with_headers(kafka, f"{prefix}raw", work.records[sent:]))
+    assert sent == len(work.records)
 
     restarted = time.monotonic()
     again = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
