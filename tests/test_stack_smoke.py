@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import faust
 import pytest
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.broker
 
 
 def test_faust_agent_transforms_records_end_to_end(
-    kafka: str, topic_factory: Callable[..., str], unique: Callable[[str], str]
+    kafka: str, topic_factory: Callable[..., str], unique: Callable[[str], str], tmp_path: Path
 ) -> None:
     source = topic_factory("smoke-in", partitions=2)
     sink = topic_factory("smoke-out", partitions=2)
@@ -27,6 +28,7 @@ def test_faust_agent_transforms_records_end_to_end(
         processing_guarantee="exactly_once",
         consumer_auto_offset_reset="earliest",
         topic_replication_factor=1,
+        datadir=str(tmp_path / "faust-data"),  # not the working directory
     )
     src = app.topic(source, key_serializer="raw", value_serializer="raw")
     dst = app.topic(sink, key_serializer="raw", value_serializer="raw")
