@@ -107,5 +107,5 @@ COMPRESSIONS = ("lz4", "zstd", "snappy", "gzip", "none")
 
 def topic_names(prefix: str) -> dict[str, str]:
     """Every topic cfn uses, by role, under one prefix (CFN_TOPIC_PREFIX)."""
-    roles = ("raw", "events", "incidents", "rates", "dlq", "rate-input")
+    roles = ("raw", "events", "incidents", "incident-state", "rates", "dlq", "rate-input")
     return {role: f"{prefix}{role}" for role in roles}

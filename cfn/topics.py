@@ -18,12 +18,18 @@ RAW_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 
 
 def topic_config(role: str, replication: int) -> dict[str, str]:
-    """Per-topic settings: the raw log keeps large bodies; RF>=3 gets min.insync.replicas=2."""
+    """Per-topic settings: the raw log keeps large bodies, changelogs and cfn.incident-state are
+    compacted, and RF>=3 gets min.insync.replicas=2."""
     config: dict[str, str] = {}
     if role in ("raw", "dlq"):
         config["max.message.bytes"] = str(RAW_MAX_MESSAGE_BYTES)
     if role == "changelog":
         config["cleanup.policy"] = "compact"
+    if role == "incident-state":
+        # A table topic: the latest record per incident_id, tombstones for the forgotten. Day
+        # segments let the cleaner reach closed incidents soon after their tombstones.
+        config["cleanup.policy"] = "compact"
+        config["segment.ms"] = str(24 * 3600 * 1000)
     if replication >= 3:
         config["min.insync.replicas"] = "2"
     return config
