@@ -143,6 +143,14 @@ def test_env_never_writes_to_the_mapping() -> None:
 
 def test_topic_names_share_one_prefix() -> None:
     names = topic_names("t1.")
-    assert set(names) == {"raw", "events", "incidents", "rates", "dlq", "rate-input"}
+    assert set(names) == {
+        "raw",
+        "events",
+        "incidents",
+        "incident-state",
+        "rates",
+        "dlq",
+        "rate-input",
+    }
     assert all(name == f"t1.{role}" for role, name in names.items())
     assert len(set(names.values())) == len(names)
