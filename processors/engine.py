@@ -46,7 +46,7 @@ from cfn.schemas import jsonio
 
 log = logging.getLogger("cfn.worker")
 
-TABLES = ("dedup", "incidents", "rates")
+TABLES = ("dedup", "incidents", "rates", "state-retention")
 MAX_RECORDS = 2000  # per poll; bounds the work between two checks of the timers
 COMMIT_TIMEOUT = 30.0  # seconds; under the producers' transaction timeout (60 s)
 RESTORE_TIMEOUT = 600.0  # seconds for the changelogs of the partitions assigned at once
@@ -153,7 +153,7 @@ class Engine:
         self.tables = tables
         self.raw_topic = settings.topic("raw")
         self.rate_topic = settings.topic("rate-input")
-        outputs = ("events", "incidents", "rates", "dlq", "rate-input")
+        outputs = ("events", "incidents", "incident-state", "rates", "dlq", "rate-input")
         self.topics = {role: settings.topic(role) for role in outputs}
         self.tasks: dict[int, Task] = {}
         self.metrics = pipeline.metrics
@@ -382,6 +382,10 @@ class Engine:
         over the same partition count. Rate inputs (keyed by alert_type, a small set) are hashed
         once per distinct key. Without co-partitioning every output is hashed.
         """
+        if out.role == "incident-state":
+            # Keyed by incident_id, not like its input: the Java client's partitioner, so
+            # that any client can find a key's partition (and a KTable co-partition with it).
+            return partition_for(out.key, self._partition_counts[self.topics[out.role]])
         if out.role != "rate-input":
             if self.copartitioned:
                 return source
@@ -600,7 +604,12 @@ class Engine:
     def _rebuild_indexes(self) -> None:
         """Timers and indexes are derived from the tables, which hold owned partitions only."""
         t = self.tables
-        self.pipeline.rebuild(t["dedup"].items(), t["incidents"].items(), t["rates"].items())
+        self.pipeline.rebuild(
+            t["dedup"].items(),
+            t["incidents"].items(),
+            t["rates"].items(),
+            t["state-retention"].items(),
+        )
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:

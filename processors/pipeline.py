@@ -13,6 +13,7 @@ from typing import Any
 
 from cfn.processors.correlate import Correlator
 from cfn.processors.dedup import Deduplicator
+from cfn.processors.incident_state import StateRetention
 from cfn.processors.metrics import WorkerMetrics, event_label, type_label
 from cfn.processors.rates import RateCounter
 from cfn.processors.settings import WorkerSettings
@@ -34,11 +35,12 @@ _KNOWN = known_ids()
 
 @dataclass(slots=True)
 class Output:
-    """One record to send: the topic role (events, incidents, ...), key and encoded value."""
+    """One record to send: the topic role (events, incidents, ...), key and encoded value
+    (None for a tombstone)."""
 
     role: str
     key: bytes
-    value: bytes
+    value: bytes | None
     partition: int | None = None
 
 
@@ -88,6 +90,8 @@ class Pipeline:
         dedup_store / incident_store / rate_store: mappings (changelog tables in the worker).
         metrics: where to count.
         clock: epoch seconds; used only for processing lag and rate idleness.
+        retention_store: when cfn.incident-state forgets closed incidents (a changelog table
+            in the worker; a fresh dict by default).
     """
 
     def __init__(
@@ -98,6 +102,7 @@ class Pipeline:
         rate_store: MutableMapping[str, dict[str, Any]],
         metrics: WorkerMetrics,
         clock: Callable[[], float],
+        retention_store: MutableMapping[str, dict[str, Any]] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -116,6 +121,9 @@ class Pipeline:
             windows=settings.rate_windows,
             lateness_s=settings.rate_lateness,
             idle_after_s=settings.rate_idle_after,
+        )
+        self.retention = StateRetention(
+            {} if retention_store is None else retention_store, settings.incident_state_retention
         )
         self.brake = brake = DlqBrake(settings.dlq_alarm_sample, settings.dlq_alarm_ratio)
         # Read at scrape time: two locked gauge writes per record were ~2% of the worker's CPU.
@@ -140,11 +148,13 @@ class Pipeline:
         dedup_items: Iterable[tuple[str, list[int]]],
         incident_items: Iterable[tuple[str, dict[str, Any]]],
         rate_items: Iterable[tuple[str, dict[str, Any]]],
+        retention_items: Iterable[tuple[str, dict[str, Any]]] = (),
     ) -> None:
         """Re-derive timers, indexes and gauges from the stores after a restart or rebalance."""
         self.dedup.rebuild(dedup_items)
         self.correlator.rebuild(incident_items)
         self.rates.rebuild(rate_items)
+        self.retention.rebuild(retention_items)
         self.metrics.incidents_open.clear()
         self._publish_open()
 
@@ -218,7 +228,7 @@ class Pipeline:
         )
         outputs = [Output("events", key, jsonio.dumps(event))]
         for incident in self.correlator.on_event(n, source.partition):
-            outputs.append(self._incident_output(key, incident))
+            self._incident_outputs(outputs, key, incident, n.received_at // 1000, source.partition)
         if n.kind == "alert":
             # Summed per (type, account, ts rounded to the rate step) until drain_rate_inputs:
             # one rate-input record per distinct triple per commit (or tick), not one per
@@ -254,7 +264,17 @@ class Pipeline:
     def forget_rate_inputs(self, partition: int) -> None:
         self._rate_pending.pop(partition, None)
 
-    def _incident_output(self, key: bytes, incident: IncidentRecord) -> Output:
+    def _incident_outputs(
+        self,
+        outputs: list[Output],
+        key: bytes,
+        incident: IncidentRecord,
+        now: float,
+        partition: int,
+    ) -> None:
+        """An incident version goes to cfn.incidents (the history, keyed like its events) and
+        to cfn.incident-state (the table, keyed by incident_id), in the same transaction; a
+        closing version starts the retention after which the table forgets it."""
         if incident.close_reason is not None and not incident.late_end:
             label = type_label(incident.alert_type)
             self._child(self.metrics.incidents_closed, label, incident.close_reason).inc()
@@ -262,7 +282,10 @@ class Pipeline:
                 self._child(self.metrics.incident_duration, label).observe(
                     max(0, incident.duration_s)
                 )
-        return Output("incidents", key, jsonio.dumps(incident))
+        value = jsonio.dumps(incident)
+        outputs.append(Output("incidents", key, value))
+        outputs.append(Output("incident-state", incident.incident_id.encode(), value))
+        self.retention.on_version(incident, now, partition)
 
     def _publish_open(self) -> None:
         totals: dict[str, int] = {}
@@ -275,7 +298,8 @@ class Pipeline:
     # ---- timers -----------------------------------------------------------------------------
 
     def on_tick(self, now: float, partition: int) -> list[Output]:
-        """A timer tick for one raw partition: expiry, orphan release, dedup TTL, then the rate
+        """A timer tick for one raw partition: expiry, orphan release, dedup TTL, tombstones in
+        cfn.incident-state for closed incidents past their retention, then the rate
         inputs summed so far and a watermark tick for the rate partition of the same number.
 
         The sums go before the tick, as the events they count came before it: a tick behind
@@ -285,10 +309,12 @@ class Pipeline:
         # The open-incident gauge is refreshed once a tick, not once per incident record: it
         # walks every alert type, which the per-event path should not pay for.
         self._publish_open()
-        outputs = []
+        outputs: list[Output] = []
         for incident in self.correlator.tick(now, partition):
             key = incident_record_key(incident.tenant, incident.account_id, incident.correlation_id)
-            outputs.append(self._incident_output(key, incident))
+            self._incident_outputs(outputs, key, incident, now, partition)
+        for incident_id in self.retention.tick(now, partition):
+            outputs.append(Output("incident-state", incident_id.encode(), None))
         outputs += self.drain_rate_inputs(partition)
         outputs.append(Output("rate-input", b"", jsonio.dumps({"tick": now}), partition=partition))
         return outputs

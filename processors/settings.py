@@ -42,6 +42,7 @@ class WorkerSettings:
     orphan_end_hold: float = 600.0
     stale_after: float = 24 * 3600.0
     stale_after_by_type: Mapping[str, float] = field(default_factory=dict)
+    incident_state_retention: float = 7 * 24 * 3600.0
     rate_windows: tuple[int, ...] = (60, 300, 3600)
     rate_lateness: int = 120
     rate_idle_after: float = 5.0
@@ -83,6 +84,9 @@ class WorkerSettings:
             stale_after=env.duration("CFN_INCIDENT_STALE_AFTER", cls.stale_after),
             stale_after_by_type=_per_type(
                 "CFN_INCIDENT_STALE_AFTER_BY_TYPE", env.raw("CFN_INCIDENT_STALE_AFTER_BY_TYPE")
+            ),
+            incident_state_retention=env.duration(
+                "CFN_INCIDENT_STATE_RETENTION", cls.incident_state_retention
             ),
             rate_windows=tuple(sorted(int(w) for w in windows)),
             rate_lateness=int(env.duration("CFN_RATE_LATENESS", cls.rate_lateness)),

@@ -36,6 +36,7 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Engine:
         tables["rates"],
         WorkerMetrics.create(registry),
         wall_clock,
+        retention_store=tables["state-retention"],
     )
     return Engine(settings, pipeline, tables)
 
