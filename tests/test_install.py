@@ -20,6 +20,8 @@ from tests.services import Process, free_port, request, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL = ROOT / "tools" / "install-deps"
+LOCKFILE = ROOT / "tools" / "asyncapi" / "package-lock.json"
+TEST_TOOLS = ("java", "mvn", "prometheus", "promtool", "wrk", "node", "npm")
 RUNTIME_PACKAGES = ("cfn", "cfn.ingest", "cfn.processors", "cfn.schemas")
 
 
@@ -42,21 +44,36 @@ def _path_with(tmp_path: Path, commands: dict[str, str | None]) -> str:
     return str(bin_dir)
 
 
-def _install(purpose: str, path: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
+def _npm_cache(tmp_path: Path, ready: bool) -> Path:
+    """A CFN_NPM_CACHE folder: with `ready`, as `npm ci` leaves it (the lockfile's copy and the
+    parser's package.json); otherwise empty."""
+    cache = tmp_path / "npm"
+    if ready:
+        parser = cache / "node_modules" / "@asyncapi" / "parser"
+        parser.mkdir(parents=True)
+        (parser / "package.json").write_text("{}")
+        shutil.copy(LOCKFILE, cache / "package-lock.json")
+    return cache
+
+
+def _install(
+    purpose: str, path: str, user: str | None = None, npm_cache: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     argv = ["bash", str(INSTALL), purpose]
     if user is not None:
         runuser = shutil.which("runuser")
         assert runuser is not None, "runuser (util-linux) is needed to drop root"
         argv = [runuser, "-u", user, "--", "env", f"PATH={path}", *argv]
-    return subprocess.run(
-        argv, env={"PATH": path}, capture_output=True, text=True, timeout=60, check=False
-    )
+    env = {"PATH": path}
+    if npm_cache is not None:
+        env["CFN_NPM_CACHE"] = str(npm_cache)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_install_is_quiet_and_quick_when_everything_is_there(tmp_path: Path) -> None:
-    path = _path_with(tmp_path, dict.fromkeys(("java", "mvn", "prometheus", "promtool", "wrk")))
+    path = _path_with(tmp_path, dict.fromkeys(TEST_TOOLS))
     started = time.monotonic()
-    result = _install("test", path)
+    result = _install("test", path, npm_cache=_npm_cache(tmp_path, ready=True))
     assert result.returncode == 0, result.stderr
     assert result.stdout == result.stderr == ""
     assert time.monotonic() - started < 2.0
@@ -73,7 +90,7 @@ def test_without_apt_get_it_stops_with_one_line_naming_the_packages(tmp_path: Pa
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "prometheus" in lines[0] and "wrk" in lines[0]
+    assert "prometheus" in lines[0] and "wrk" in lines[0] and "nodejs npm" in lines[0]
     assert "java" not in lines[0] and "maven" not in lines[0]
 
 
@@ -83,17 +100,54 @@ def test_without_root_or_sudo_it_stops_with_one_line(tmp_path: Path) -> None:
         shared = Path(tempfile.mkdtemp(prefix="cfn-install-", dir="/tmp"))
         shared.chmod(0o755)
         try:
-            path = _path_with(shared, {"java": None, "mvn": None, "apt-get": None})  # no sudo
+            path = _path_with(  # no sudo
+                shared, {"java": None, "mvn": None, "node": None, "npm": None, "apt-get": None}
+            )
             result = _install("test", path, user="nobody")
         finally:
             shutil.rmtree(shared)
     else:
-        path = _path_with(tmp_path, {"java": None, "mvn": None, "apt-get": None})  # no sudo
+        path = _path_with(  # no sudo
+            tmp_path, {"java": None, "mvn": None, "node": None, "npm": None, "apt-get": None}
+        )
         result = _install("test", path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("cfn: missing prometheus wrk; install them"), lines[0]
+
+
+def test_test_installs_the_npm_lockfile_into_a_fresh_cache_folder(tmp_path: Path) -> None:
+    """Without the lockfile's copy in CFN_NPM_CACHE, `npm ci` (no install scripts) runs in a
+    new folder holding tools/asyncapi's package files, which then replaces the old one."""
+    path = _path_with(tmp_path, dict.fromkeys(TEST_TOOLS[:-1]))
+    for tool in ("mkdir", "mktemp", "cp", "mv"):
+        real = shutil.which(tool)
+        assert real is not None, tool
+        (tmp_path / "bin" / tool).symlink_to(real)
+    calls = tmp_path / "npm-calls"
+    npm = tmp_path / "bin" / "npm"  # records where and how it ran, and "installs" the parser
+    npm.write_text(
+        "#!/bin/bash\n"
+        f'echo "$PWD $*" >> {calls}\n'
+        "mkdir -p node_modules/@asyncapi/parser\n"
+        "echo {} > node_modules/@asyncapi/parser/package.json\n"
+    )
+    npm.chmod(0o755)
+    cache = _npm_cache(tmp_path, ready=False)
+    cache.mkdir()
+    (cache / "stale").write_text("an older install")
+    result = _install("test", path, npm_cache=cache)
+    assert result.returncode == 0, result.stderr
+    assert "installed the AsyncAPI parser" in result.stdout
+    ((where, args),) = (line.split(" ", 1) for line in calls.read_text().splitlines())
+    assert where.startswith(f"{cache}.new.") and args.startswith("ci --ignore-scripts")
+    assert (cache / "package-lock.json").read_bytes() == LOCKFILE.read_bytes()
+    assert (cache / "node_modules" / "@asyncapi" / "parser" / "package.json").exists()
+    assert not (cache / "stale").exists()
+    again = _install("test", path, npm_cache=cache)  # now present: quiet, npm not run again
+    assert again.returncode == 0 and again.stdout == again.stderr == ""
+    assert len(calls.read_text().splitlines()) == 1
 
 
 # ---- the runtime alone --------------------------------------------------------------------------
