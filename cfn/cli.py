@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from cfn.processors.replay import run_replay
 
-    return run_replay(args.start, args.stop, args.output_prefix)
+    return run_replay(args.start, args.stop, args.output_prefix, live=args.live, yes=args.yes)
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -119,7 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="ISO time (2026-11-22T10:00:00Z) or partition:offset",
     )
     replay.add_argument("--to", dest="stop", help="ISO time or partition:offset (exclusive)")
-    replay.add_argument("--output-prefix", help="write to <prefix>events... (default: live)")
+    replay.add_argument(
+        "--output-prefix",
+        help="write to <prefix>events... (default: replay.<CFN_TOPIC_PREFIX>, a shadow copy)",
+    )
+    replay.add_argument(
+        "--live",
+        action="store_true",
+        help="write into the live topics (CFN_TOPIC_PREFIX); prints the plan and asks first",
+    )
+    replay.add_argument(
+        "--yes", action="store_true", help="with --live: do not ask (needed without a terminal)"
+    )
     replay.set_defaults(func=_replay)
 
     send_cmd = sub.add_parser("send", help="POST payload files to an ingest")
