@@ -117,11 +117,11 @@ def test_replay_reproduces_live_ids(
     while len(ids(prefix, "incidents")) < 2 or not ids(prefix, "rates"):
         assert time.monotonic() < deadline, "the live run produced no incidents or rates"
         time.sleep(1)
-    shadow = f"shadow{uuid.uuid4().hex[:6]}."
+    shadow = f"replay.{prefix}"  # the default output prefix: the module's prefix is its own
     env = {"CFN_KAFKA_BOOTSTRAP": kafka, "CFN_TOPIC_PREFIX": prefix}
-    replayed = cfn("replay", "--from", "2000-01-01T00:00:00Z", "--output-prefix", shadow, env=env)
+    replayed = cfn("replay", "--from", "2000-01-01T00:00:00Z", env=env)
     assert replayed.returncode == 0, replayed.stderr
-    assert "raw records ->" in replayed.stdout
+    assert "raw records -> " in replayed.stdout and f"into {shadow}*" in replayed.stdout
     assert ids(shadow, "events") == ids(prefix, "events")
     assert ids(shadow, "incidents") == ids(prefix, "incidents")
     live_rates, replay_rates = ids(prefix, "rates"), ids(shadow, "rates")
