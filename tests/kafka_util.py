@@ -8,6 +8,7 @@ import time
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -178,3 +179,26 @@ async def wait_caught_up(bootstrap: str, group: str, topic: str, timeout: float 
     finally:
         await consumer.stop()
         await admin.close()
+
+
+def fold_table(records: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """A compacted table topic's view: the last value per key, a null value deleting it."""
+    table: dict[str, dict[str, Any]] = {}
+    for record in records:
+        key = record.key.decode()
+        if record.value is None:
+            table.pop(key, None)
+        else:
+            table[key] = orjson.loads(record.value)
+    return table
+
+
+def fold_versions(records: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """cfn.incidents' view: the highest version of every incident_id."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in records:
+        incident = orjson.loads(record.value)
+        known = latest.get(incident["incident_id"])
+        if known is None or incident["version"] > known["version"]:
+            latest[incident["incident_id"]] = incident
+    return latest

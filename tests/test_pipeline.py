@@ -74,17 +74,17 @@ def test_rate_inputs_are_summed_per_type_account_and_step_until_drained() -> Non
     assert p.drain_rate_inputs(3) == []
     items = sorted((o.key, o.value) for o in drained)
     t = b"health_check_status_notification"
-    assert [(k, jsonio.loads(v)) for k, v in items] == [
+    assert [(k, jsonio.loads(v or b"")) for k, v in items] == [
         (t, {"t": t.decode(), "a": "a1", "ts": minute, "n": 2}),
         (t, {"t": t.decode(), "a": "a1", "ts": minute + 60, "n": 1}),
         (t, {"t": t.decode(), "a": "a2", "ts": minute, "n": 1}),
     ]
-    emitted = [o for d in drained for o in p.on_rate_input(d.value, 0)]
+    emitted = [o for d in drained for o in p.on_rate_input(d.value or b"", 0)]
     late = {"t": t.decode(), "a": "a1", "ts": minute + 600, "n": 1}  # closes every window
     emitted += p.on_rate_input(jsonio.dumps(late), 0)
     counts = {}
     for o in emitted:
-        r = jsonio.loads(o.value)
+        r = jsonio.loads(o.value or b"")
         if r["scope"] == "type":
             counts[(r["window_s"], r["window_start"])] = r["count"]
     assert counts[(60, minute)] == 3 and counts[(60, minute + 60)] == 1
