@@ -11,11 +11,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
+from cfn.partition import partition_for
 from tests.kafka_util import (
     create_topics,
     drain,
+    fold_table,
+    fold_versions,
+    partitions_of,
     produce_with_headers,
     read_to_end,
     run,
@@ -105,6 +110,24 @@ def assert_exactly_once(
     assert len(resolved) == pairs
 
 
+def assert_table_mirrors_history(kafka: str, prefix: str) -> None:
+    """cfn.incident-state, read alone, gives every incident's latest version (the retention
+    is the default 7 days here, so nothing is forgotten): no version is written twice, and
+    each key is its incident_id on the partition the Java client's partitioner gives it."""
+    table = run(read_to_end(kafka, f"{prefix}incident-state"))
+    history = fold_versions(run(read_to_end(kafka, f"{prefix}incidents")))
+    partitions = len(run(partitions_of(kafka, f"{prefix}incident-state")))
+    versions = Counter((r.key, orjson.loads(r.value)["version"]) for r in table if r.value)
+    assert not [v for v, n in versions.items() if n > 1], "an incident version written twice"
+    for record in table:
+        assert record.value is not None, "a tombstone within the retention"
+        assert orjson.loads(record.value)["incident_id"].encode() == record.key
+        assert record.partition == partition_for(record.key, partitions)
+    assert fold_table(table) == history
+    opened = {i for i, incident in history.items() if incident["state"] == "open"}
+    print(f"cfn.incident-state: {len(history)} incidents, {len(opened)} open, as in the history")
+
+
 def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
     kafka: str, tmp_path: Path
 ) -> None:
@@ -131,6 +154,7 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
     finally:
         again.stop()
     assert_exactly_once(events, incidents, work.unique_event_ids, work.pairs)
+    assert_table_mirrors_history(kafka, prefix)
     print(
         f"\nSIGKILL after {done_before_kill}/{len(work.records)} records; "
         f"all {len(work.unique_event_ids)} unique events present once, "
@@ -153,6 +177,8 @@ def test_two_workers_split_partitions_and_state_moves(kafka: str, tmp_path: Path
         run(produce_with_headers(kafka, f"{prefix}raw", starts))
         opened = read_all(kafka, app_id, prefix, "incidents", work.pairs, 120)
         assert len({i["incident_id"] for i in opened}) == work.pairs  # all open, on one worker
+        run(wait_caught_up(kafka, app_id, f"{prefix}raw"))
+        assert_table_mirrors_history(kafka, prefix)  # every incident open, from the table alone
 
         second = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
         deadline = time.monotonic() + 60
@@ -179,6 +205,7 @@ def test_two_workers_split_partitions_and_state_moves(kafka: str, tmp_path: Path
     assert_exactly_once(events, incidents, work.unique_event_ids, work.pairs)
     # Both workers handled ENDs, and ENDs on moved partitions found their START's state.
     assert after[0] > before[0] and after[1] > before[1], (before, after)
+    assert_table_mirrors_history(kafka, prefix)
 
 
 def test_a_paused_worker_is_fenced_when_it_wakes(kafka: str, tmp_path: Path) -> None:
@@ -213,6 +240,7 @@ def test_a_paused_worker_is_fenced_when_it_wakes(kafka: str, tmp_path: Path) -> 
         if other is not None:
             other.stop()
     assert_exactly_once(events, incidents, work.unique_event_ids, work.pairs)
+    assert_table_mirrors_history(kafka, prefix)
     assert woke_alive, f"the woken worker died instead of rejoining:\n{stalled.output[-3000:]}"
     # It woke with transactions open: each was refused because it had been fenced.
     refused = re.findall(r"task \d+ failed \((\w+):", stalled.output)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -14,7 +18,18 @@ from cfn.processors.pipeline import Output, Pipeline
 from cfn.processors.settings import WorkerSettings
 from cfn.schemas import jsonio
 from cfn.schemas.records import IncidentRecord
+from tests.kafka_util import (
+    create_topics,
+    fold_table,
+    fold_versions,
+    produce_with_headers,
+    read_to_end,
+    run,
+    wait_caught_up,
+)
 from tests.payloads import alert, encode
+from tests.services import start_worker
+from tests.workload import build
 
 NOW = 1_790_000_000
 HOUR = 3600.0
@@ -219,3 +234,52 @@ def test_the_table_folds_to_the_open_and_recently_closed_incidents_of_the_histor
         if record["state"] == "open" or at + 2 * HOUR > last_tick
     }
     assert {key: jsonio.loads(value) for key, value in table.items()} == expected
+
+
+# ---- against the real broker ---------------------------------------------------------------------
+
+
+@pytest.mark.broker
+def test_closed_incidents_leave_the_table_after_the_retention_across_a_restart(
+    kafka: str, tmp_path: Path
+) -> None:
+    """With a short retention, the table keeps the open incidents and forgets the resolved ones
+    (tombstones), even though the worker that closed them stopped before their retention was
+    over: the timers come back from the changelog. cfn.incidents keeps the whole history."""
+    token = uuid.uuid4().hex[:8]
+    prefix, app_id = f"is{token}.", f"is-{token}"
+    work = build(n_incidents=40, n_one_offs=0, now_ms=int(time.time() * 1000), seed=9)
+    kept_open = [f'"alert_correlation_id":"corr-9-{i}"'.encode() for i in range(10)]
+    records = [  # incidents 0-9 never end (every copy of their END is left out)
+        r for r in work.records if b"EVENT_END" not in r[1] or not any(k in r[1] for k in kept_open)
+    ]
+    retention = {"CFN_INCIDENT_STATE_RETENTION": "15s"}  # longer than the first run takes
+    run(create_topics(kafka, [f"{prefix}raw"], 4))
+    run(produce_with_headers(kafka, f"{prefix}raw", records))
+    first = start_worker(tmp_path, kafka, prefix, app_id, retention, partitions=4)
+    try:
+        run(wait_caught_up(kafka, app_id, f"{prefix}raw"))
+    finally:
+        first.stop()
+    history = fold_versions(run(read_to_end(kafka, f"{prefix}incidents")))
+    still_open = {i for i, inc in history.items() if inc["state"] == "open"}
+    closed = {i for i, inc in history.items() if inc["state"] != "open"}
+    assert (len(still_open), len(closed)) == (10, 30)
+    table = run(read_to_end(kafka, f"{prefix}incident-state"))
+    assert set(fold_table(table)) == still_open | closed, "closed too soon"
+
+    again = start_worker(tmp_path, kafka, prefix, app_id, retention, partitions=4)
+    try:
+        deadline = time.monotonic() + 60
+        while set(view := fold_table(run(read_to_end(kafka, f"{prefix}incident-state")))) != (
+            still_open
+        ):
+            assert time.monotonic() < deadline, f"{len(view)} incidents in the table"
+            time.sleep(1.0)
+    finally:
+        again.stop()
+    table = run(read_to_end(kafka, f"{prefix}incident-state"))
+    tombstones = [r.key.decode() for r in table if r.value is None]
+    assert sorted(tombstones) == sorted(closed), "one tombstone per closed incident"
+    assert view == {i: history[i] for i in view}  # the open ones at their latest version
+    assert fold_versions(run(read_to_end(kafka, f"{prefix}incidents"))) == history
