@@ -140,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     send_cmd.set_defaults(func=_send)
 
     tail_cmd = sub.add_parser("tail", help="pretty-print a cfn topic as it flows")
-    tail_cmd.add_argument("topic", choices=("events", "incidents", "rates", "dlq"))
+    tail_cmd.add_argument(
+        "topic", choices=("events", "incidents", "incident-state", "rates", "dlq")
+    )
     tail_cmd.add_argument("--from-beginning", action="store_true")
     tail_cmd.add_argument("--max", type=int, help="stop after this many records")
     tail_cmd.add_argument("--idle", type=float, help="stop after this many quiet seconds")

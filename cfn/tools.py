@@ -81,11 +81,16 @@ async def _tail(
             elif idle is not None and loop.time() - last > idle:
                 break
             for record in records:
+                head = f"--- {record.topic}[{record.partition}]@{record.offset}"
+                if record.value is None:  # a table topic's tombstone
+                    print(f"{head} key={record.key!r}: deleted (tombstone)", flush=True)
+                    shown += 1
+                    continue
                 try:
                     text = json.dumps(jsonio.loads(record.value), indent=2, sort_keys=True)
                 except ValueError:
                     text = repr(record.value)
-                print(f"--- {record.topic}[{record.partition}]@{record.offset}\n{text}", flush=True)
+                print(f"{head}\n{text}", flush=True)
                 shown += 1
                 if limit is not None and shown >= limit:
                     break

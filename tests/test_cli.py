@@ -69,6 +69,8 @@ def test_send_then_tail_end_to_end(kafka: str, stack: tuple[str, Process, Proces
     assert incidents.returncode == 0, incidents.stderr
     assert '"state": "open"' in incidents.stdout and '"state": "resolved"' in incidents.stdout
     assert '"duration_s": 420' in incidents.stdout
+    table = cfn("tail", "incident-state", "--from-beginning", "--max", "2", "--idle", "30", env=env)
+    assert '"state": "open"' in table.stdout and '"state": "resolved"' in table.stdout
 
     events = cfn("tail", "events", "--from-beginning", "--idle", "3", env=env)
     blocks = [b for b in events.stdout.split("--- ") if b.strip()]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -283,3 +286,12 @@ def test_closed_incidents_leave_the_table_after_the_retention_across_a_restart(
     assert sorted(tombstones) == sorted(closed), "one tombstone per closed incident"
     assert view == {i: history[i] for i in view}  # the open ones at their latest version
     assert fold_versions(run(read_to_end(kafka, f"{prefix}incidents"))) == history
+    shown = subprocess.run(
+        [sys.executable, "-m", "cfn", "tail", "incident-state", "--from-beginning", "--idle", "3"],
+        env={**os.environ, "CFN_KAFKA_BOOTSTRAP": kafka, "CFN_TOPIC_PREFIX": prefix},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert shown.stdout.count("deleted (tombstone)") == len(closed), shown.stdout[-2000:]
