@@ -5,14 +5,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import os
+import secrets
 import shutil
+import ssl
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from cfn.acls import Acl
 
 KAFKA_VERSION = "4.4.0"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +108,86 @@ def _cluster_id() -> str:
             return cluster_id
 
 
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+SCRAM_ITERATIONS = 8192
+ADMIN_USER = "admin"
+# The broker's own certificate CN: it authenticates the controller and inter-broker listeners
+# (both mTLS), so User:<this> is a super user. Only the holder of the local CA key can issue it.
+BROKER_CN = "cfn-broker"
+AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+# "CN=alice" or "CN=alice,O=..." -> alice; anything else keeps its full DN.
+PRINCIPAL_MAPPING = "RULE:^CN=([^,]+)(,.*)?$/$1/,DEFAULT"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    openssl = require_tool("openssl", "OpenSSL (Debian: `apt-get install openssl`)")
+    result = subprocess.run([openssl, *args], cwd=cwd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise BrokerError(f"openssl {args[0]} failed: {result.stderr.strip()}")
+
+
+def make_ca(folder: Path, cn: str = "cfn local CA") -> tuple[Path, Path]:
+    """A self-signed CA (EC P-256, 10 years): returns (ca.pem, ca.key); the key is 0600."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "ca.pem", folder / "ca.key"
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", key.name, "-out", cert.name, "-days", "3650", "-subj", f"/CN={cn}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=folder,
+    )  # fmt: skip
+    key.chmod(0o600)
+    return cert, key
+
+
+def sign_certificate(
+    ca_cert: Path, ca_key: Path, folder: Path, cn: str, *, server: bool = False
+) -> tuple[Path, Path]:
+    """A certificate for `cn` signed by the CA: returns (<cn>.pem, <cn>.key), the key 0600.
+
+    A server certificate also names 127.0.0.1 and localhost (subjectAltName), so clients that
+    verify host names accept it on loopback.
+    """
+    if not cn or any(c in cn for c in '/\\,=+"<>;\n') or cn.startswith("."):
+        raise BrokerError(f"{cn!r} is not a plain certificate CN")
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key, csr, ext = (folder / f"{cn}.{s}" for s in ("pem", "key", "csr", "ext"))
+    lines = ["basicConstraints=CA:FALSE", "keyUsage=critical,digitalSignature"]
+    lines.append(
+        "extendedKeyUsage=serverAuth,clientAuth" if server else "extendedKeyUsage=clientAuth"
+    )
+    if server:
+        lines.append("subjectAltName=IP:127.0.0.1,DNS:localhost")
+    ext.write_text("\n".join(lines) + "\n")
+    _openssl(
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}",
+        cwd=folder,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
+        "-set_serial", "0x" + secrets.token_hex(16), "-days", "825", "-sha256",
+        "-extfile", str(ext), "-out", str(cert),
+        cwd=folder,
+    )  # fmt: skip
+    key.chmod(0o600)
+    csr.unlink()
+    ext.unlink()
+    return cert, key
+
+
+def _scram_argument(user: str, password: str) -> str:
+    """kafka-storage's --add-scram value, carrying the salted password, never the password."""
+    salt = secrets.token_bytes(32)
+    salted = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, SCRAM_ITERATIONS)
+    return (
+        f"{SCRAM_MECHANISM}=[name={user},iterations={SCRAM_ITERATIONS},"
+        f'salt="{base64.b64encode(salt).decode()}",'
+        f'saltedpassword="{base64.b64encode(salted).decode()}"]'
+    )
+
+
 @dataclass
 class Node:
     """One combined broker+controller process of the local cluster."""
@@ -110,6 +197,7 @@ class Node:
     controller_port: int
     data_dir: Path
     process: subprocess.Popen[bytes] | None = None
+    ssl_port: int | None = None  # the mTLS listener of a secure cluster
 
     @property
     def log_file(self) -> Path:
@@ -122,6 +210,12 @@ class LocalKafka:
 
     It trades production realism (plaintext, loopback, tiny heaps) for a start measured in
     seconds and no installation beyond Java and Maven.
+
+    With `secure=True` it is a locked-down cluster instead (docs/security.md): SASL_SSL with
+    SCRAM-SHA-512 on `port`, mutual TLS on `ssl_port` (default port + 20000), a CA made on the
+    first start, StandardAuthorizer with `admin` as the only user allowed anything until ACLs
+    say otherwise. `users` are SCRAM users created, with random passwords, when the storage is
+    formatted (quicker than `add_scram_user` later, which starts a JVM).
     """
 
     data_dir: Path
@@ -129,18 +223,277 @@ class LocalKafka:
     nodes: int = 1
     controller_port: int | None = None
     heap: str = "512m"
+    secure: bool = False
+    ssl_port: int | None = None
+    users: tuple[str, ...] = ()
     members: list[Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         cport = self.controller_port or self.port + 10000
+        sport = self.ssl_port or self.port + 20000
         self.members = [
-            Node(i + 1, self.port + i, cport + i, self.data_dir / f"node-{i + 1}")
+            Node(
+                i + 1,
+                self.port + i,
+                cport + i,
+                self.data_dir / f"node-{i + 1}",
+                ssl_port=sport + i if self.secure else None,
+            )
             for i in range(self.nodes)
         ]
 
     @property
     def bootstrap(self) -> str:
+        """The clients' bootstrap: PLAINTEXT, or SASL_SSL (SCRAM-SHA-512) when secure."""
         return ",".join(f"127.0.0.1:{n.port}" for n in self.members)
+
+    # -- the secure cluster: files, users, clients ---------------------------------------------
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        """The mutual-TLS listener's bootstrap (secure only): a client certificate signed by
+        `ca_file` is the principal User:<its CN>."""
+        self._need_secure()
+        return ",".join(f"127.0.0.1:{n.ssl_port}" for n in self.members)
+
+    @property
+    def ca_file(self) -> Path:
+        """The PEM certificate of the CA that signed the broker's certificate (secure only)."""
+        self._need_secure()
+        return self.tls_dir / "ca.pem"
+
+    @property
+    def passwords_file(self) -> Path:
+        """JSON {user: password} of the SCRAM users this class created; mode 0600."""
+        return self.data_dir / "scram-passwords.json"
+
+    @property
+    def admin_properties(self) -> Path:
+        """Client properties of the admin user for Kafka's tools (`--command-config`); 0600."""
+        return self.data_dir / "admin.properties"
+
+    @property
+    def admin_user(self) -> str:
+        return ADMIN_USER
+
+    @property
+    def admin_password(self) -> str:
+        return self.password(ADMIN_USER)
+
+    def password(self, user: str) -> str:
+        """The password of a SCRAM user this class created.
+
+        Raises:
+            BrokerError: the cluster is not secure, or has no such user.
+        """
+        self._need_secure()
+        passwords = self._passwords()
+        if user not in passwords:
+            raise BrokerError(f"no SCRAM user {user!r} in {self.passwords_file}")
+        return passwords[user]
+
+    def password_file(self, user: str) -> Path:
+        """A 0600 file holding only `user`'s password (for CFN_KAFKA_SASL_PASSWORD_FILE)."""
+        path = self.data_dir / "secrets" / f"{user}.password"
+        _write_private(path, self.password(user))
+        return path
+
+    def ssl_context(
+        self, cafile: Path | None = None, certificate: tuple[Path, Path] | None = None
+    ) -> ssl.SSLContext:
+        """A client TLS context trusting `cafile` (default: this CA), host names checked,
+        presenting `certificate` (certfile, keyfile) when given."""
+        context = ssl.create_default_context(cafile=str(cafile or self.ca_file))
+        if certificate is not None:
+            context.load_cert_chain(str(certificate[0]), str(certificate[1]))
+        return context
+
+    def client_options(
+        self, user: str | None = None, password: str | None = None, cafile: Path | None = None
+    ) -> dict[str, Any]:
+        """aiokafka keyword arguments for a SCRAM-SHA-512 client of `bootstrap`.
+
+        Args:
+            user: the SASL user (default admin).
+            password: its password (default: the one this class created for it).
+            cafile: the CA to trust (default this one; pass `untrusted_ca_file()` to fail).
+        """
+        user = user or ADMIN_USER
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": "SASL_SSL",
+            "ssl_context": self.ssl_context(cafile),
+            "sasl_mechanism": SCRAM_MECHANISM,
+            "sasl_plain_username": user,
+            "sasl_plain_password": self.password(user) if password is None else password,
+        }
+
+    def mtls_options(self, cn: str) -> dict[str, Any]:
+        """aiokafka keyword arguments for a client of `ssl_bootstrap` that is User:<cn>."""
+        return {
+            "bootstrap_servers": self.ssl_bootstrap,
+            "security_protocol": "SSL",
+            "ssl_context": self.ssl_context(certificate=self.client_certificate(cn)),
+        }
+
+    def client_certificate(self, cn: str) -> tuple[Path, Path]:
+        """(certfile, keyfile) of a client certificate for `cn`, signed by this CA (made once
+        per CN). On `ssl_bootstrap` it authenticates as User:<cn>."""
+        self._need_secure()
+        folder = self.tls_dir / "clients"
+        cert, key = folder / f"{cn}.pem", folder / f"{cn}.key"
+        if cn == BROKER_CN:
+            raise BrokerError(f"{BROKER_CN!r} is the broker's own (super user) name")
+        if not (cert.exists() and key.exists()):
+            sign_certificate(self.ca_file, self.tls_dir / "ca.key", folder, cn)
+        return cert, key
+
+    def untrusted_ca_file(self) -> Path:
+        """A CA certificate that did not sign the broker's: clients trusting it must fail."""
+        self._need_secure()
+        folder = self.tls_dir / "untrusted"
+        if not (folder / "ca.pem").exists():
+            make_ca(folder, "cfn untrusted CA")
+        return folder / "ca.pem"
+
+    def add_scram_user(self, name: str) -> str:
+        """Create a SCRAM-SHA-512 user with a random password on the running cluster (Kafka's
+        ConfigCommand as admin; a JVM start, a few seconds) and return the password, which is
+        also kept in `passwords_file`."""
+        self._need_secure()
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise BrokerError(f"{name!r} is not a plain user name (letters, digits, - _ .)")
+        password = secrets.token_hex(24)
+        # The password goes to the tool in a 0600 file, not on its command line.
+        config = self.data_dir / "secrets" / f"scram-{name}.properties"
+        _write_private(
+            config, f"{SCRAM_MECHANISM}=iterations={SCRAM_ITERATIONS},password={password}\n"
+        )
+        try:
+            self._tool(
+                "org.apache.kafka.tools.ConfigCommand",
+                "--bootstrap-server", self.bootstrap,
+                "--command-config", str(self.admin_properties),
+                "--alter", "--entity-type", "users", "--entity-name", name,
+                "--add-config-file", str(config),
+            )  # fmt: skip
+        finally:
+            config.unlink(missing_ok=True)
+        self._save_passwords({**self._passwords(), name: password})
+        return password
+
+    def apply_acls(self, acls: Iterable[Acl], timeout: float = 30.0) -> None:
+        """Create ACL bindings as admin, and return once the broker enforces them."""
+        asyncio.run(self.apply_acls_async(acls, timeout))
+
+    def remove_acls(self, acls: Iterable[Acl], timeout: float = 30.0) -> None:
+        """Delete exactly these ACL bindings as admin, once the broker no longer has them."""
+        asyncio.run(self.remove_acls_async(acls, timeout))
+
+    async def apply_acls_async(self, acls: Iterable[Acl], timeout: float = 30.0) -> None:
+        """`apply_acls` from inside an event loop."""
+        await _alter_acls(self.client_options(), list(acls), create=True, timeout=timeout)
+
+    async def remove_acls_async(self, acls: Iterable[Acl], timeout: float = 30.0) -> None:
+        """`remove_acls` from inside an event loop."""
+        await _alter_acls(self.client_options(), list(acls), create=False, timeout=timeout)
+
+    def _need_secure(self) -> None:
+        if not self.secure:
+            raise BrokerError("this needs a secure cluster: LocalKafka(..., secure=True)")
+
+    def _passwords(self) -> dict[str, str]:
+        try:
+            loaded: dict[str, str] = json.loads(self.passwords_file.read_text())
+        except FileNotFoundError:
+            return {}
+        return loaded
+
+    def _save_passwords(self, passwords: dict[str, str]) -> None:
+        _write_private(self.passwords_file, json.dumps(passwords, indent=1, sort_keys=True))
+
+    def _prepare_security(self, formatting: bool) -> list[str]:
+        """CA, broker certificate, passwords and admin.properties, made on the first start.
+
+        Returns:
+            The --add-scram arguments for formatting (empty when nothing is formatted).
+        """
+        if not (self.tls_dir / "ca.pem").exists():
+            ca_cert, ca_key = make_ca(self.tls_dir)
+            cert, key = sign_certificate(ca_cert, ca_key, self.tls_dir, BROKER_CN, server=True)
+            # Kafka's PEM keystore is one file: the private key, then the certificate chain.
+            _write_private(self.tls_dir / "broker-keystore.pem", key.read_text() + cert.read_text())
+        passwords = self._passwords()
+        if not formatting and ADMIN_USER not in passwords:
+            raise BrokerError(
+                f"{self.data_dir} holds a cluster formatted without --secure (no "
+                f"{self.passwords_file.name}); use another --data-dir"
+            )
+        wanted = (ADMIN_USER, *self.users)
+        if formatting:
+            passwords = {user: secrets.token_hex(24) for user in wanted}
+            self._save_passwords(passwords)
+        _write_private(self.admin_properties, self._admin_client_properties(passwords[ADMIN_USER]))
+        return [_scram_argument(u, passwords[u]) for u in wanted] if formatting else []
+
+    def _admin_client_properties(self, password: str) -> str:
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{ADMIN_USER}" password="{password}";'
+        )
+        lines = {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": SCRAM_MECHANISM,
+            "sasl.jaas.config": jaas,
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.tls_dir / "ca.pem"),
+        }
+        return "".join(f"{k}={v}\n" for k, v in lines.items())
+
+    def _secure_properties(self, node: Node) -> dict[str, str]:
+        tls = self.tls_dir
+        return {
+            "listeners": (
+                f"SASL_SSL://127.0.0.1:{node.port},SSL://127.0.0.1:{node.ssl_port},"
+                f"CONTROLLER://127.0.0.1:{node.controller_port}"
+            ),
+            "advertised.listeners": f"SASL_SSL://127.0.0.1:{node.port},SSL://127.0.0.1:{node.ssl_port}",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,SSL:SSL,CONTROLLER:SSL",
+            # Brokers and controllers authenticate each other with the broker's certificate:
+            # no password in server.properties, and no anonymous super user on any port.
+            "inter.broker.listener.name": "SSL",
+            "listener.name.ssl.ssl.client.auth": "required",
+            "listener.name.controller.ssl.client.auth": "required",
+            "ssl.principal.mapping.rules": PRINCIPAL_MAPPING,
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(tls / "broker-keystore.pem"),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(tls / "ca.pem"),
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "authorizer.class.name": AUTHORIZER,
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"User:{ADMIN_USER};User:{BROKER_CN}",
+        }
+
+    def _tool(self, main: str, *args: str) -> str:
+        """Run one of Kafka's command-line tools from the jars; its stdout, or a BrokerError."""
+        result = subprocess.run(
+            self._java(cache_dir() / "libs", main, *args),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
+            raise BrokerError(f"{main.rsplit('.', 1)[-1]} failed: " + " | ".join(tail))
+        return result.stdout
 
     def _properties(self, node: Node) -> str:
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.members)
@@ -155,6 +508,7 @@ class LocalKafka:
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            **(self._secure_properties(node) if self.secure else {}),
             "log.dirs": str(node.data_dir / "logs"),
             # Topics are created on purpose by cfn, with the partition count it needs.
             "auto.create.topics.enable": "false",
@@ -185,11 +539,19 @@ class LocalKafka:
             *args,
         ]
 
-    def _format(self, libs: Path, node: Node, cluster_id: str) -> None:
+    def _format(self, libs: Path, node: Node, cluster_id: str, scram: list[str]) -> None:
         props = node.data_dir / "server.properties"
+        add_scram = [arg for value in scram for arg in ("--add-scram", value)]
         result = subprocess.run(
             self._java(
-                libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)
+                libs,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(props),
+                *add_scram,
             ),
             capture_output=True,
             text=True,
@@ -210,11 +572,19 @@ class LocalKafka:
         if not id_file.exists():
             id_file.write_text(_cluster_id())
         cluster_id = id_file.read_text().strip()
+        formatting = not all(
+            (n.data_dir / "logs" / "meta.properties").exists() for n in self.members
+        )
+        scram = self._prepare_security(formatting) if self.secure else []
         for node in self.members:
             node.data_dir.mkdir(parents=True, exist_ok=True)
-            (node.data_dir / "server.properties").write_text(self._properties(node))
+            # 0600 when secure: it names the key files; plaintext clusters keep the old mode.
+            props = node.data_dir / "server.properties"
+            props.write_text(self._properties(node))
+            if self.secure:
+                props.chmod(0o600)
             if not (node.data_dir / "logs" / "meta.properties").exists():
-                self._format(libs, node, cluster_id)
+                self._format(libs, node, cluster_id, scram)
         for node in self.members:
             self.start_node(node)
         self.wait_ready(timeout)
@@ -245,7 +615,8 @@ class LocalKafka:
                         f"see {node.log_file}"
                     )
             try:
-                seen = asyncio.run(_count_brokers(self.bootstrap))
+                options = self.client_options() if self.secure else {}
+                seen = asyncio.run(_count_brokers(self.bootstrap, options))
                 if seen >= want:
                     return
                 last = f"{seen}/{want} brokers registered"
@@ -300,7 +671,7 @@ class LocalKafka:
                 node.process.wait()
 
 
-async def _count_brokers(bootstrap: str) -> int:
+async def _count_brokers(bootstrap: str, options: dict[str, Any] | None = None) -> int:
     import logging
 
     from aiokafka.admin import AIOKafkaAdminClient
@@ -308,7 +679,8 @@ async def _count_brokers(bootstrap: str) -> int:
     # "Unable connect" warnings are the expected answer while the JVM starts.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    kwargs = {"bootstrap_servers": bootstrap, **(options or {})}
+    admin = AIOKafkaAdminClient(request_timeout_ms=3000, **kwargs)
     await admin.start()
     try:
         cluster = await admin.describe_cluster()
@@ -317,11 +689,41 @@ async def _count_brokers(bootstrap: str) -> int:
         await admin.close()
 
 
-def run_broker(data_dir: Path, port: int, nodes: int) -> int:
+def connection_help(kafka: LocalKafka) -> str:
+    """What `cfn broker --secure` prints: where to connect and with what, never a password."""
+    data = kafka.data_dir.resolve()
+    admin_pw = kafka.password_file(ADMIN_USER).resolve()
+    return "\n".join(
+        [
+            f"  SASL_SSL (SCRAM-SHA-512): {kafka.bootstrap}",
+            f"  mTLS (SSL, client certificate CN -> User:<CN>): {kafka.ssl_bootstrap}",
+            f"  CA certificate: {kafka.ca_file.resolve()}",
+            f"  super user: {ADMIN_USER} (password in {admin_pw}; all users' in "
+            f"{kafka.passwords_file.resolve()}, mode 0600)",
+            "  kafka-acls / kafka-configs as admin: --command-config "
+            f"{kafka.admin_properties.resolve()}",
+            "  every other principal can do nothing until ACLs allow it: `cfn acls --role ...`",
+            "  cfn's clients (as admin here; give each its own user and role in earnest):",
+            f"    export CFN_KAFKA_BOOTSTRAP={kafka.bootstrap}",
+            "    export CFN_KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+            f"    export CFN_KAFKA_SASL_MECHANISM={SCRAM_MECHANISM}",
+            f"    export CFN_KAFKA_SASL_USERNAME={ADMIN_USER}",
+            f"    export CFN_KAFKA_SASL_PASSWORD_FILE={admin_pw}",
+            f"    export CFN_KAFKA_SSL_CAFILE={kafka.ca_file.resolve()}",
+            "  for mTLS instead: CFN_KAFKA_SECURITY_PROTOCOL=SSL, CFN_KAFKA_BOOTSTRAP="
+            f"{kafka.ssl_bootstrap}, CFN_KAFKA_SSL_CERTFILE / CFN_KAFKA_SSL_KEYFILE "
+            f"(client certificates are signed by the CA key in {data / 'tls'})",
+        ]
+    )
+
+
+def run_broker(
+    data_dir: Path, port: int, nodes: int, *, secure: bool = False, ssl_port: int | None = None
+) -> int:
     """Foreground entry for `cfn broker`: start, print ready, stop on SIGINT/SIGTERM."""
     from cfn.runner import StopFlag, supervise
 
-    kafka = LocalKafka(data_dir=data_dir, port=port, nodes=nodes)
+    kafka = LocalKafka(data_dir=data_dir, port=port, nodes=nodes, secure=secure, ssl_port=ssl_port)
     stop = StopFlag()
     try:
         print(f"cfn broker: starting Apache Kafka {KAFKA_VERSION} ({nodes} node(s))", flush=True)
@@ -331,6 +733,8 @@ def run_broker(data_dir: Path, port: int, nodes: int) -> int:
         print(f"cfn broker: {exc}", file=sys.stderr)
         return 2
     print(f"cfn broker: ready on {kafka.bootstrap} (logs under {data_dir})", flush=True)
+    if secure:
+        print(connection_help(kafka), flush=True)
     processes = {f"node {n.node_id}": n.process for n in kafka.members if n.process is not None}
     logs = {f"node {n.node_id}": str(n.log_file) for n in kafka.members}
     code = supervise("cfn broker", stop, processes, logs.__getitem__)
@@ -338,3 +742,86 @@ def run_broker(data_dir: Path, port: int, nodes: int) -> int:
     kafka.stop()
     print("cfn broker: stopped", flush=True)
     return code
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to a file only its owner can read (created 0600, never world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)
+
+
+# Kafka's wire codes (org.apache.kafka.common.resource / acl).
+_RESOURCE_CODE = {"TOPIC": 2, "GROUP": 3, "CLUSTER": 4, "TRANSACTIONAL_ID": 5}
+_PATTERN_CODE = {"LITERAL": 3, "PREFIXED": 4}
+_OPERATION_CODE = {
+    "ALL": 2,
+    "READ": 3,
+    "WRITE": 4,
+    "CREATE": 5,
+    "DELETE": 6,
+    "ALTER": 7,
+    "DESCRIBE": 8,
+    "IDEMPOTENT_WRITE": 12,
+}
+_ANY = 1
+_ALLOW, _DENY = 3, 2
+
+
+def _binding(acl: Acl) -> tuple[int, str, int, str, str, int, int]:
+    return (
+        _RESOURCE_CODE[acl.resource_type],
+        acl.name,
+        _PATTERN_CODE[acl.pattern],
+        acl.principal,
+        acl.host,
+        _OPERATION_CODE[acl.operation],
+        _ALLOW if acl.allow else _DENY,
+    )
+
+
+async def _alter_acls(
+    options: dict[str, Any], acls: list[Acl], *, create: bool, timeout: float
+) -> None:
+    """Create or delete ACL bindings with CreateAcls / DeleteAcls (aiokafka 0.14's admin client
+    has no ACL calls, but ships the protocol's requests), then wait until DescribeAcls, answered
+    by the broker's authorizer, shows the change: from then on it is enforced."""
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.protocol.admin import (
+        CreateAclsRequest,
+        DeleteAclsRequest,
+        DescribeAclsRequest,
+    )
+
+    client = AIOKafkaClient(request_timeout_ms=int(timeout * 1000), **options)
+    await client.bootstrap()
+    try:
+        node = client.get_random_node()
+        for acl in acls:
+            request = (CreateAclsRequest if create else DeleteAclsRequest)(*_binding(acl))
+            response = await client.send(node, request)
+            results = response.creation_responses if create else response.filter_responses
+            for error_code, error_message, *_ in results:
+                if error_code:
+                    verb = "creating" if create else "deleting"
+                    raise BrokerError(f"{verb} {acl} failed: {error_code} {error_message}")
+        deadline = time.monotonic() + timeout
+        for principal in sorted({acl.principal for acl in acls}):
+            wanted = {_binding(a) for a in acls if a.principal == principal}
+            while True:
+                describe = DescribeAclsRequest(_ANY, None, _ANY, principal, None, _ANY, _ANY)
+                answer = await client.send(node, describe)
+                present = {
+                    (rtype, name, pattern, p, host, op, perm)
+                    for rtype, name, pattern, entries in answer.resources
+                    for p, host, op, perm in entries
+                }
+                if (wanted <= present) if create else not (wanted & present):
+                    break
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"ACLs of {principal} not applied after {timeout:.0f}s")
+                await asyncio.sleep(0.05)
+    finally:
+        await client.close()

@@ -12,7 +12,29 @@ from pathlib import Path
 def _broker(args: argparse.Namespace) -> int:
     from cfn.broker import run_broker
 
-    return run_broker(Path(args.data_dir), args.port, args.nodes)
+    return run_broker(
+        Path(args.data_dir), args.port, args.nodes, secure=args.secure, ssl_port=args.ssl_port
+    )
+
+
+def _acls(args: argparse.Namespace) -> int:
+    from cfn.acls import render_role
+
+    try:
+        print(
+            render_role(
+                args.role,
+                args.principal,
+                prefix=args.prefix,
+                app_id=args.app_id,
+                bootstrap=args.bootstrap,
+                command_config=args.command_config,
+            )
+        )
+    except ValueError as exc:
+        print(f"cfn acls: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _fetch_kafka(_args: argparse.Namespace) -> int:
@@ -93,7 +115,40 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--port", type=int, default=9092, help="first broker port (default 9092)")
     broker.add_argument("--data-dir", default=".local/kafka", help="storage and logs")
     broker.add_argument("--nodes", type=int, choices=(1, 3), default=1, help="1 or 3 nodes")
+    broker.add_argument(
+        "--secure",
+        action="store_true",
+        help="SASL_SSL (SCRAM-SHA-512) and mTLS listeners, a local CA, ACLs enforced",
+    )
+    broker.add_argument(
+        "--ssl-port", type=int, help="with --secure: first mTLS port (default port + 20000)"
+    )
     broker.set_defaults(func=_broker)
+
+    acls = sub.add_parser("acls", help="print the kafka-acls commands of a role's least privilege")
+    acls.add_argument("--principal", required=True, help="User:NAME (SASL user or cert CN)")
+    acls.add_argument("--role", required=True, choices=("ingest", "worker", "provisioner"))
+    acls.add_argument(
+        "--prefix",
+        default=os.environ.get("CFN_TOPIC_PREFIX", "cfn."),
+        help="topic prefix (default: CFN_TOPIC_PREFIX, else cfn.)",
+    )
+    acls.add_argument(
+        "--app-id",
+        default=os.environ.get("CFN_APP_ID", "cfn"),
+        help="the worker's app id (default: CFN_APP_ID, else cfn)",
+    )
+    acls.add_argument(
+        "--bootstrap",
+        default=os.environ.get("CFN_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        help="for --bootstrap-server (default: CFN_KAFKA_BOOTSTRAP)",
+    )
+    acls.add_argument(
+        "--command-config",
+        default="admin.properties",
+        help="the admin's client properties file, for --command-config",
+    )
+    acls.set_defaults(func=_acls)
 
     ingest = sub.add_parser("ingest", help="serve the Cloudflare webhook endpoint")
     ingest.add_argument("--workers", type=int, default=1, help="processes on one port")
