@@ -142,8 +142,13 @@ class Correlator:
     def tick(self, now: float, partition: int) -> list[IncidentRecord]:
         """Fire this partition's due deadlines: expire stale incidents, release orphan ENDs,
         and forget closed incidents after their retention."""
+        return [record for _deadline, record in self.fire(now, partition)]
+
+    def fire(self, now: float, partition: int) -> list[tuple[float, IncidentRecord]]:
+        """`tick`, with the deadline that produced each record: the time of the change, the
+        same whenever the tick comes (a replay's single late tick included)."""
         timers = self._timers.get(partition)
-        out: list[IncidentRecord] = []
+        out: list[tuple[float, IncidentRecord]] = []
         while timers and timers[0][0] <= now:
             deadline, key = heapq.heappop(timers)
             state = self.store.get(key)
@@ -155,11 +160,11 @@ class Correlator:
                 state["v"] += 1
                 state.update(
                     st=EXPIRED,
-                    closed=int(now),
+                    closed=int(deadline),  # when it went stale, not when a tick noticed
                     reason="stale_timeout",
-                    deadline=now + self.closed_retention_s,
+                    deadline=deadline + self.closed_retention_s,
                 )
-                out.append(self._commit(key, state, was=OPEN))
+                out.append((deadline, self._commit(key, state, was=OPEN)))
             elif st == HELD:
                 state = dict(state)
                 held = state.pop("held")
@@ -169,9 +174,9 @@ class Correlator:
                     id=self._incident_id(key, held["event_id"]),
                     closed=held["ts"],
                     reason="orphan_end",
-                    deadline=now + self.closed_retention_s,
+                    deadline=deadline + self.closed_retention_s,
                 )
-                out.append(self._commit(key, state, was=None))
+                out.append((deadline, self._commit(key, state, was=None)))
             else:
                 del self.store[key]
         return out

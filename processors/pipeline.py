@@ -310,9 +310,9 @@ class Pipeline:
         # walks every alert type, which the per-event path should not pay for.
         self._publish_open()
         outputs: list[Output] = []
-        for incident in self.correlator.tick(now, partition):
+        for deadline, incident in self.correlator.fire(now, partition):
             key = incident_record_key(incident.tenant, incident.account_id, incident.correlation_id)
-            self._incident_outputs(outputs, key, incident, now, partition)
+            self._incident_outputs(outputs, key, incident, deadline, partition)
         for incident_id in self.retention.tick(now, partition):
             outputs.append(Output("incident-state", incident_id.encode(), None))
         outputs += self.drain_rate_inputs(partition)

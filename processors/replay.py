@@ -66,6 +66,9 @@ def choose_prefix(live_prefix: str, output_prefix: str | None, live: bool) -> st
     return output_prefix if output_prefix is not None else SHADOW + live_prefix
 
 
+LIVE_SKIPPED = ("incident-state",)  # tables the live worker keeps; see run_replay
+
+
 def output_roles() -> list[str]:
     """Every topic role the pipeline emits for others to read, from `cfn.config.topic_names`."""
     return [role for role in topic_names("") if role not in INTERNAL_ROLES]
@@ -308,12 +311,15 @@ def format_plan(plan: Plan) -> str:
         )
     for topic, count in plan.topics.items():
         lines.append(f"  write {topic}: {count:,} records")
+    if plan.live:
+        lines += [f"  leave {role}: the live worker keeps it" for role in LIVE_SKIPPED]
     return "\n".join(lines)
 
 
-def _plan_topics(prefix: str, outputs: list[Output]) -> dict[str, int]:
+def _plan_topics(prefix: str, outputs: list[Output], live: bool) -> dict[str, int]:
     names = topic_names(prefix)
-    counts = {names[role]: 0 for role in output_roles()}
+    skipped = LIVE_SKIPPED if live else ()
+    counts = {names[role]: 0 for role in output_roles() if role not in skipped}
     for out in outputs:
         counts[names[out.role]] += 1
     return counts
@@ -417,13 +423,19 @@ def run_replay(
         return 0
     until = live_horizon(started_at, last, records) if live else None
     outputs = process(settings, records, until, progress)
+    if live:
+        # The live worker's cfn.incident-state is already right, and a table keeps the last
+        # record per key by offset, not the highest version: a replayed version written after a
+        # newer live one would stand in for it (and survive compaction), and an incident the
+        # worker has forgotten would come back with no tombstone to follow.
+        outputs = [out for out in outputs if out.role not in LIVE_SKIPPED]
     plan = Plan(
         raw_topic=settings.topic("raw"),
         ranges={tp.partition: span for tp, span in ranges.items()},
         records=len(records),
         until=until,
         live=live,
-        topics=_plan_topics(prefix, outputs),
+        topics=_plan_topics(prefix, outputs, live),
     )
     print(format_plan(plan), flush=True)
     if live and not yes and not ask(f"Write {len(outputs):,} records into the LIVE topics? [y/N] "):

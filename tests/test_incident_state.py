@@ -186,6 +186,33 @@ def _record(incident_id: str, state: str, late_end: bool = False) -> IncidentRec
     )
 
 
+def test_one_late_tick_decides_what_regular_ticks_decide() -> None:
+    """A replay fires its timers in one tick at its end: the table it writes must be the one
+    the live worker's regular ticks wrote by then (expiry and orphan times come from their
+    deadlines, not from the tick that noticed them)."""
+
+    def table(ticks: list[float]) -> dict[bytes, bytes | None]:
+        p = Stores().pipeline(stale_after=HOUR, orphan_end_hold=600.0)
+        outputs = event(p, START, NOW, "stale")  # expires at NOW + 1h
+        outputs += event(p, END, NOW + 10, "orphan", offset=1)  # released at NOW + 610
+        outputs += event(p, START, NOW + 20, "paired", offset=2)
+        outputs += event(p, END, NOW + 80, "paired", offset=3)  # resolved at NOW + 80
+        for at in ticks:
+            outputs += p.on_tick(at, 0)
+        folded: dict[bytes, bytes | None] = {}
+        for out in state_outputs(outputs):
+            folded[out.key] = out.value
+        return folded
+
+    end = NOW + HOUR + 2 * HOUR + 30  # past the stale one's retention by 30 s
+    regular = table([NOW + 15 * i for i in range(1, int((end - NOW) / 15) + 1)])
+    single = table([end])
+    assert single == regular
+    assert sorted(v is None for v in single.values()) == [True, True, True]
+    early = table([NOW + HOUR + 2 * HOUR - 1])  # one second before the stale one's due
+    assert [v is None for v in early.values()].count(True) == 2
+
+
 # ---- the property subscribers rely on -----------------------------------------------------------
 
 step = st.one_of(
@@ -195,15 +222,25 @@ step = st.one_of(
 )
 
 
+def changed_at(record: dict[str, Any], event_time: float | None) -> float:
+    """When a version's change happened: its event's time, or for a timer's change the
+    deadline that fired (expired: `closed_at`; orphan_end: the held END's time + the hold)."""
+    if event_time is not None:
+        return event_time
+    if record["state"] == "orphan_end":
+        return float(record["closed_at"]) + 600.0
+    return float(record["closed_at"])
+
+
 @settings(max_examples=150, deadline=None)
 @given(steps=st.lists(step, max_size=60), restart_at=st.integers(0, 60))
 def test_the_table_folds_to_the_open_and_recently_closed_incidents_of_the_history(
     steps: list[tuple[str, int, int]], restart_at: int
 ) -> None:
     """Folding cfn.incident-state (last value per key, tombstones delete) gives exactly the
-    latest version of every incident in cfn.incidents that is open, or closed less than the
-    retention before the last tick; also across a restart that rebuilds everything from the
-    stores."""
+    latest version of every incident in cfn.incidents that is open, or whose closing change
+    happened less than the retention before the last tick; also across a restart that rebuilds
+    everything from the stores."""
     stores = Stores()
     p = stores.pipeline(stale_after=HOUR, orphan_end_hold=600.0)
     clock = float(NOW)
@@ -225,7 +262,11 @@ def test_the_table_folds_to_the_open_and_recently_closed_incidents_of_the_histor
                 record = jsonio.loads(out.value)
                 known = history.get(record["incident_id"])
                 if known is None or record["version"] > known[0]:
-                    history[record["incident_id"]] = (record["version"], record, clock)
+                    history[record["incident_id"]] = (
+                        record["version"],
+                        record,
+                        changed_at(record, clock if kind != "tick" else None),
+                    )
             elif out.role == "incident-state":
                 if out.value is None:
                     table.pop(out.key, None)
