@@ -92,3 +92,47 @@ def topic_factory(kafka: str, unique: Callable[[str], str]) -> Callable[..., str
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports (held open together while chosen)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+# SCRAM users the secured broker formats in (quicker than add_scram_user, which starts a JVM).
+SECURE_USERS = ("alice", "nobody", "ingest", "worker")
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    """One secured broker for the session (SASL_SSL + mTLS, StandardAuthorizer, no ACLs).
+
+    `secure_kafka.client_options(user)` / `.mtls_options(cn)` give aiokafka keyword arguments;
+    the users of SECURE_USERS exist from the start; `apply_acls` grants. It never skips: a
+    broker that cannot start fails the tests using it.
+    """
+    port, controller, ssl_port = free_ports(3)
+    broker = LocalKafka(
+        data_dir=tmp_path_factory.mktemp("secure-kafka"),
+        port=port,
+        controller_port=controller,
+        ssl_port=ssl_port,
+        secure=True,
+        users=SECURE_USERS,
+    )
+    try:
+        broker.start()
+    except BrokerError as exc:
+        broker.stop()
+        pytest.fail(f"the secured test broker could not start: {exc}", pytrace=False)
+    try:
+        yield broker
+    finally:
+        broker.stop()
