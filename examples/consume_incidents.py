@@ -63,11 +63,28 @@ def keep(latest: dict[str, dict[str, Any]], incident: dict[str, Any]) -> bool:
     return True
 
 
+async def high_watermarks(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The end offsets of everything written so far, committed or not. A read_committed
+    consumer's end_offsets stop at the first open transaction (the last stable offset), and a
+    version committed after it by another task would be in neither read."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_uncommitted")
+    await consumer.start()
+    try:
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+        return ends
+    finally:
+        await consumer.stop()
+
+
 async def bootstrap_from_table(
-    consumer: AIOKafkaConsumer, tps: list[TopicPartition], latest: dict[str, dict[str, Any]]
+    consumer: AIOKafkaConsumer,
+    tps: list[TopicPartition],
+    ends: dict[TopicPartition, int],
+    latest: dict[str, dict[str, Any]],
 ) -> int:
-    """Fold the table topic from its start to the end offsets of now; returns records read."""
-    ends = await consumer.end_offsets(tps)
+    """Fold the table topic from its start to `ends`; returns the records read. Open
+    transactions below `ends` are waited for: the read_committed position passes them once
+    they are committed or aborted."""
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     table: dict[str, dict[str, Any] | None] = {}
@@ -96,7 +113,8 @@ async def follow(bootstrap: str, prefix: str, idle: float | None) -> dict[str, d
         tps = await partitions(bootstrap, f"{prefix}incidents")
         table_tps = await partitions(bootstrap, f"{prefix}incident-state")
         start = await history.end_offsets(tps)  # before the table is read: no gap between
-        read = await bootstrap_from_table(table, table_tps, latest)
+        ends = await high_watermarks(bootstrap, table_tps)
+        read = await bootstrap_from_table(table, table_tps, ends, latest)
         opened = sum(1 for i in latest.values() if i["state"] == "open")
         print(
             f"bootstrap: {len(latest)} incidents, {opened} open ({read} table records)", flush=True

@@ -108,7 +108,11 @@ def test_the_python_example_follows_the_history_after_its_bootstrap(
         run(produce_with_headers(kafka, f"{prefix}raw", starts))
         run(wait_caught_up(kafka, app_id, f"{prefix}raw"))
         follower = subprocess.Popen(
-            example(kafka, prefix, 8), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            # Idle 15 s: the ENDs are produced and processed well within it, on a slow machine.
+            example(kafka, prefix, 15),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         assert follower.stdout is not None
         first = follower.stdout.readline()

@@ -292,16 +292,19 @@ def test_closed_incidents_leave_the_table_after_the_retention_across_a_restart(
     over: the timers come back from the changelog. cfn.incidents keeps the whole history."""
     token = uuid.uuid4().hex[:8]
     prefix, app_id = f"is{token}.", f"is-{token}"
-    work = build(n_incidents=40, n_one_offs=0, now_ms=int(time.time() * 1000), seed=9)
-    kept_open = [f'"alert_correlation_id":"corr-9-{i}"'.encode() for i in range(10)]
-    records = [  # incidents 0-9 never end (every copy of their END is left out)
-        r for r in work.records if b"EVENT_END" not in r[1] or not any(k in r[1] for k in kept_open)
-    ]
     retention = {"CFN_INCIDENT_STATE_RETENTION": "15s"}  # longer than the first run takes
     run(create_topics(kafka, [f"{prefix}raw"], 4))
-    run(produce_with_headers(kafka, f"{prefix}raw", records))
     first = start_worker(tmp_path, kafka, prefix, app_id, retention, partitions=4)
     try:
+        # Received now, with the worker ready: the retention runs from here.
+        work = build(n_incidents=40, n_one_offs=0, now_ms=int(time.time() * 1000), seed=9)
+        kept_open = [f'"alert_correlation_id":"corr-9-{i}"'.encode() for i in range(10)]
+        records = [  # incidents 0-9 never end (every copy of their END is left out)
+            r
+            for r in work.records
+            if b"EVENT_END" not in r[1] or not any(k in r[1] for k in kept_open)
+        ]
+        run(produce_with_headers(kafka, f"{prefix}raw", records))
         run(wait_caught_up(kafka, app_id, f"{prefix}raw"))
     finally:
         first.stop()
