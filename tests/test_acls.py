@@ -1,0 +1,283 @@
+"""The roles' ACLs: enough for what each role does, and each one needed (on the secured broker);
+`cfn acls` prints exactly them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import TopicPartition
+
+from cfn.acls import (
+    TABLES,
+    Acl,
+    changelog_topic,
+    kafka_acls_command,
+    parse_kafka_acls_command,
+    role_acls,
+)
+from cfn.broker import LocalKafka
+from cfn.cli import main
+from cfn.config import topic_names
+from tests.kafka_util import run
+
+OUTPUTS = ("events", "incidents", "incident-state", "rates", "dlq")
+STEP_TIMEOUT = 25.0  # a role's work, or its failure; a refusal that never answers ends here
+
+
+# -- the data and the command line -----------------------------------------------------------
+
+
+def test_tables_and_changelog_names_follow_the_worker() -> None:
+    from cfn.processors import engine
+
+    assert engine.TABLES == TABLES
+    assert all(engine.changelog_topic("app", t) == changelog_topic("app", t) for t in engine.TABLES)
+
+
+@pytest.mark.parametrize("role", ["ingest", "worker", "provisioner"])
+def test_cfn_acls_prints_one_parsable_command_per_acl(
+    role: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "acls",
+                "--principal",
+                "User:svc",
+                "--role",
+                role,
+                "--prefix",
+                "p.",
+                "--app-id",
+                "app",
+                "--bootstrap",
+                "kafka:9093",
+            ]
+        )
+    assert exit_info.value.code in (0, None)
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    assert all(
+        line.startswith(
+            "kafka-acls.sh --bootstrap-server kafka:9093 --command-config admin.properties --add "
+        )
+        for line in lines
+    )
+    assert [parse_kafka_acls_command(line) for line in lines] == role_acls(
+        role, "User:svc", "p.", "app"
+    )
+
+
+def test_role_acls_are_exact() -> None:
+    ingest = role_acls("ingest", "User:i")
+    assert {(a.resource_type, a.name, a.pattern, a.operation) for a in ingest} == {
+        ("TOPIC", "cfn.raw", "LITERAL", "WRITE"),
+        ("TOPIC", "cfn.dlq", "LITERAL", "WRITE"),
+    }
+    worker = {
+        (a.resource_type, a.name, a.pattern, a.operation) for a in role_acls("worker", "User:w")
+    }
+    assert ("GROUP", "cfn", "LITERAL", "READ") in worker
+    assert ("TRANSACTIONAL_ID", "cfn-task-", "PREFIXED", "WRITE") in worker
+    assert ("TOPIC", "cfn-dedup-changelog", "LITERAL", "READ") in worker
+    assert not any(a[0] == "CLUSTER" for a in worker)
+    assert all(a.allow and a.host == "*" for a in role_acls("worker", "User:w"))
+    with pytest.raises(ValueError):
+        role_acls("admin", "User:x")
+    with pytest.raises(ValueError):
+        role_acls("ingest", "alice")
+
+
+def test_kafka_acls_command_round_trips_every_kind() -> None:
+    for acl in (
+        Acl("CLUSTER", "kafka-cluster", "LITERAL", "IDEMPOTENT_WRITE", "User:a"),
+        Acl("TRANSACTIONAL_ID", "x-task-", "PREFIXED", "WRITE", "User:a"),
+        Acl("TOPIC", "odd name's", "LITERAL", "DESCRIBE", "User:a b", allow=False, host="10.0.0.1"),
+    ):
+        assert parse_kafka_acls_command(kafka_acls_command(acl, "b:1")) == acl
+
+
+# -- on the secured broker: each role's work, with its ACLs and with one fewer ----------------
+
+
+async def _admin_create(kafka: LocalKafka, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(**kafka.client_options())
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, 1, 1) for n in names])
+    finally:
+        await admin.close()
+
+
+async def _admin_produce(kafka: LocalKafka, topics: list[str]) -> None:
+    producer = AIOKafkaProducer(acks="all", **kafka.client_options())
+    await producer.start()
+    try:
+        for topic in topics:
+            await producer.send_and_wait(topic, b"input", key=b"k")
+    finally:
+        await producer.stop()
+
+
+async def ingest_work(options: dict[str, Any], prefix: str, _app_id: str) -> None:
+    """What the ingest does: an idempotent acks=all producer writing raw and dlq."""
+    topics = topic_names(prefix)
+    producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **options)
+    try:
+        await producer.start()
+        await producer.send_and_wait(topics["raw"], b"body", key=b"k")
+        await producer.send_and_wait(topics["dlq"], b"bad body", key=b"k")
+    finally:
+        await producer.stop()
+
+
+async def worker_work(options: dict[str, Any], prefix: str, app_id: str) -> None:
+    """What the worker does: consume raw and rate-input in group <app_id> (read_committed),
+    write every output and changelog in a transaction of `<app_id>-task-0` that also commits
+    the consumed offsets, read the committed offsets back, and restore the changelogs."""
+    topics = topic_names(prefix)
+    changelogs = [changelog_topic(app_id, t) for t in TABLES]
+    inputs = [topics["raw"], topics["rate-input"]]
+    consumer = AIOKafkaConsumer(
+        *inputs,
+        group_id=app_id,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        **options,
+    )
+    producer = AIOKafkaProducer(transactional_id=f"{app_id}-task-0", **options)
+    reader = AIOKafkaConsumer(
+        group_id=None, isolation_level="read_committed", enable_auto_commit=False, **options
+    )
+    try:
+        await consumer.start()
+        offsets: dict[TopicPartition, int] = {}
+        while len(offsets) < len(inputs):
+            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                offsets[tp] = records[-1].offset + 1
+        await producer.start()
+        async with producer.transaction():
+            sent = [
+                await producer.send(name, b"out", key=b"k")
+                for name in [topics[o] for o in (*OUTPUTS, "rate-input")] + changelogs
+            ]
+            await asyncio.gather(*sent)
+            await producer.send_offsets_to_transaction(offsets, app_id)
+        for tp, offset in offsets.items():
+            # The transaction's offsets count once its marker reached the offsets topic.
+            while await consumer.committed(tp) != offset:
+                await asyncio.sleep(0.1)
+        await reader.start()
+        tps = [TopicPartition(name, 0) for name in changelogs]
+        reader.assign(tps)
+        await reader.seek_to_beginning(*tps)
+        ends = await reader.end_offsets(tps)
+        seen: set[TopicPartition] = set()
+        while seen != set(tps):
+            for tp, records in (await reader.getmany(timeout_ms=500)).items():
+                if records:
+                    seen.add(tp)
+        assert all(ends[tp] >= 1 for tp in tps)
+    finally:
+        for client in (reader, producer, consumer):
+            with contextlib.suppress(Exception):
+                await client.stop()
+
+
+async def provisioner_work(options: dict[str, Any], prefix: str, app_id: str) -> None:
+    """What a provisioner does: create every topic and changelog, then see them in metadata."""
+    names = list(topic_names(prefix).values()) + [changelog_topic(app_id, t) for t in TABLES]
+    admin = AIOKafkaAdminClient(**options)
+    await admin.start()
+    try:
+        response = await admin.create_topics([NewTopic(n, 1, 1) for n in names])
+        errors = [(name, code) for name, code, *_ in response.topic_errors if code]
+        if errors:
+            raise PermissionError(f"create_topics refused: {errors}")
+        described = await admin.describe_topics(names)
+        refused = [t["topic"] for t in described if t["error_code"]]
+        if refused:
+            raise PermissionError(f"cannot describe {refused}")
+    finally:
+        await admin.close()
+
+
+Work = Callable[[dict[str, Any], str, str], Awaitable[None]]
+WORK: dict[str, Work] = {
+    "ingest": ingest_work,
+    "worker": worker_work,
+    "provisioner": provisioner_work,
+}
+
+
+async def _attempt(work: Work, options: dict[str, Any], prefix: str, app_id: str) -> str | None:
+    """None when the work succeeded, else the name of what stopped it."""
+    try:
+        async with asyncio.timeout(STEP_TIMEOUT):
+            await work(options, prefix, app_id)
+    except TimeoutError:
+        return "timeout"
+    except AssertionError as exc:
+        return f"AssertionError {exc}"
+    except Exception as exc:
+        return type(exc).__name__
+    return None
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("role", ["ingest", "worker", "provisioner"])
+def test_role_acls_are_sufficient_and_each_is_needed(
+    role: str, secure_kafka: LocalKafka, unique: Callable[[str], str]
+) -> None:
+    """The role's ACLs let a SCRAM user do the role's work; then, all at once, one mTLS
+    principal per ACL holds the role's list minus that one, each with its own app id (group,
+    transactions, changelogs), and every one of them must fail."""
+    token = unique("r")
+    shared_prefix = f"{token}."
+
+    def where(name: str) -> tuple[str, str]:
+        """(prefix, app id) of one principal: a provisioner needs topics not yet created."""
+        return (f"{name}." if role == "provisioner" else shared_prefix), name
+
+    count = len(role_acls(role, "User:x"))
+    variants = {f"{token}-without-{i}": i for i in range(count)}
+    granted: list[Acl] = []
+    for cn, skipped in variants.items():
+        acls = role_acls(role, f"User:{cn}", *where(cn))
+        granted += acls[:skipped] + acls[skipped + 1 :]
+    full_name = f"{token}-full"
+    user = role if role in ("ingest", "worker") else "alice"
+    granted += role_acls(role, f"User:{user}", *where(full_name))
+    if role != "provisioner":
+        # The topics exist beforehand (least privilege); the inputs hold one record each.
+        topics = topic_names(shared_prefix)
+        names = list(topics.values())
+        for app_id in [full_name, *variants]:
+            names += [changelog_topic(app_id, t) for t in TABLES]
+        run(_admin_create(secure_kafka, names))
+        run(_admin_produce(secure_kafka, [topics["raw"], topics["rate-input"]]))
+    secure_kafka.apply_acls(granted)
+
+    work = WORK[role]
+    options = secure_kafka.client_options(user)
+    assert run(_attempt(work, options, *where(full_name))) is None
+
+    async def all_variants() -> list[str | None]:
+        return await asyncio.gather(
+            *(_attempt(work, secure_kafka.mtls_options(cn), *where(cn)) for cn in variants)
+        )
+
+    outcomes = dict(zip(variants, run(all_variants()), strict=True))
+    listed = role_acls(role, "User:x")
+    report = {
+        f"{a.operation} {a.resource_type} {a.pattern} {a.name}": outcomes[cn]
+        for cn, a in zip(variants, listed, strict=True)
+    }
+    print(role, report)  # shown with -s: what each missing ACL breaks
+    assert all(outcome is not None for outcome in report.values()), report
