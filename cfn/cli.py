@@ -12,8 +12,10 @@ from pathlib import Path
 def _broker(args: argparse.Namespace) -> int:
     from cfn.broker import run_broker
 
+    # A secure cluster keeps its own folder: a plaintext one's storage cannot be reused.
+    data_dir = args.data_dir or (".local/kafka-secure" if args.secure else ".local/kafka")
     return run_broker(
-        Path(args.data_dir), args.port, args.nodes, secure=args.secure, ssl_port=args.ssl_port
+        Path(data_dir), args.port, args.nodes, secure=args.secure, ssl_port=args.ssl_port
     )
 
 
@@ -113,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     broker = sub.add_parser("broker", help="run a local Apache Kafka (KRaft) in the foreground")
     broker.add_argument("--port", type=int, default=9092, help="first broker port (default 9092)")
-    broker.add_argument("--data-dir", default=".local/kafka", help="storage and logs")
+    broker.add_argument(
+        "--data-dir", help="storage and logs (default .local/kafka, or .local/kafka-secure)"
+    )
     broker.add_argument("--nodes", type=int, choices=(1, 3), default=1, help="1 or 3 nodes")
     broker.add_argument(
         "--secure",
