@@ -85,8 +85,15 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
+    from cfn.config import ConfigError
+    from cfn.security import KafkaSecurity
     from cfn.tools import tail
 
+    try:
+        security = KafkaSecurity.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"cfn tail: {exc}", file=sys.stderr)
+        return 2
     return tail(
         args.topic,
         args.bootstrap or os.environ.get("CFN_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
@@ -94,6 +101,7 @@ def _tail(args: argparse.Namespace) -> int:
         from_beginning=args.from_beginning,
         limit=args.max,
         idle=args.idle,
+        security=security,
     )
 
 

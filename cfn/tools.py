@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer
 
 from cfn.config import topic_names
 from cfn.schemas import jsonio
+from cfn.security import PLAINTEXT, KafkaSecurity
 
 TAIL_ROLES = ("events", "incidents", "rates", "dlq")
 
@@ -58,11 +59,17 @@ def send(target: str, url: str, secret: str | None, timeout: float = 10.0) -> in
 
 
 async def _tail(
-    bootstrap: str, topic: str, from_beginning: bool, limit: int | None, idle: float | None
+    bootstrap: str,
+    topic: str,
+    from_beginning: bool,
+    limit: int | None,
+    idle: float | None,
+    security: KafkaSecurity,
 ) -> int:
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
+        **security.client_options(),
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",  # only what cfn committed, never aborted writes
@@ -106,9 +113,12 @@ def tail(
     from_beginning: bool = False,
     limit: int | None = None,
     idle: float | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> int:
     """Pretty-print records of one of cfn's output topics as they arrive (Ctrl-C stops)."""
     try:
-        return asyncio.run(_tail(bootstrap, topic_names(prefix)[role], from_beginning, limit, idle))
+        return asyncio.run(
+            _tail(bootstrap, topic_names(prefix)[role], from_beginning, limit, idle, security)
+        )
     except KeyboardInterrupt:
         return 0

@@ -7,10 +7,11 @@ import logging
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError, for_code
 from aiokafka.structs import TopicPartition
 
 from cfn import internals
+from cfn.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +64,16 @@ async def ensure_topics(
     partitions: int,
     replication: int,
     timeout_ms: int = 10_000,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> list[str]:
     """Create each (role, name) topic that does not exist yet; return the names created.
 
     An existing topic is left as it is (its partition count is the operator's decision), but a
     mismatch is logged, because keyed co-partitioning depends on it.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **security.client_options()
+    )
     await admin.start()
     created: list[str] = []
     try:
@@ -77,20 +81,29 @@ async def ensure_topics(
         for role, name in topics:
             if name in existing:
                 continue
-            try:
-                await admin.create_topics(
-                    [
-                        NewTopic(
-                            name,
-                            partitions,
-                            replication,
-                            topic_configs=topic_config(role, replication),
-                        )
-                    ]
-                )
-                created.append(name)
-            except TopicAlreadyExistsError:
-                pass
+            response = await admin.create_topics(
+                [
+                    NewTopic(
+                        name,
+                        partitions,
+                        replication,
+                        topic_configs=topic_config(role, replication),
+                    )
+                ]
+            )
+            # The admin client returns the broker's verdict per topic; it raises nothing.
+            for verdict in response.topic_errors:
+                code = verdict[1]
+                if code == 0:
+                    created.append(name)
+                elif code == TopicAuthorizationFailedError.errno:
+                    raise TopicAuthorizationFailedError(
+                        f"{name} is not visible to this principal (DESCRIBE) and it may not "
+                        "create it (CREATE): grant DESCRIBE, and create the topic beforehand"
+                    )
+                elif code != TopicAlreadyExistsError.errno:  # another process was first: fine
+                    message = verdict[2] if len(verdict) > 2 and verdict[2] else ""
+                    raise for_code(code)(f"creating {name}: {message}".rstrip(": "))
         if created:
             await _visible(admin, created, timeout_ms / 1000)
     finally:

@@ -17,6 +17,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from cfn.access import AccessDenied, denial
+from cfn.access import probe as probe_kafka
 from cfn.health import Reachability
 from cfn.ingest.auth import DEFAULT_TENANT, SecretIndex, SecretsError
 from cfn.ingest.metrics import IngestMetrics
@@ -87,6 +89,9 @@ class IngestApp:
         self.kafka_ready = False
         self.reachability = Reachability(log, registry)
         self._connected = False
+        # What a webhook gets before the first connection: 503 while Kafka is not up, 500 (an
+        # operator must act) while it refuses this ingest (login, certificate, ACL).
+        self._unconnected = NOT_CONNECTED
         # sink.replacements when the current outage began; -1 while Kafka is reachable
         self._replaced_before_outage = -1
         self._inflight = 0
@@ -225,7 +230,7 @@ class IngestApp:
     ) -> SendResult:
         """Keep the exact bytes in the raw topic, keyed by incident; ACKED once Kafka has them."""
         if not self._connected:
-            return NOT_CONNECTED
+            return self._unconnected
         headers = [
             ("cfn-tenant", tenant.encode()),
             ("cfn-received-at", b"%d" % received_at),
@@ -271,7 +276,7 @@ class IngestApp:
             raw_size=len(body),
         )
         if not self._connected:
-            await self._kafka_failed(send, NOT_CONNECTED)
+            await self._kafka_failed(send, self._unconnected)
             return
         result = await self.sink.send(
             self.settings.dlq_topic,
@@ -388,8 +393,11 @@ class IngestApp:
     async def _connect_loop(self) -> None:
         """Create topics and start the producer, retrying until Kafka answers; then keep
         `/readyz`, `cfn_kafka_up` and the producer current. Until connected, webhooks get 503
-        (Cloudflare retries them)."""
+        (Cloudflare retries them), or 500 naming the cause while Kafka refuses this ingest (a
+        failed login, an untrusted certificate, a missing ACL): retrying cures none of those,
+        but the loop goes on, so a fix (an ACL granted) is picked up without a restart."""
         settings = self.settings
+        attempt = 0
         while not self._connected:
             try:
                 await ensure_topics(
@@ -397,16 +405,33 @@ class IngestApp:
                     [("raw", settings.raw_topic), ("dlq", settings.dlq_topic)],
                     settings.partitions,
                     settings.replication,
+                    security=settings.security,
                 )
                 await self.sink.start()
                 self._connected = True
             except Exception as exc:  # Kafka not there yet: the reachability log says so once
-                self.reachability.report(False, type(exc).__name__)
                 await self.sink.stop()
+                refused = denial(exc, "ingest")
+                if refused is None and attempt % 10 == 0:
+                    try:  # aiokafka words a failed login or TLS check as "Unable to bootstrap"
+                        await probe_kafka(settings.bootstrap, settings.security)
+                    except AccessDenied as found:
+                        refused = found
+                if refused is not None:
+                    self._refused(refused)
+                elif attempt % 10 == 0:
+                    self._unconnected = NOT_CONNECTED
+                self.reachability.report(False, type(exc).__name__)
+                attempt += 1
                 await asyncio.sleep(1.0)
         while True:
             await self.check_kafka()
             await asyncio.sleep(PROBE_INTERVAL)
+
+    def _refused(self, refused: AccessDenied) -> None:
+        if self._unconnected.outcome is not Outcome.PERMANENT:
+            log.error("%s", refused)  # once per change: the reachability line follows
+        self._unconnected = SendResult(Outcome.PERMANENT, refused.cause)
 
     async def check_kafka(self) -> None:
         """One probe: can the ingest write to the raw topic now? Updates `/readyz` and

@@ -59,6 +59,7 @@ def create_app() -> IngestApp:
         ack_timeout=settings.ack_timeout,
         linger_ms=settings.linger_ms,
         compression=settings.compression,
+        security=settings.security,
     )
     return IngestApp(settings, secrets, sink, CollectorRegistry())
 
@@ -101,5 +102,9 @@ def serve(workers: int = 1, allow_unauthenticated: bool = False) -> int:
         # silent sockets locked every client out. In-flight requests are capped by the app
         # (429), heads by size and time (ingest/protocol.py), bodies by CFN_INGEST_BODY_TIMEOUT.
         limit_concurrency=None,
+        # HTTPS when CFN_INGEST_TLS_CERTFILE/_KEYFILE are set: TLS is the transport's, so the
+        # protocol's head and body guards apply to the decrypted stream unchanged.
+        ssl_certfile=None if settings.tls_certfile is None else str(settings.tls_certfile),
+        ssl_keyfile=None if settings.tls_keyfile is None else str(settings.tls_keyfile),
     )
     return 0

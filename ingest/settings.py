@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cfn.config import COMPRESSIONS, Env, topic_names
+from cfn.config import COMPRESSIONS, ConfigError, Env, topic_names
+from cfn.security import PLAINTEXT, KafkaSecurity
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class IngestSettings:
     partitions: int = 12
     replication: int = 1
     retry_after: int = 5
+    security: KafkaSecurity = PLAINTEXT
+    tls_certfile: Path | None = None  # HTTPS at the ingest itself (no proxy in front)
+    tls_keyfile: Path | None = None
 
     @functools.cached_property
     def raw_topic(self) -> str:  # read per request: computed once
@@ -43,7 +48,8 @@ class IngestSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> IngestSettings:
-        env = Env(os.environ if environ is None else environ)
+        environ = os.environ if environ is None else environ
+        env = Env(environ)
         secrets_file = env.raw("CFN_INGEST_SECRETS_FILE")
         return cls(
             host=env.text("CFN_INGEST_HOST", cls.host),
@@ -64,4 +70,34 @@ class IngestSettings:
             compression=env.choice("CFN_INGEST_COMPRESSION", cls.compression, COMPRESSIONS),
             partitions=env.integer("CFN_PARTITIONS", cls.partitions, minimum=1),
             replication=env.integer("CFN_REPLICATION", cls.replication, minimum=1),
-        )
+            security=KafkaSecurity.from_env(environ),
+            tls_certfile=_tls_file(env, "CFN_INGEST_TLS_CERTFILE"),
+            tls_keyfile=_tls_file(env, "CFN_INGEST_TLS_KEYFILE"),
+        )._checked()
+
+    def _checked(self) -> IngestSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            missing = (
+                "CFN_INGEST_TLS_KEYFILE" if self.tls_keyfile is None else "CFN_INGEST_TLS_CERTFILE"
+            )
+            raise ConfigError(f"{missing} is required with the other one (HTTPS)")
+        if self.tls_certfile is not None and self.tls_keyfile is not None:
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                    str(self.tls_certfile), str(self.tls_keyfile)
+                )
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(
+                    "CFN_INGEST_TLS_CERTFILE / CFN_INGEST_TLS_KEYFILE: not a PEM certificate "
+                    f"and its key ({exc})"
+                ) from None
+        return self
+
+
+def _tls_file(env: Env, name: str) -> Path | None:
+    value = env.raw(name)
+    if value is None:
+        return None
+    if not Path(value).is_file():
+        raise ConfigError(f"{name}: no such file {value}")
+    return Path(value)

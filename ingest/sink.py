@@ -25,6 +25,7 @@ from aiokafka.structs import TopicPartition
 
 from cfn import internals
 from cfn.partition import default_partitioner, partition_for
+from cfn.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ class KafkaSink:
         compression: str = "lz4",
         max_request_size: int = 2 * 1024 * 1024,
         sweep_interval: float = 0.02,
+        security: KafkaSecurity = PLAINTEXT,
     ) -> None:
         self.ack_timeout = ack_timeout
         self.sweep_interval = sweep_interval
@@ -161,6 +163,7 @@ class KafkaSink:
             "request_timeout_ms": max(1000, int(ack_timeout * 1000)),
             "client_id": "cfn-ingest",
             "partitioner": default_partitioner,  # aiokafka's placement, a faster murmur2
+            **security.client_options(),
         }
         # The producer writes go to; None while a replacement is starting.
         self._producer: AIOKafkaProducer | None = None

@@ -39,6 +39,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from cfn import internals
+from cfn.access import AccessDenied, denial
 from cfn.partition import partition_for
 from cfn.processors.pipeline import Output, Pipeline, header_map
 from cfn.processors.settings import WorkerSettings
@@ -155,6 +156,9 @@ class Engine:
         self.rate_topic = settings.topic("rate-input")
         outputs = ("events", "incidents", "incident-state", "rates", "dlq", "rate-input")
         self.topics = {role: settings.topic(role) for role in outputs}
+        self.denied: AccessDenied | None = None  # Kafka refused a permission: the worker stops
+        self._stop: asyncio.Event | None = None
+        self._client_options = settings.security.client_options()  # one TLS context for all
         self.tasks: dict[int, Task] = {}
         self.metrics = pipeline.metrics
         self.ready = False
@@ -178,6 +182,7 @@ class Engine:
         session_ms = int(s.session_timeout * 1000)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap,
+            **self._client_options,
             group_id=s.app_id,
             client_id=f"{s.app_id}-worker",
             enable_auto_commit=False,
@@ -224,6 +229,7 @@ class Engine:
         s = self.settings
         return AIOKafkaProducer(
             bootstrap_servers=s.bootstrap,
+            **self._client_options,
             client_id=f"{s.app_id}-task-{partition}",
             transactional_id=f"{s.app_id}-task-{partition}",
             transaction_timeout_ms=60_000,
@@ -242,9 +248,15 @@ class Engine:
         s = self.settings
         wait_ms = int(max(0.01, min(s.commit_interval, s.tick_interval)) * 1000)
         next_tick = next_commit = time.monotonic()
+        self._stop = stop
         try:
             while not stop.is_set():
-                batch = await self.consumer.getmany(timeout_ms=wait_ms, max_records=MAX_RECORDS)
+                try:
+                    batch = await self.consumer.getmany(timeout_ms=wait_ms, max_records=MAX_RECORDS)
+                except KafkaError as exc:  # the group or an input topic refused to this worker
+                    if self._refused(exc):
+                        break
+                    raise
                 async with self._lock:
                     for tp, records in batch.items():
                         await self._guarded(tp.partition, self._process, tp, records)
@@ -445,6 +457,7 @@ class Engine:
         except (TimeoutError, KafkaError, IllegalOperation) as exc:
             # IllegalOperation: aiokafka's word for "this producer's transaction is gone", e.g.
             # after it was fenced. Anything else is a bug in cfn and stops the worker.
+            self._refused(exc)
             task = self.tasks.pop(partition, None)
             if task is None:
                 return
@@ -521,6 +534,8 @@ class Engine:
                 await self._open_tasks(partitions)
                 return True
             except (TimeoutError, KafkaError, IllegalOperation, OSError) as exc:
+                if self._refused(exc):
+                    return False
                 if time.monotonic() >= deadline or self._closing:
                     log.warning(
                         "could not open tasks %s (%s); asking the group to rebalance",
@@ -531,6 +546,19 @@ class Engine:
                     internals.request_rejoin(self.consumer)
                     return False
                 await asyncio.sleep(ASSIGN_RETRY)
+
+    def _refused(self, exc: BaseException) -> bool:
+        """A refusal no retry cures (a missing ACL): remember it, say it once, and stop the
+        worker, whose exit names it, instead of retrying for ever. True if `exc` was one."""
+        refused = denial(exc, "worker")
+        if refused is None:
+            return False
+        if self.denied is None:
+            self.denied = refused
+            log.error("%s; stopping", refused)
+        if self._stop is not None:
+            self._stop.set()
+        return True
 
     async def _open_tasks(self, partitions: list[int]) -> None:
         """Fence, restore, seek: the order matters (see the module docstring)."""
@@ -575,6 +603,7 @@ class Engine:
         tps = [TopicPartition(topic, p) for topic in by_topic for p in partitions]
         reader = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap,
+            **self._client_options,
             group_id=None,
             enable_auto_commit=False,
             isolation_level="read_committed",

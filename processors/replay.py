@@ -144,6 +144,7 @@ async def _read(
     topic = settings.topic("raw")
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap,
+        **settings.security.client_options(),
         enable_auto_commit=False,
         group_id=None,
         isolation_level="read_committed",
@@ -335,9 +336,19 @@ async def _write(
     tombstones, which cfn.incident-state needs)."""
     target = dataclasses.replace(settings, topic_prefix=prefix)
     roles = [(role, target.topic(role)) for role in output_roles()]
-    await ensure_topics(settings.bootstrap, roles, settings.partitions, settings.replication)
+    await ensure_topics(
+        settings.bootstrap,
+        roles,
+        settings.partitions,
+        settings.replication,
+        security=settings.security,
+    )
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        bootstrap_servers=settings.bootstrap,
+        **settings.security.client_options(),
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
     )
     report = progress("write", len(outputs))
     await producer.start()
@@ -392,9 +403,9 @@ def run_replay(
     Returns:
         The exit status: 0 done (or nothing to do), 1 declined, 2 bad arguments.
     """
-    settings = WorkerSettings.from_env(environ)
     err = sys.stderr if err is None else err
     try:
+        settings = WorkerSettings.from_env(environ)  # ConfigError is a ValueError
         prefix = choose_prefix(settings.topic_prefix, output, live)
         first = Bound.parse(start)
         last = Bound.parse(stop) if stop else None

@@ -13,6 +13,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from cfn import internals
+from cfn.access import AccessDenied, denial
+from cfn.access import probe as probe_kafka
 from cfn.config import ConfigError, topic_names
 from cfn.health import Reachability, quiet_client_logs
 from cfn.processors.clock import wall_clock
@@ -93,7 +95,7 @@ def run() -> int:
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(serve(settings))
-    except KafkaUnreachable as exc:
+    except (KafkaUnreachable, AccessDenied) as exc:
         print(f"cfn worker: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -122,9 +124,17 @@ async def serve(settings: WorkerSettings) -> None:
     )
     probe: asyncio.Task[None] | None = None
     try:
-        await engine.start()
+        try:
+            await engine.start()
+        except Exception as exc:
+            refused = denial(exc, "worker")
+            if refused is None:
+                raise
+            raise refused from None
         probe = asyncio.create_task(watch_kafka(engine, reachability, stop))
         await engine.run(stop)
+        if engine.denied is not None:
+            raise engine.denied
     finally:
         if probe is not None:
             probe.cancel()
@@ -151,10 +161,22 @@ async def _ensure(settings: WorkerSettings) -> None:
     for attempt in range(120):
         try:
             await ensure_topics(
-                settings.bootstrap, roles, settings.partitions, settings.replication
+                settings.bootstrap,
+                roles,
+                settings.partitions,
+                settings.replication,
+                security=settings.security,
             )
             return
-        except Exception as exc:  # Kafka not reachable yet
+        except Exception as exc:  # Kafka not reachable yet, or refusing this worker for good
+            refused = denial(exc, "worker")
+            if refused is None and attempt % 10 == 0:
+                try:  # aiokafka words a failed login or TLS check as "Unable to bootstrap"
+                    await probe_kafka(settings.bootstrap, settings.security)
+                except AccessDenied as found:
+                    refused = found
+            if refused is not None:
+                raise refused from None
             if attempt % 10 == 0:
                 log.warning("waiting for Kafka at %s (%s)", settings.bootstrap, type(exc).__name__)
             await asyncio.sleep(1.0)

@@ -1,0 +1,113 @@
+"""Refusals no retry can cure: a failed login, an untrusted certificate, a missing ACL.
+
+aiokafka reports all of them at bootstrap as "Unable to bootstrap", the same words as for a
+broker that is not up yet, and a missing ACL as one of several authorization errors. cfn's
+processes must tell the two kinds apart: a broker that is away is waited for (503 at the ingest,
+a quiet worker), a refusal is an operator's to fix, so it is named once, in words that say what
+to change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+from aiokafka import errors as Errors
+from aiokafka.conn import create_conn
+
+from cfn.security import KafkaSecurity
+
+# What each authorization error means for cfn's roles (see `cfn acls`).
+_REFUSED: dict[type[Exception], str] = {
+    Errors.TopicAuthorizationFailedError: "a topic",
+    Errors.GroupAuthorizationFailedError: "the consumer group",
+    Errors.TransactionalIdAuthorizationFailed: "the transactional ids",
+    Errors.ClusterAuthorizationFailedError: "a cluster operation",
+}
+
+
+class AccessDenied(Exception):
+    """Kafka refused this client for good: the message says what, and what to grant or fix;
+    `cause` is the error's class name (for metrics labels: never secret)."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+def denial(exc: BaseException, role: str) -> AccessDenied | None:
+    """The refusal `exc` stands for, worded for an operator; None when `exc` is not one."""
+    if isinstance(exc, AccessDenied):
+        return exc
+    if isinstance(exc, Errors.SaslAuthenticationFailed | Errors.AuthenticationFailedError):
+        return AccessDenied(
+            f"Kafka refused the SASL login ({type(exc).__name__}): check "
+            "CFN_KAFKA_SASL_USERNAME, the password and CFN_KAFKA_SASL_MECHANISM",
+            type(exc).__name__,
+        )
+    for kind, what in _REFUSED.items():
+        if isinstance(exc, kind):
+            detail = str(exc).strip()
+            return AccessDenied(
+                f"Kafka refused access to {what} ({type(exc).__name__}"
+                + (f": {detail}" if detail else "")
+                + f"); the {role} needs the ACLs that `cfn acls --role {role}` prints",
+                type(exc).__name__,
+            )
+    return None
+
+
+async def probe(bootstrap: str, security: KafkaSecurity, timeout: float = 5.0) -> None:
+    """Connect once to each bootstrap address as cfn's clients do (TLS, then SASL).
+
+    Returns when one address accepts, or when none answers at all (not up yet: the caller
+    waits and tries again).
+
+    Raises:
+        AccessDenied: an address answered and refused: an untrusted certificate, a name
+            that does not match it, a TLS handshake with a listener that speaks none, or a
+            failed SASL login.
+    """
+    if security.protocol == "PLAINTEXT":
+        return
+    options = security.client_options()
+    refused: AccessDenied | None = None
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await create_conn(
+                    host.strip("[]"),
+                    int(port),
+                    client_id="cfn-probe",
+                    request_timeout_ms=int(timeout * 1000),
+                    ssl_context=options.get("ssl_context"),
+                    security_protocol=security.protocol,
+                    sasl_mechanism=options.get("sasl_mechanism"),
+                    sasl_plain_username=options.get("sasl_plain_username"),
+                    sasl_plain_password=options.get("sasl_plain_password"),
+                )
+        except ssl.SSLCertVerificationError as exc:
+            source = security.cafile or "the system's trust store"
+            refused = AccessDenied(
+                f"TLS: the certificate of {address} is not accepted with {source} "
+                f"({exc.verify_message}); set CFN_KAFKA_SSL_CAFILE to the CA that signed it",
+                type(exc).__name__,
+            )
+        except ssl.SSLError as exc:
+            refused = AccessDenied(
+                f"TLS: the handshake with {address} failed ({exc.reason}); is it a TLS "
+                "listener, and does it accept this client's certificate?",
+                type(exc).__name__,
+            )
+        except (Errors.SaslAuthenticationFailed, Errors.AuthenticationFailedError) as exc:
+            found = denial(exc, "client")
+            assert found is not None
+            refused = found
+        except (OSError, TimeoutError, Errors.KafkaError):
+            continue  # not answering (yet): nothing to conclude from this address
+        else:
+            conn.close()
+            return
+    if refused is not None:
+        raise refused
