@@ -100,8 +100,11 @@ class _RateLimit(logging.Filter):
 
 
 def quiet_client_logs(period: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-    """Rate-limit aiokafka's warnings and errors (see the module docstring). Idempotent."""
+    """Rate-limit aiokafka's warnings and errors (see the module docstring), and drop its
+    per-connection info lines ("Authenticated as ..." on every SASL connection). Idempotent."""
     logger = logging.getLogger("aiokafka")
+    if logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
     if not any(isinstance(f, _RateLimit) for f in logger.filters):
         limit = _RateLimit(period, clock)
         # Filters on a logger do not apply to its children's records: add it to each that logs.

@@ -106,9 +106,15 @@ def cfn_env(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 def start_ingest(
-    tmp: Path, bootstrap: str, prefix: str, env: Mapping[str, str], *args: str
+    tmp: Path,
+    bootstrap: str,
+    prefix: str,
+    env: Mapping[str, str],
+    *args: str,
+    wait_for: str = "/readyz",
 ) -> Process:
-    """Start `cfn ingest` on a free port and wait until /readyz answers 200."""
+    """Start `cfn ingest` on a free port and wait until `wait_for` (/readyz: ready to take
+    webhooks; /healthz: up, maybe not ready) answers 200."""
     port = free_port()
     process = Process(
         [sys.executable, "-m", "cfn", "ingest", *args],
@@ -125,7 +131,7 @@ def start_ingest(
         port=port,
     )
     process.start()
-    wait_ready(process, port, "/readyz")
+    wait_ready(process, port, wait_for)
     return process
 
 
