@@ -198,6 +198,7 @@ class Node:
     data_dir: Path
     process: subprocess.Popen[bytes] | None = None
     ssl_port: int | None = None  # the mTLS listener of a secure cluster
+    plaintext_port: int | None = None  # an open listener beside them (the bench's baseline)
 
     @property
     def log_file(self) -> Path:
@@ -216,6 +217,10 @@ class LocalKafka:
     first start, StandardAuthorizer with `admin` as the only user allowed anything until ACLs
     say otherwise. `users` are SCRAM users created, with random passwords, when the storage is
     formatted (quicker than `add_scram_user` later, which starts a JVM).
+
+    `plaintext_port` (secure only) adds an unauthenticated PLAINTEXT listener whose anonymous
+    clients are super users: `make bench` compares SASL_SSL with PLAINTEXT on one broker. Never
+    for anything but measurements on loopback.
     """
 
     data_dir: Path
@@ -226,6 +231,7 @@ class LocalKafka:
     secure: bool = False
     ssl_port: int | None = None
     users: tuple[str, ...] = ()
+    plaintext_port: int | None = None
     members: list[Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -238,6 +244,11 @@ class LocalKafka:
                 cport + i,
                 self.data_dir / f"node-{i + 1}",
                 ssl_port=sport + i if self.secure else None,
+                plaintext_port=(
+                    self.plaintext_port + i
+                    if self.secure and self.plaintext_port is not None
+                    else None
+                ),
             )
             for i in range(self.nodes)
         ]
@@ -246,6 +257,13 @@ class LocalKafka:
     def bootstrap(self) -> str:
         """The clients' bootstrap: PLAINTEXT, or SASL_SSL (SCRAM-SHA-512) when secure."""
         return ",".join(f"127.0.0.1:{n.port}" for n in self.members)
+
+    @property
+    def plaintext_bootstrap(self) -> str:
+        """The open PLAINTEXT listener of a secure cluster started with `plaintext_port`."""
+        if not self.secure or self.plaintext_port is None:
+            raise BrokerError("no open PLAINTEXT listener: start it with plaintext_port")
+        return ",".join(f"127.0.0.1:{n.plaintext_port}" for n in self.members)
 
     # -- the secure cluster: files, users, clients ---------------------------------------------
 
@@ -455,6 +473,16 @@ class LocalKafka:
         return "".join(f"{k}={v}\n" for k, v in lines.items())
 
     def _secure_properties(self, node: Node) -> dict[str, str]:
+        properties = self._locked_properties(node)
+        if node.plaintext_port is not None:
+            plain = f"PLAINTEXT://127.0.0.1:{node.plaintext_port}"
+            properties["listeners"] += f",{plain}"
+            properties["advertised.listeners"] += f",{plain}"
+            properties["listener.security.protocol.map"] += ",PLAINTEXT:PLAINTEXT"
+            properties["super.users"] += ";User:ANONYMOUS"
+        return properties
+
+    def _locked_properties(self, node: Node) -> dict[str, str]:
         tls = self.tls_dir
         return {
             "listeners": (

@@ -105,6 +105,30 @@ def test_quick_ingest_and_memory_sections(kafka: str, tmp_path: Path) -> None:
     assert "| Ingest req/s, 1 process(es)" in markdown
 
 
+@pytest.mark.broker
+def test_quick_security_section(tmp_path: Path) -> None:
+    """The SASL_SSL-against-PLAINTEXT section runs on its own secured broker and reports both
+    contenders and their ratios."""
+    sizes = dataclasses.replace(
+        Sizes.fast(), wrk_duration=1.0, wrk_connections=16, pipeline_n=10_000
+    )
+    results = run_bench(
+        sizes, ["security"], out_dir=tmp_path, command="pytest tests/test_bench_smoke.py"
+    )
+    security = results["sections"]["security"]
+    assert "error" not in security, security.get("traceback")
+    ingest, worker = security["ingest"], security["worker"]
+    for name in ("plaintext", "sasl_ssl"):
+        (run,) = [r[name] for r in ingest["runs"]]
+        assert positive(run["ok_rps"]) and run["non_2xx"] == 0, run
+        assert positive(worker[f"{name}_eps"])
+    assert positive(ingest["ratio_sasl_ssl_vs_plaintext"])
+    assert positive(worker["ratio_sasl_ssl_vs_plaintext"])
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| Ingest req/s over SASL_SSL (SCRAM) vs PLAINTEXT" in markdown
+    assert "### Security detail" in markdown
+
+
 def test_latency_reports_the_run_with_the_median_tail() -> None:
     runs = [{"p99_ms": 900.0, "n": 1}, {"p99_ms": 12.0, "n": 2}, {"p99_ms": 15.0, "n": 3}]
     assert median_run(runs) == {"p99_ms": 15.0, "n": 3}

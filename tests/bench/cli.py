@@ -31,6 +31,10 @@ def _runner(section: str, e2e_rate: float | None) -> Callable[[Context], dict[st
         from tests.bench.e2e_bench import run_e2e
 
         return lambda ctx: run_e2e(ctx, e2e_rate)
+    if section == "security":
+        from tests.bench.security_bench import run_security
+
+        return run_security
     from tests.bench.memory_bench import run_memory
 
     return run_memory
@@ -38,7 +42,7 @@ def _runner(section: str, e2e_rate: float | None) -> Callable[[Context], dict[st
 
 @contextlib.contextmanager
 def _maybe_broker(tmp: Path, sections: Sequence[str], existing: str | None) -> Iterator[str]:
-    if all(s == "memory" for s in sections):
+    if all(s in ("memory", "security") for s in sections):  # these bring their own or none
         yield ""
         return
     with kafka_broker(tmp, existing) as bootstrap:

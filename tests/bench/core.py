@@ -19,7 +19,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCH_DIR = Path(__file__).resolve().parent
 SECRET = "bench-webhook-secret"
-SECTIONS = ("ingest", "pipeline", "e2e", "memory")
+SECTIONS = ("ingest", "pipeline", "e2e", "memory", "security")
 
 # Latency is measured at this fraction of the slowest peak measured in the same invocation. The
 # fixed-rate load generators are Python processes sharing the 2 cores with the broker and the

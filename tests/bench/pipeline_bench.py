@@ -371,10 +371,14 @@ def run_bare(ctx: Context, pre: Prefilled, app_id: str) -> dict[str, Any]:
     return result
 
 
-def run_one(ctx: Context, pre: Prefilled, app_id: str) -> dict[str, Any]:
+def run_one(
+    ctx: Context, pre: Prefilled, app_id: str, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """One `cfn worker` through the pre-filled topic; `env` adds to (or overrides, e.g. the
+    bootstrap and security settings) its environment."""
     _fresh_group(ctx, pre, app_id)
     started = time.monotonic()
-    process = _start_cfn(ctx, pre, app_id)
+    process = _start_cfn(ctx, pre, app_id, env)
     try:
         samples = _watch_single(ctx, pre, app_id, process)
     finally:

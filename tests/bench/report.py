@@ -143,6 +143,7 @@ def render_md(results: dict[str, Any]) -> str:
     lines += _pipeline_detail(sections.get("pipeline"))
     lines += _e2e_detail(sections.get("e2e"))
     lines += _memory_detail(sections.get("memory"), sections.get("pipeline"))
+    lines += _security_detail(sections.get("security"))
     lines += _machine(results["machine"])
     return "\n".join(lines) + "\n"
 
@@ -230,6 +231,19 @@ def _summary_rows(sections: dict[str, Any]) -> list[str]:
                 f"| End to end ms, p50 / p99 at a light {_num(light['rate'])} POST/s "
                 f"| {_num(light['p50_ms'])} / {_num(light['p99_ms'])} | | | | |"
             )
+    security = sections.get("security")
+    if security:
+        ingest, worker = security["ingest"], security["worker"]
+        rows.append(
+            f"| Ingest req/s over SASL_SSL (SCRAM) vs PLAINTEXT, 1 process "
+            f"| {_num(ingest['sasl_ssl_rps'])} | {_num(ingest['plaintext_rps'])} "
+            f"| {_num(ingest['ratio_sasl_ssl_vs_plaintext'], 2)} | | |"
+        )
+        rows.append(
+            f"| Worker events/s over SASL_SSL (SCRAM) vs PLAINTEXT "
+            f"| {_num(worker['sasl_ssl_eps'])} | {_num(worker['plaintext_eps'])} "
+            f"| {_num(worker['ratio_sasl_ssl_vs_plaintext'], 2)} | | |"
+        )
     memory = sections.get("memory")
     if memory:
         base = memory["dict"]
@@ -432,6 +446,32 @@ def _memory_detail(memory: dict[str, Any] | None, pipeline: dict[str, Any] | Non
         f"{_num(memory['correlate']['ratio_speed_vs_dict'], 2)}." + real,
         "",
     ]
+
+
+def _security_detail(security: dict[str, Any] | None) -> list[str]:
+    if not security:
+        return []
+    ingest, worker = security["ingest"], security["worker"]
+    runs = ", ".join(
+        _num(ratio_of(r["sasl_ssl"]["ok_rps"], r["plaintext"]["ok_rps"]), 2) for r in ingest["runs"]
+    )
+    return [
+        "### Security detail",
+        "",
+        f"{security['mechanism']}, against an open PLAINTEXT listener of the same broker (same "
+        "JVM, disk and log). Ingest: one `cfn ingest` process per listener, wrk at fixed "
+        f"concurrency, rounds alternating; ratio per round {runs}. Server CPU per request: "
+        f"{_num(ingest['sasl_ssl_cpu_us_per_request'])} us over SASL_SSL, "
+        f"{_num(ingest['plaintext_cpu_us_per_request'])} us over PLAINTEXT. Worker: one "
+        f"`cfn worker` over each listener through the same {_num(worker['n'])} pre-filled "
+        "records (a fresh group each run); committed events/s ratio "
+        f"{_num(worker['ratio_committed_sasl_ssl_vs_plaintext'], 2)}.",
+        "",
+    ]
+
+
+def ratio_of(a: Any, b: Any) -> float | None:
+    return None if not a or not b else float(a) / float(b)
 
 
 def _machine(machine: dict[str, Any]) -> list[str]:
