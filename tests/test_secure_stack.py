@@ -209,6 +209,18 @@ def test_a_worker_missing_one_acl_exits_at_start_naming_it(
     assert "cfn acls --role worker" in output
 
 
+def test_a_worker_that_may_not_create_a_missing_topic_exits_naming_it(
+    secure_kafka: LocalKafka, tmp_path: Path
+) -> None:
+    prefix, app_id = names()  # nothing provisioned: cfn's principal may not create topics
+    secure_kafka.apply_acls(role_acls("worker", "User:alice", prefix, app_id))
+    output = worker_refused(
+        secure_kafka, tmp_path, scram_env(secure_kafka, "alice"), prefix, app_id
+    )
+    assert "is not visible to this principal (DESCRIBE) and it may not create it" in output
+    assert f"{prefix}" in output, output[-3000:]
+
+
 def test_a_wrong_password_or_an_untrusted_ca_stops_the_worker_with_the_reason(
     secure_kafka: LocalKafka, tmp_path: Path
 ) -> None:
@@ -255,6 +267,13 @@ def test_an_ingest_refused_by_kafka_answers_500_with_the_cause_and_counts_it(
             ingest.port,
             'cfn_ingest_kafka_errors_total{cause="TopicAuthorizationFailedError",kind="permanent"}',
         )
+        # The operator grants the missing ACL: the same process takes webhooks again.
+        secure_kafka.apply_acls(role_acls("ingest", "User:alice", prefix, app_id))
+        deadline = time.monotonic() + 60
+        while (fixed := post(ingest.port, encode(alert())))[0] != 202:
+            assert fixed[0] in (500, 503), fixed
+            assert time.monotonic() < deadline, ingest.output[-3000:]
+            time.sleep(0.5)
     finally:
         ingest.stop()
     assert status == 500 and "TopicAuthorizationFailedError" in body["message"], body
