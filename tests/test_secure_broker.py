@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 import ssl
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +26,10 @@ from aiokafka.errors import (
 
 from cfn.acls import Acl
 from cfn.broker import BrokerError, LocalKafka, connection_help
+from cfn.security import KafkaSecurity
+from tests.conftest import free_ports
 from tests.kafka_util import run
+from tests.services import cfn_env
 
 pytestmark = pytest.mark.broker
 
@@ -229,3 +237,47 @@ def test_plaintext_cluster_has_no_security_api(tmp_path: Any) -> None:
     assert "SASL_SSL" not in plain._properties(plain.members[0])
     with pytest.raises(BrokerError):
         _ = plain.ca_file
+
+
+def test_cfn_broker_secure_prints_settings_that_connect(tmp_path: Path) -> None:
+    """`cfn broker --secure` as a user runs it: the exports it prints are enough for a cfn
+    client to log in; no password is printed; SIGTERM stops it cleanly."""
+    port, ssl_port = free_ports(2)
+    command = [
+        sys.executable, "-m", "cfn", "broker", "--secure", "--port", str(port),
+        "--ssl-port", str(ssl_port), "--data-dir", str(tmp_path / "kafka"),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cfn_env({})
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not any("CFN_KAFKA_SSL_CAFILE=" in line for line in lines):
+            assert time.monotonic() < deadline and process.poll() is None, "".join(lines)
+            lines.append(process.stdout.readline())
+        exports = dict(
+            line.split("export ", 1)[1].strip().split("=", 1) for line in lines if "export " in line
+        )
+        security = KafkaSecurity.from_env(exports)
+
+        async def topics() -> set[str]:
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=exports["CFN_KAFKA_BOOTSTRAP"], **security.client_options()
+            )
+            await admin.start()
+            try:
+                return set(await admin.list_topics())
+            finally:
+                await admin.close()
+
+        assert isinstance(run(topics()), set)
+        password = Path(exports["CFN_KAFKA_SASL_PASSWORD_FILE"]).read_text().strip()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=60)
+    output = "".join(lines) + rest
+    assert process.returncode == 0, output[-2000:]
+    assert password and password not in output
+    assert "cfn broker: stopped" in output
