@@ -41,7 +41,7 @@ PROMETHEUS = DEPLOY / "prometheus"
 PROMETHEUS_CONFIG = PROMETHEUS / "prometheus.yml"
 PROMTOOL_TESTS = sorted((PROMETHEUS / "tests").glob("*.yml"))
 GRAFANA = DEPLOY / "grafana"
-K8S = DEPLOY / "k8s"
+K8S = DEPLOY / "k8s" / "base"
 K8S_MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
 COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
