@@ -13,7 +13,7 @@ import asyncio
 import ssl
 
 from aiokafka import errors as Errors
-from aiokafka.conn import create_conn
+from aiokafka.conn import collect_hosts, create_conn
 
 from cfn.security import KafkaSecurity
 
@@ -39,6 +39,12 @@ def denial(exc: BaseException, role: str) -> AccessDenied | None:
     """The refusal `exc` stands for, worded for an operator; None when `exc` is not one."""
     if isinstance(exc, AccessDenied):
         return exc
+    if isinstance(exc, Errors.UnsupportedSaslMechanismError):
+        return AccessDenied(
+            f"Kafka does not offer this SASL mechanism ({exc}): check CFN_KAFKA_SASL_MECHANISM "
+            "against the listener's sasl.enabled.mechanisms",
+            type(exc).__name__,
+        )
     if isinstance(exc, Errors.SaslAuthenticationFailed | Errors.AuthenticationFailedError):
         return AccessDenied(
             f"Kafka refused the SASL login ({type(exc).__name__}): check "
@@ -72,13 +78,17 @@ async def probe(bootstrap: str, security: KafkaSecurity, timeout: float = 5.0) -
         return
     options = security.client_options()
     refused: AccessDenied | None = None
-    for address in bootstrap.split(","):
-        host, _, port = address.strip().rpartition(":")
+    try:  # as the clients read it (a missing port is 9092); theirs is the error to report
+        hosts = collect_hosts(bootstrap, randomize=False)
+    except (ValueError, TypeError):
+        return
+    for host, port, _family in hosts:
+        address = f"{host}:{port}"
         try:
             async with asyncio.timeout(timeout):
                 conn = await create_conn(
-                    host.strip("[]"),
-                    int(port),
+                    host,
+                    port,
                     client_id="cfn-probe",
                     request_timeout_ms=int(timeout * 1000),
                     ssl_context=options.get("ssl_context"),
@@ -94,16 +104,34 @@ async def probe(bootstrap: str, security: KafkaSecurity, timeout: float = 5.0) -
                 f"({exc.verify_message}); set CFN_KAFKA_SSL_CAFILE to the CA that signed it",
                 type(exc).__name__,
             )
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            continue  # closed mid-handshake: what a broker going down looks like
         except ssl.SSLError as exc:
             refused = AccessDenied(
                 f"TLS: the handshake with {address} failed ({exc.reason}); is it a TLS "
                 "listener, and does it accept this client's certificate?",
                 type(exc).__name__,
             )
-        except (Errors.SaslAuthenticationFailed, Errors.AuthenticationFailedError) as exc:
+        except (
+            Errors.SaslAuthenticationFailed,
+            Errors.AuthenticationFailedError,
+            Errors.UnsupportedSaslMechanismError,
+        ) as exc:
             found = denial(exc, "client")
             assert found is not None
             refused = found
+        except Errors.KafkaConnectionError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, ssl.SSLError) and "ALERT" in str(cause.reason or ""):
+                # TLS 1.3 sends a refused client certificate after the handshake: the first
+                # request finds the connection closed by the server's alert.
+                refused = AccessDenied(
+                    f"TLS: {address} closed the connection after the handshake ({cause}); "
+                    "does it require a client certificate (CFN_KAFKA_SSL_CERTFILE / _KEYFILE) "
+                    "that it accepts?",
+                    "SSLError",
+                )
+            continue
         except (OSError, TimeoutError, Errors.KafkaError):
             continue  # not answering (yet): nothing to conclude from this address
         else:

@@ -7,6 +7,9 @@ cfn reaches past the public APIs where they lack what it needs:
   records are failed at once instead of retried forever;
 * the producer's sender task (`_sender.sender_task`): when it has died the producer is dead for
   good, and nothing public says so;
+* a transactional producer's transaction manager (`_txn_manager._transaction_waiter`): the
+  error that broke the transaction (a refused topic), which later steps report only as
+  IllegalOperation;
 * the consumer's client (`_client`): a fresh metadata round trip (the consumer's own view is
   lazy);
 * the consumer's group coordinator (`_coordinator`): the committed offsets of many partitions in
@@ -65,6 +68,11 @@ def check_producer(producer: Any) -> None:
     _need(producer, "client.cluster.add_listener", "AIOKafkaProducer")
 
 
+def check_transactional(producer: Any) -> None:
+    """The transaction manager internal the worker reads exists on a transactional producer."""
+    _need(producer, "_txn_manager._transaction_waiter", "AIOKafkaProducer (transactional)")
+
+
 def check_consumer(consumer: Any) -> None:
     """Every consumer internal cfn uses exists on `consumer` (after start: the coordinator)."""
     _need(consumer, "_client.fetch_all_metadata", "AIOKafkaConsumer")
@@ -107,6 +115,18 @@ def sender_alive(producer: Any) -> bool:
     """False once the producer's background sender has stopped (it never restarts)."""
     task = getattr(producer._sender, "sender_task", None)
     return task is None or not task.done()
+
+
+def transaction_error(producer: Any) -> BaseException | None:
+    """What broke a transactional producer's current transaction, e.g. a topic it may not
+    write (AddPartitionsToTxn refused): aiokafka keeps it in its transaction manager and
+    reports every later step only as IllegalOperation. None when nothing did."""
+    manager = getattr(producer, "_txn_manager", None)
+    waiter = getattr(manager, "_transaction_waiter", None)
+    if waiter is None or not waiter.done() or waiter.cancelled():
+        return None
+    error: BaseException | None = waiter.exception()
+    return error
 
 
 def abandon(producer: Any, exc: BaseException) -> None:

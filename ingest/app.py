@@ -412,15 +412,16 @@ class IngestApp:
             except Exception as exc:  # Kafka not there yet: the reachability log says so once
                 await self.sink.stop()
                 refused = denial(exc, "ingest")
-                if refused is None and attempt % 10 == 0:
+                was_refused = self._unconnected.outcome is Outcome.PERMANENT
+                if refused is None and (was_refused or attempt % 10 == 0):
                     try:  # aiokafka words a failed login or TLS check as "Unable to bootstrap"
                         await probe_kafka(settings.bootstrap, settings.security)
                     except AccessDenied as found:
                         refused = found
                 if refused is not None:
                     self._refused(refused)
-                elif attempt % 10 == 0:
-                    self._unconnected = NOT_CONNECTED
+                elif was_refused or attempt % 10 == 0:
+                    self._unconnected = NOT_CONNECTED  # no refusal now: an outage, 503
                 self.reachability.report(False, type(exc).__name__)
                 attempt += 1
                 await asyncio.sleep(1.0)
@@ -429,8 +430,8 @@ class IngestApp:
             await asyncio.sleep(PROBE_INTERVAL)
 
     def _refused(self, refused: AccessDenied) -> None:
-        if self._unconnected.outcome is not Outcome.PERMANENT:
-            log.error("%s", refused)  # once per change: the reachability line follows
+        if self._unconnected != SendResult(Outcome.PERMANENT, refused.cause):
+            log.error("%s", refused)  # once per cause: the reachability line follows
         self._unconnected = SendResult(Outcome.PERMANENT, refused.cause)
 
     async def check_kafka(self) -> None:

@@ -6,7 +6,7 @@ import functools
 import os
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cfn.config import COMPRESSIONS, ConfigError, Env, topic_names
@@ -21,7 +21,7 @@ class IngestSettings:
     port: int = 8080
     bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = "cfn."
-    secret: str | None = None
+    secret: str | None = field(default=None, repr=False)  # never in a repr or a log
     secrets_file: Path | None = None
     max_body: int = 1024 * 1024
     ack_timeout: float = 3.0

@@ -227,7 +227,7 @@ class Engine:
 
     def _producer(self, partition: int) -> AIOKafkaProducer:
         s = self.settings
-        return AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             bootstrap_servers=s.bootstrap,
             **self._client_options,
             client_id=f"{s.app_id}-task-{partition}",
@@ -242,6 +242,8 @@ class Engine:
             # dozen events. Below the topics' max.message.bytes (1 MiB).
             max_batch_size=512 * 1024,
         )
+        internals.check_transactional(producer)
+        return producer
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll, process, tick and commit until `stop` is set; then commit and leave."""
@@ -457,7 +459,10 @@ class Engine:
         except (TimeoutError, KafkaError, IllegalOperation) as exc:
             # IllegalOperation: aiokafka's word for "this producer's transaction is gone", e.g.
             # after it was fenced. Anything else is a bug in cfn and stops the worker.
-            self._refused(exc)
+            task = self.tasks.get(partition)
+            cause = None if task is None else internals.transaction_error(task.producer)
+            if not self._refused(exc) and cause is not None:
+                self._refused(cause)
             task = self.tasks.pop(partition, None)
             if task is None:
                 return

@@ -32,6 +32,20 @@ def test_producer_internals_exist() -> None:
     asyncio.run(scenario())
 
 
+def test_transactional_producer_internals_exist() -> None:
+    async def scenario() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", transactional_id="t-0")
+        try:
+            internals.check_transactional(producer)
+            assert internals.transaction_error(producer) is None  # no transaction broke
+        finally:
+            await producer.stop()
+
+    asyncio.run(scenario())
+    with pytest.raises(internals.InternalsError, match=r"_txn_manager\._transaction_waiter"):
+        internals.check_transactional(object())
+
+
 def test_uvicorn_protocol_internals_exist() -> None:
     internals.check_protocol(GuardedHttpToolsProtocol)
 

@@ -10,6 +10,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from aiokafka.errors import (
 from cfn.acls import Acl
 from cfn.broker import BrokerError, LocalKafka, connection_help
 from cfn.security import KafkaSecurity
-from tests.conftest import free_ports
+from tests.conftest import free_port_block, free_ports
 from tests.kafka_util import run
 from tests.services import cfn_env
 
@@ -242,7 +243,8 @@ def test_plaintext_cluster_has_no_security_api(tmp_path: Any) -> None:
 def test_cfn_broker_secure_prints_settings_that_connect(tmp_path: Path) -> None:
     """`cfn broker --secure` as a user runs it: the exports it prints are enough for a cfn
     client to log in; no password is printed; SIGTERM stops it cleanly."""
-    port, ssl_port = free_ports(2)
+    port = free_port_block(1)  # its controller port (+10000) is free and in range too
+    (ssl_port,) = free_ports(1)
     command = [
         sys.executable, "-m", "cfn", "broker", "--secure", "--port", str(port),
         "--ssl-port", str(ssl_port), "--data-dir", str(tmp_path / "kafka"),
@@ -250,13 +252,16 @@ def test_cfn_broker_secure_prints_settings_that_connect(tmp_path: Path) -> None:
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cfn_env({})
     )
-    assert process.stdout is not None
+    stdout = process.stdout
+    assert stdout is not None
     lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")))
+    reader.start()  # a stalled broker fails the deadline below instead of a blocked read
     try:
         deadline = time.monotonic() + 120
-        while not any("CFN_KAFKA_SSL_CAFILE=" in line for line in lines):
+        while not any("CFN_KAFKA_SSL_CAFILE=" in line for line in list(lines)):
             assert time.monotonic() < deadline and process.poll() is None, "".join(lines)
-            lines.append(process.stdout.readline())
+            time.sleep(0.1)
         exports = dict(
             line.split("export ", 1)[1].strip().split("=", 1) for line in lines if "export " in line
         )
@@ -276,8 +281,10 @@ def test_cfn_broker_secure_prints_settings_that_connect(tmp_path: Path) -> None:
         password = Path(exports["CFN_KAFKA_SASL_PASSWORD_FILE"]).read_text().strip()
     finally:
         process.send_signal(signal.SIGTERM)
-        rest, _ = process.communicate(timeout=60)
-    output = "".join(lines) + rest
+        process.wait(timeout=60)
+        reader.join(timeout=30)
+        stdout.close()
+    output = "".join(lines)
     assert process.returncode == 0, output[-2000:]
     assert password and password not in output
     assert "cfn broker: stopped" in output

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from cfn.acls import changelog_topic, role_acls
 from cfn.broker import LocalKafka
@@ -207,6 +207,45 @@ def test_a_worker_missing_one_acl_exits_at_start_naming_it(
     )
     assert f"Kafka refused access to {named}" in output, output[-3000:]
     assert "cfn acls --role worker" in output
+
+
+def test_an_acl_removed_while_the_worker_runs_stops_it_naming_the_refusal(
+    secure_kafka: LocalKafka, tmp_path: Path
+) -> None:
+    """WRITE on cfn.events taken away: the next transaction that writes an event is refused
+    (aiokafka then reports only IllegalOperation; the cause is read from the transaction)."""
+    prefix, app_id = names()
+    provision(secure_kafka, prefix, app_id)
+    acls = role_acls("worker", "User:alice", prefix, app_id)
+    secure_kafka.apply_acls(acls)
+    worker = start_worker(
+        tmp_path,
+        secure_kafka.bootstrap,
+        prefix,
+        app_id,
+        scram_env(secure_kafka, "alice"),
+        partitions=PARTITIONS,
+    )
+    try:
+        events = [a for a in acls if a.name == f"{prefix}events"]
+        assert events
+        secure_kafka.remove_acls(events)
+
+        async def produce() -> None:
+            producer = AIOKafkaProducer(**secure_kafka.client_options())
+            await producer.start()
+            try:
+                await producer.send_and_wait(f"{prefix}raw", encode(alert()), key=b"k")
+            finally:
+                await producer.stop()
+
+        asyncio.run(produce())
+        code = exits(worker)
+    finally:
+        worker.stop()
+    assert code == 1, worker.output[-3000:]
+    assert "Kafka refused access to a topic (TopicAuthorizationFailedError" in worker.output
+    assert f"{prefix}events" in worker.output, worker.output[-3000:]
 
 
 def test_a_worker_that_may_not_create_a_missing_topic_exits_naming_it(
