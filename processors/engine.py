@@ -393,13 +393,12 @@ class Engine:
 
         Outputs keyed like their input (events, incidents, dead letters from raw p; rates from
         rate-input p) go to partition p: the producer that wrote the input hashed the same key
-        over the same partition count. Rate inputs (keyed by alert_type, a small set) are hashed
-        once per distinct key. Without co-partitioning every output is hashed.
+        over the same partition count. So do cfn.incident-state's, keyed by incident_id: an
+        incident's records are always on its incident key's partition (compaction needs a key to
+        stay on one partition), and the task's transaction stays on its own partitions. Rate
+        inputs (keyed by alert_type, a small set) are hashed once per distinct key. Without
+        co-partitioning every output is hashed (cfn.incident-state's by its incident_id).
         """
-        if out.role == "incident-state":
-            # Keyed by incident_id, not like its input: the Java client's partitioner, so
-            # that any client can find a key's partition (and a KTable co-partition with it).
-            return partition_for(out.key, self._partition_counts[self.topics[out.role]])
         if out.role != "rate-input":
             if self.copartitioned:
                 return source

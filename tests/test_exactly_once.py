@@ -14,13 +14,11 @@ from typing import Any
 import orjson
 import pytest
 
-from cfn.partition import partition_for
 from tests.kafka_util import (
     create_topics,
     drain,
     fold_table,
     fold_versions,
-    partitions_of,
     produce_with_headers,
     read_to_end,
     run,
@@ -113,16 +111,17 @@ def assert_exactly_once(
 def assert_table_mirrors_history(kafka: str, prefix: str) -> None:
     """cfn.incident-state, read alone, gives every incident's latest version (the retention
     is the default 7 days here, so nothing is forgotten): no version is written twice, and
-    each key is its incident_id on the partition the Java client's partitioner gives it."""
+    each key is its incident_id, on the partition of its incident's cfn.incidents records."""
     table = run(read_to_end(kafka, f"{prefix}incident-state"))
-    history = fold_versions(run(read_to_end(kafka, f"{prefix}incidents")))
-    partitions = len(run(partitions_of(kafka, f"{prefix}incident-state")))
+    history_records = run(read_to_end(kafka, f"{prefix}incidents"))
+    history = fold_versions(history_records)
+    home = {orjson.loads(r.value)["incident_id"]: r.partition for r in history_records}
     versions = Counter((r.key, orjson.loads(r.value)["version"]) for r in table if r.value)
     assert not [v for v, n in versions.items() if n > 1], "an incident version written twice"
     for record in table:
         assert record.value is not None, "a tombstone within the retention"
         assert orjson.loads(record.value)["incident_id"].encode() == record.key
-        assert record.partition == partition_for(record.key, partitions)
+        assert record.partition == home[record.key.decode()], "not on its incident's partition"
     assert fold_table(table) == history
     opened = {i for i, incident in history.items() if incident["state"] == "open"}
     print(f"cfn.incident-state: {len(history)} incidents, {len(opened)} open, as in the history")
