@@ -16,17 +16,13 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from cfn.config import topic_names
+from cfn.config import TABLES, changelog_topic, topic_names
 
 RESOURCE_TYPES = ("TOPIC", "GROUP", "TRANSACTIONAL_ID", "CLUSTER")
 PATTERNS = ("LITERAL", "PREFIXED")
 OPERATIONS = ("READ", "WRITE", "CREATE", "DESCRIBE", "IDEMPOTENT_WRITE", "ALTER", "DELETE")
 ROLES = ("ingest", "worker", "provisioner")
 CLUSTER_NAME = "kafka-cluster"  # the one name Kafka gives the CLUSTER resource
-
-# The worker's changelog-backed tables (processors/engine.py TABLES; a test keeps them in step):
-# not imported, so that `cfn acls` loads nothing of the worker.
-TABLES = ("dedup", "incidents", "rates", "state-retention")
 
 # kafka-acls.sh's option for each resource type.
 _RESOURCE_OPTION = {
@@ -59,11 +55,6 @@ class Acl:
             raise ValueError(f"unknown operation {self.operation!r}")
         if not self.principal.startswith("User:") or self.principal == "User:":
             raise ValueError(f"a principal is User:NAME, not {self.principal!r}")
-
-
-def changelog_topic(app_id: str, table: str) -> str:
-    """The worker's changelog topic of `table` (the same rule as processors/engine.py)."""
-    return f"{app_id}-{table}-changelog"
 
 
 def role_acls(role: str, principal: str, prefix: str = "cfn.", app_id: str = "cfn") -> list[Acl]:

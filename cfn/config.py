@@ -105,6 +105,15 @@ class Env:
 COMPRESSIONS = ("lz4", "zstd", "snappy", "gzip", "none")
 
 
+# The worker's changelog-backed tables, one changelog topic each (processors/engine.py).
+TABLES = ("dedup", "incidents", "rates", "state-retention")
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """The changelog topic of one of the worker's tables (CFN_APP_ID is its prefix)."""
+    return f"{app_id}-{table}-changelog"
+
+
 def topic_names(prefix: str) -> dict[str, str]:
     """Every topic cfn uses, by role, under one prefix (CFN_TOPIC_PREFIX)."""
     roles = ("raw", "events", "incidents", "incident-state", "rates", "dlq", "rate-input")

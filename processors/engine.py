@@ -47,17 +47,12 @@ from cfn.schemas import jsonio
 
 log = logging.getLogger("cfn.worker")
 
-TABLES = ("dedup", "incidents", "rates", "state-retention")
 MAX_RECORDS = 2000  # per poll; bounds the work between two checks of the timers
 COMMIT_TIMEOUT = 30.0  # seconds; under the producers' transaction timeout (60 s)
 RESTORE_TIMEOUT = 600.0  # seconds for the changelogs of the partitions assigned at once
 ASSIGN_RETRY = 1.0  # seconds between two attempts to open newly assigned tasks
 METADATA_WAIT = 30.0  # seconds for new topics to reach every broker's metadata
 _NO_HEADERS: list[tuple[str, bytes]] = []  # BatchBuilder.append wants a list; never mutated
-
-
-def changelog_topic(app_id: str, table: str) -> str:
-    return f"{app_id}-{table}-changelog"
 
 
 def _partition_of(value: Any) -> int:

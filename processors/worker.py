@@ -15,10 +15,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from cfn import internals
 from cfn.access import AccessDenied, denial
 from cfn.access import probe as probe_kafka
-from cfn.config import ConfigError, topic_names
+from cfn.config import TABLES, ConfigError, changelog_topic, topic_names
 from cfn.health import Reachability, quiet_client_logs
 from cfn.processors.clock import wall_clock
-from cfn.processors.engine import TABLES, ChangelogTable, Engine, changelog_topic
+from cfn.processors.engine import ChangelogTable, Engine
 from cfn.processors.metrics import WorkerMetrics
 from cfn.processors.pipeline import Pipeline
 from cfn.processors.settings import WorkerSettings

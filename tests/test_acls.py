@@ -13,17 +13,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
-from cfn.acls import (
-    TABLES,
-    Acl,
-    changelog_topic,
-    kafka_acls_command,
-    parse_kafka_acls_command,
-    role_acls,
-)
+from cfn.acls import Acl, kafka_acls_command, parse_kafka_acls_command, role_acls
 from cfn.broker import LocalKafka
 from cfn.cli import main
-from cfn.config import topic_names
+from cfn.config import TABLES, changelog_topic, topic_names
 from tests.kafka_util import run
 
 OUTPUTS = ("events", "incidents", "incident-state", "rates", "dlq")
@@ -31,13 +24,6 @@ STEP_TIMEOUT = 25.0  # a role's work, or its failure; a refusal that never answe
 
 
 # -- the data and the command line -----------------------------------------------------------
-
-
-def test_tables_and_changelog_names_follow_the_worker() -> None:
-    from cfn.processors import engine
-
-    assert engine.TABLES == TABLES
-    assert all(engine.changelog_topic("app", t) == changelog_topic("app", t) for t in engine.TABLES)
 
 
 @pytest.mark.parametrize("role", ["ingest", "worker", "provisioner"])

@@ -16,10 +16,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from cfn.acls import changelog_topic, role_acls
+from cfn.acls import role_acls
 from cfn.broker import LocalKafka
-from cfn.config import topic_names
-from cfn.processors.engine import TABLES
+from cfn.config import TABLES, changelog_topic, topic_names
 from cfn.security import KafkaSecurity, Secret
 from cfn.topics import ensure_topics
 from tests.kafka_util import run
