@@ -139,3 +139,24 @@ async def probe(bootstrap: str, security: KafkaSecurity, timeout: float = 5.0) -
             return
     if refused is not None:
         raise refused
+
+
+async def diagnose(
+    exc: BaseException,
+    role: str,
+    bootstrap: str,
+    security: KafkaSecurity,
+    *,
+    probe_now: bool = True,
+) -> AccessDenied | None:
+    """Whether `exc`, met while connecting, is a refusal: one by its own kind, or, as aiokafka
+    words a failed login or an untrusted certificate as "Unable to bootstrap", what one probe
+    connection finds (when `probe_now`). None: an outage, to wait out."""
+    refused = denial(exc, role)
+    if refused is not None or not probe_now:
+        return refused
+    try:
+        await probe(bootstrap, security)
+    except AccessDenied as found:
+        return found
+    return None

@@ -350,6 +350,19 @@ class LocalKafka:
             "sasl_plain_password": self.password(user) if password is None else password,
         }
 
+    def client_env(self, user: str | None = None) -> dict[str, str]:
+        """The CFN_KAFKA_* variables that log a cfn process in over SASL_SSL as `user`
+        (default admin), the password by file: what `cfn broker --secure` prints."""
+        user = user or ADMIN_USER
+        return {
+            "CFN_KAFKA_BOOTSTRAP": self.bootstrap,
+            "CFN_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "CFN_KAFKA_SASL_MECHANISM": SCRAM_MECHANISM,
+            "CFN_KAFKA_SASL_USERNAME": user,
+            "CFN_KAFKA_SASL_PASSWORD_FILE": str(self.password_file(user).resolve()),
+            "CFN_KAFKA_SSL_CAFILE": str(self.ca_file.resolve()),
+        }
+
     def mtls_options(self, cn: str) -> dict[str, Any]:
         """aiokafka keyword arguments for a client of `ssl_bootstrap` that is User:<cn>."""
         return {
@@ -732,12 +745,7 @@ def connection_help(kafka: LocalKafka) -> str:
             f"{kafka.admin_properties.resolve()}",
             "  every other principal can do nothing until ACLs allow it: `cfn acls --role ...`",
             "  cfn's clients (as admin here; give each its own user and role in earnest):",
-            f"    export CFN_KAFKA_BOOTSTRAP={kafka.bootstrap}",
-            "    export CFN_KAFKA_SECURITY_PROTOCOL=SASL_SSL",
-            f"    export CFN_KAFKA_SASL_MECHANISM={SCRAM_MECHANISM}",
-            f"    export CFN_KAFKA_SASL_USERNAME={ADMIN_USER}",
-            f"    export CFN_KAFKA_SASL_PASSWORD_FILE={admin_pw}",
-            f"    export CFN_KAFKA_SSL_CAFILE={kafka.ca_file.resolve()}",
+            *(f"    export {name}={value}" for name, value in kafka.client_env().items()),
             "  for mTLS instead: CFN_KAFKA_SECURITY_PROTOCOL=SSL, CFN_KAFKA_BOOTSTRAP="
             f"{kafka.ssl_bootstrap}, CFN_KAFKA_SSL_CERTFILE / CFN_KAFKA_SSL_KEYFILE "
             f"(client certificates are signed by the CA key in {data / 'tls'})",

@@ -17,8 +17,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from cfn.access import AccessDenied, denial
-from cfn.access import probe as probe_kafka
+from cfn.access import AccessDenied, diagnose
 from cfn.health import Reachability
 from cfn.ingest.auth import DEFAULT_TENANT, SecretIndex, SecretsError
 from cfn.ingest.metrics import IngestMetrics
@@ -411,16 +410,14 @@ class IngestApp:
                 self._connected = True
             except Exception as exc:  # Kafka not there yet: the reachability log says so once
                 await self.sink.stop()
-                refused = denial(exc, "ingest")
-                was_refused = self._unconnected.outcome is Outcome.PERMANENT
-                if refused is None and (was_refused or attempt % 10 == 0):
-                    try:  # aiokafka words a failed login or TLS check as "Unable to bootstrap"
-                        await probe_kafka(settings.bootstrap, settings.security)
-                    except AccessDenied as found:
-                        refused = found
+                # While refused, look every time: an outage must not keep the refusal's 500s.
+                look = self._unconnected.outcome is Outcome.PERMANENT or attempt % 10 == 0
+                refused = await diagnose(
+                    exc, "ingest", settings.bootstrap, settings.security, probe_now=look
+                )
                 if refused is not None:
                     self._refused(refused)
-                elif was_refused or attempt % 10 == 0:
+                elif look:
                     self._unconnected = NOT_CONNECTED  # no refusal now: an outage, 503
                 self.reachability.report(False, type(exc).__name__)
                 attempt += 1

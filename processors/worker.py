@@ -13,8 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from cfn import internals
-from cfn.access import AccessDenied, denial
-from cfn.access import probe as probe_kafka
+from cfn.access import AccessDenied, denial, diagnose
 from cfn.config import TABLES, ConfigError, changelog_topic, topic_names
 from cfn.health import Reachability, quiet_client_logs
 from cfn.processors.clock import wall_clock
@@ -169,12 +168,9 @@ async def _ensure(settings: WorkerSettings) -> None:
             )
             return
         except Exception as exc:  # Kafka not reachable yet, or refusing this worker for good
-            refused = denial(exc, "worker")
-            if refused is None and attempt % 10 == 0:
-                try:  # aiokafka words a failed login or TLS check as "Unable to bootstrap"
-                    await probe_kafka(settings.bootstrap, settings.security)
-                except AccessDenied as found:
-                    refused = found
+            refused = await diagnose(
+                exc, "worker", settings.bootstrap, settings.security, probe_now=attempt % 10 == 0
+            )
             if refused is not None:
                 raise refused from None
             if attempt % 10 == 0:

@@ -53,14 +53,7 @@ def provision(secure: LocalKafka, prefix: str, app_id: str) -> None:
 
 
 def scram_env(secure: LocalKafka, user: str, **extra: str) -> dict[str, str]:
-    return {
-        "CFN_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-        "CFN_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-        "CFN_KAFKA_SASL_USERNAME": user,
-        "CFN_KAFKA_SASL_PASSWORD_FILE": str(secure.password_file(user)),
-        "CFN_KAFKA_SSL_CAFILE": str(secure.ca_file),
-        **extra,
-    }
+    return {**secure.client_env(user), **extra}
 
 
 def mtls_env(secure: LocalKafka, cn: str) -> dict[str, str]:

@@ -25,20 +25,9 @@ from tests.services import start_ingest
 CONTENDERS = ("plaintext", "sasl_ssl")
 
 
-def _secure_env(broker: LocalKafka) -> dict[str, str]:
-    return {
-        "CFN_KAFKA_BOOTSTRAP": broker.bootstrap,
-        "CFN_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-        "CFN_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-        "CFN_KAFKA_SASL_USERNAME": broker.admin_user,
-        "CFN_KAFKA_SASL_PASSWORD_FILE": str(broker.password_file(broker.admin_user)),
-        "CFN_KAFKA_SSL_CAFILE": str(broker.ca_file),
-    }
-
-
 def _ingest(ctx: Context, broker: LocalKafka) -> dict[str, Any]:
     script = lua_script(ctx.tmp / "security-post.lua")
-    envs = {"plaintext": {}, "sasl_ssl": _secure_env(broker)}
+    envs = {"plaintext": {}, "sasl_ssl": broker.client_env()}
     servers = {
         name: start_ingest(
             ctx.tmp,
@@ -95,7 +84,7 @@ def _worker(ctx: Context, broker: LocalKafka) -> dict[str, Any]:
     plain = Context(ctx.sizes, broker.plaintext_bootstrap, ctx.tmp)
     pre = prefill(plain, n)
     token = uuid.uuid4().hex[:6]
-    envs = {"plaintext": None, "sasl_ssl": _secure_env(broker)}
+    envs = {"plaintext": None, "sasl_ssl": broker.client_env()}
     rounds: list[dict[str, Any]] = []
     for r in range(ctx.sizes.runs):
         round_result: dict[str, Any] = {}
