@@ -20,6 +20,8 @@ from cfn.config import TABLES, changelog_topic, topic_names
 from tests.kafka_util import run
 
 OUTPUTS = ("events", "incidents", "incident-state", "rates", "dlq")
+TOPIC_AUTHORIZATION_FAILED = 29  # Kafka's error codes for a refusal
+CLUSTER_AUTHORIZATION_FAILED = 31
 STEP_TIMEOUT = 25.0  # a role's work, or its failure; a refusal that never answers ends here
 
 
@@ -184,12 +186,24 @@ async def provisioner_work(options: dict[str, Any], prefix: str, app_id: str) ->
     try:
         response = await admin.create_topics([NewTopic(n, 1, 1) for n in names])
         errors = [(name, code) for name, code, *_ in response.topic_errors if code]
-        if errors:
+        if any(
+            code in (TOPIC_AUTHORIZATION_FAILED, CLUSTER_AUTHORIZATION_FAILED) for _, code in errors
+        ):
             raise PermissionError(f"create_topics refused: {errors}")
-        described = await admin.describe_topics(names)
-        refused = [t["topic"] for t in described if t["error_code"]]
-        if refused:
-            raise PermissionError(f"cannot describe {refused}")
+        if errors:
+            raise RuntimeError(f"create_topics failed: {errors}")
+        # A topic just created may not be in the broker's metadata yet (UNKNOWN_TOPIC_OR_PARTITION,
+        # LEADER_NOT_AVAILABLE): only an authorization verdict is a refusal; the rest is asked
+        # again until the step's timeout.
+        while True:
+            described = await admin.describe_topics(names)
+            codes = {t["topic"]: t["error_code"] for t in described}
+            refused = [name for name, code in codes.items() if code == TOPIC_AUTHORIZATION_FAILED]
+            if refused:
+                raise PermissionError(f"cannot describe {refused}")
+            if not any(codes.values()):
+                return
+            await asyncio.sleep(0.2)
     finally:
         await admin.close()
 
@@ -223,6 +237,7 @@ async def _attempt(work: Work, options: dict[str, Any], prefix: str, app_id: str
     except AssertionError as exc:
         return f"AssertionError {exc}"
     except Exception as exc:
+        print(f"{app_id}: {type(exc).__name__}: {exc}")  # shown on failure: the broker's words
         return type(exc).__name__
     return None
 
