@@ -16,7 +16,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from cfn.config import TABLES, changelog_topic, topic_names
+from cfn.config import OUTPUT_ROLES, TABLES, changelog_topic, topic_names
 
 RESOURCE_TYPES = ("TOPIC", "GROUP", "TRANSACTIONAL_ID", "CLUSTER")
 PATTERNS = ("LITERAL", "PREFIXED")
@@ -86,7 +86,7 @@ def role_acls(role: str, principal: str, prefix: str = "cfn.", app_id: str = "cf
         acls = [Acl("GROUP", app_id, "LITERAL", "READ", principal)]
         acls += topic(topics["raw"], "READ")
         acls += topic(topics["rate-input"], "READ", "WRITE")
-        for output in ("events", "incidents", "incident-state", "rates", "dlq"):
+        for output in OUTPUT_ROLES:
             acls += topic(topics[output], "WRITE")
         for name in changelogs:
             acls += topic(name, "READ", "WRITE")

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cfn.config import OUTPUT_ROLES
+
 
 def _broker(args: argparse.Namespace) -> int:
     from cfn.broker import run_broker
@@ -207,9 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     send_cmd.set_defaults(func=_send)
 
     tail_cmd = sub.add_parser("tail", help="pretty-print a cfn topic as it flows")
-    tail_cmd.add_argument(
-        "topic", choices=("events", "incidents", "incident-state", "rates", "dlq")
-    )
+    tail_cmd.add_argument("topic", choices=OUTPUT_ROLES)
     tail_cmd.add_argument("--from-beginning", action="store_true")
     tail_cmd.add_argument("--max", type=int, help="stop after this many records")
     tail_cmd.add_argument("--idle", type=float, help="stop after this many quiet seconds")

@@ -106,7 +106,7 @@ COMPRESSIONS = ("lz4", "zstd", "snappy", "gzip", "none")
 
 
 # The worker's changelog-backed tables, one changelog topic each (processors/engine.py).
-TABLES = ("dedup", "incidents", "rates", "state-retention")
+TABLES = ("dedup", "incidents", "rates", "state-retention", "anomalies")
 
 
 def changelog_topic(app_id: str, table: str) -> str:
@@ -114,7 +114,20 @@ def changelog_topic(app_id: str, table: str) -> str:
     return f"{app_id}-{table}-changelog"
 
 
+# The topics the worker writes for subscribers (beside its internal rate-input and changelogs).
+OUTPUT_ROLES = ("events", "incidents", "incident-state", "rates", "anomalies", "dlq")
+
+
 def topic_names(prefix: str) -> dict[str, str]:
     """Every topic cfn uses, by role, under one prefix (CFN_TOPIC_PREFIX)."""
-    roles = ("raw", "events", "incidents", "incident-state", "rates", "dlq", "rate-input")
+    roles = (
+        "raw",
+        "events",
+        "incidents",
+        "incident-state",
+        "rates",
+        "anomalies",
+        "dlq",
+        "rate-input",
+    )
     return {role: f"{prefix}{role}" for role in roles}

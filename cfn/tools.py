@@ -15,8 +15,6 @@ from cfn.config import topic_names
 from cfn.schemas import jsonio
 from cfn.security import PLAINTEXT, KafkaSecurity
 
-TAIL_ROLES = ("events", "incidents", "rates", "dlq")
-
 
 def payload_files(target: str) -> list[tuple[str, bytes]]:
     """(name, body) for a file, every *.json in a folder (sorted), or stdin ("-")."""

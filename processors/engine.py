@@ -40,6 +40,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from cfn import internals
 from cfn.access import AccessDenied, denial
+from cfn.config import OUTPUT_ROLES
 from cfn.partition import partition_for
 from cfn.processors.pipeline import Output, Pipeline, header_map
 from cfn.processors.settings import WorkerSettings
@@ -149,8 +150,7 @@ class Engine:
         self.tables = tables
         self.raw_topic = settings.topic("raw")
         self.rate_topic = settings.topic("rate-input")
-        outputs = ("events", "incidents", "incident-state", "rates", "dlq", "rate-input")
-        self.topics = {role: settings.topic(role) for role in outputs}
+        self.topics = {role: settings.topic(role) for role in (*OUTPUT_ROLES, "rate-input")}
         self.denied: AccessDenied | None = None  # Kafka refused a permission: the worker stops
         self._stop: asyncio.Event | None = None
         self._client_options = settings.security.client_options()  # one TLS context for all
@@ -637,6 +637,7 @@ class Engine:
             t["incidents"].items(),
             t["rates"].items(),
             t["state-retention"].items(),
+            t["anomalies"].items(),
         )
 
 

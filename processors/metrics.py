@@ -46,6 +46,8 @@ class WorkerMetrics:
     incidents_closed: Counter
     incident_duration: Histogram
     rate_per_minute: Gauge
+    anomalies_open: Gauge
+    anomalies: Counter
     delivery_delay: FastHistogram  # observed per event: lock-free
     processing_lag: FastHistogram
     consumer_lag: Gauge
@@ -110,6 +112,20 @@ class WorkerMetrics:
                 "cfn_alert_rate_per_minute",
                 "Events per minute in the last closed window.",
                 ["alert_type", "window"],
+                registry=registry,
+            ),
+            # Rate anomalies open on this worker's rate partitions, by type (rebuilt from state).
+            anomalies_open=Gauge(
+                "cfn_anomalies_open",
+                "Open rate anomalies (per account and type), by type.",
+                ["alert_type"],
+                registry=registry,
+            ),
+            # Rate anomalies opened, by type.
+            anomalies=Counter(
+                "cfn_anomalies",
+                "Rate anomalies opened, by type.",
+                ["alert_type"],
                 registry=registry,
             ),
             # Cloudflare's ts to ingest's received_at.

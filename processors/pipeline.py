@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cfn.processors.anomaly import AnomalyDetector
 from cfn.processors.correlate import Correlator
 from cfn.processors.dedup import Deduplicator
 from cfn.processors.incident_state import StateRetention
@@ -22,6 +23,7 @@ from cfn.schemas.catalog import known_ids, record_for
 from cfn.schemas.keys import incident_record_key
 from cfn.schemas.payload import Notification, Rejected, parse
 from cfn.schemas.records import (
+    AnomalyRecord,
     DlqRecord,
     EventRecord,
     IncidentRecord,
@@ -92,6 +94,7 @@ class Pipeline:
         clock: epoch seconds; used only for processing lag and rate idleness.
         retention_store: when cfn.incident-state forgets closed incidents (a changelog table
             in the worker; a fresh dict by default).
+        anomaly_store: the rate anomaly baselines and open anomalies (likewise).
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class Pipeline:
         metrics: WorkerMetrics,
         clock: Callable[[], float],
         retention_store: MutableMapping[str, dict[str, Any]] | None = None,
+        anomaly_store: MutableMapping[str, dict[str, Any]] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -121,7 +125,13 @@ class Pipeline:
             windows=settings.rate_windows,
             lateness_s=settings.rate_lateness,
             idle_after_s=settings.rate_idle_after,
+            final_window=settings.anomaly.window_s,
         )
+        self.anomalies = AnomalyDetector(
+            {} if anomaly_store is None else anomaly_store, settings.anomaly
+        )
+        self._anomaly_marks: dict[int, int] = {}  # rate partition -> watermark last judged
+        self._anomaly_labels: set[str] = set()
         self.retention = StateRetention(
             {} if retention_store is None else retention_store, settings.incident_state_retention
         )
@@ -149,12 +159,16 @@ class Pipeline:
         incident_items: Iterable[tuple[str, dict[str, Any]]],
         rate_items: Iterable[tuple[str, dict[str, Any]]],
         retention_items: Iterable[tuple[str, dict[str, Any]]] = (),
+        anomaly_items: Iterable[tuple[str, dict[str, Any]]] = (),
     ) -> None:
         """Re-derive timers, indexes and gauges from the stores after a restart or rebalance."""
         self.dedup.rebuild(dedup_items)
         self.correlator.rebuild(incident_items)
         self.rates.rebuild(rate_items)
+        self.rates.finals.clear()
         self.retention.rebuild(retention_items)
+        self.anomalies.rebuild(anomaly_items)
+        self._anomaly_marks = {}
         self.metrics.incidents_open.clear()
         self._publish_open()
 
@@ -309,6 +323,7 @@ class Pipeline:
         # The open-incident gauge is refreshed once a tick, not once per incident record: it
         # walks every alert type, which the per-event path should not pay for.
         self._publish_open()
+        self._publish_anomalies()
         outputs: list[Output] = []
         for deadline, incident in self.correlator.fire(now, partition):
             key = incident_record_key(incident.tenant, incident.account_id, incident.correlation_id)
@@ -323,7 +338,8 @@ class Pipeline:
 
     def finish_rates(self, partition: int, now: int) -> list[Output]:
         """Close every window of one rate partition (end of a replay); returns their records."""
-        return self._rate_outputs(self.rates.close_all(partition, now))
+        outputs = self._rate_outputs(self.rates.close_all(partition, now))
+        return outputs + self._judge_anomalies(partition)
 
     def on_rate_input(self, value: bytes, partition: int) -> list[Output]:
         """One record of the rate repartition topic: a unique event to count, or a tick."""
@@ -338,7 +354,43 @@ class Pipeline:
             for window_s, dropped in result.dropped_late.items():
                 self._child(self.metrics.dropped_late, f"{window_s}s").inc(dropped)
             records = result.records
-        return self._rate_outputs(records)
+        outputs = self._rate_outputs(records)
+        if self.rates.finals or self.rates.watermark(partition) != self._anomaly_marks.get(
+            partition
+        ):
+            outputs += self._judge_anomalies(partition)
+        return outputs
+
+    def _judge_anomalies(self, partition: int) -> list[Output]:
+        """Windows that became final go to the anomaly detector, in the order they did; then
+        the watermark, which judges the empty windows of keys with an anomaly open."""
+        detector = self.anomalies
+        records: list[AnomalyRecord] = []
+        finals, self.rates.finals = self.rates.finals, []
+        for key, state, start, count in finals:
+            records += detector.observe(key, state["type"], state["acc"], start, count, partition)
+        mark = self.rates.watermark(partition)
+        self._anomaly_marks[partition] = mark
+        records += detector.advance(partition, mark, self.rates.lateness_s)
+        outputs = []
+        for record in records:
+            if record.state == "open":
+                self._child(self.metrics.anomalies, type_label(record.alert_type)).inc()
+            outputs.append(
+                Output("anomalies", (record.alert_type or "").encode(), jsonio.dumps(record))
+            )
+        return outputs
+
+    def _publish_anomalies(self) -> None:
+        totals: dict[str, int] = {}
+        for alert_type, count in self.anomalies.open_by_type().items():
+            label = type_label(alert_type)
+            totals[label] = totals.get(label, 0) + count
+        for label in self._anomaly_labels - totals.keys():
+            self.metrics.anomalies_open.labels(label).set(0)
+        for label, count in totals.items():
+            self.metrics.anomalies_open.labels(label).set(count)
+        self._anomaly_labels = set(totals)
 
     def _rate_outputs(self, records: Sequence[RateRecord]) -> list[Output]:
         outputs = []

@@ -51,6 +51,9 @@ class RateCounter:
     No Faust windowed table and no window-close callback: the mapping plus an explicit,
     rebuildable heap of window ends is all the state.
 
+    With `final_window` set, the final count of every (account_id, alert_type) window of that
+    size is appended to `finals` as its lateness passes (for the anomaly detector).
+
     Mapping layout: '["<scope>","<alert_type>"(,"<account_id>")]' -> {"p": partition, "scope",
     "type", "acc", "w": {"<window_s>:<start>": [count, revision]}}, and "wm|<p>" -> {"wm": s}.
     """
@@ -60,6 +63,9 @@ class RateCounter:
     lateness_s: int
     idle_after_s: float = 5.0
     idle_delay_s: float = 5.0
+    final_window: int = 0  # account_type windows of this size are kept in `finals` when final
+    # (table key, state, window start, count), drained by the caller (processors/anomaly.py)
+    finals: list[tuple[str, State, int, int]] = field(default_factory=list)
     _heaps: dict[int, list[tuple[int, str, str]]] = field(default_factory=dict)
     _marks: dict[int, int] = field(default_factory=dict)
     _last_event: dict[int, float] = field(default_factory=dict)
@@ -239,6 +245,8 @@ class RateCounter:
                 self._push(partition, key, label, 1)
             else:
                 del state["w"][label]  # past lateness: final, forget it
+                if window_s == self.final_window and state["scope"] == "account_type":
+                    self.finals.append((key, state, start, count))
         for key, state in touched.items():
             if state["w"]:
                 self.store[key] = state

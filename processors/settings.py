@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cfn.config import COMPRESSIONS, ConfigError, Env, parse_duration, topic_names
+from cfn.processors.anomaly import AnomalyPolicy
 from cfn.security import PLAINTEXT, KafkaSecurity
 
 
@@ -47,6 +48,7 @@ class WorkerSettings:
     rate_windows: tuple[int, ...] = (60, 300, 3600)
     rate_lateness: int = 120
     rate_idle_after: float = 5.0
+    anomaly: AnomalyPolicy = field(default_factory=AnomalyPolicy)
     tick_interval: float = 1.0
     dlq_alarm_ratio: float = 0.05
     dlq_alarm_sample: int = 1000
@@ -74,6 +76,7 @@ class WorkerSettings:
         windows = env.durations("CFN_RATE_WINDOWS", (60.0, 300.0, 3600.0))
         if any(w != int(w) for w in windows):
             raise ConfigError("CFN_RATE_WINDOWS must be whole seconds")
+        rate_windows = tuple(sorted(int(w) for w in windows))
         return cls(
             app_id=env.text("CFN_APP_ID", cls.app_id),
             bootstrap=env.text("CFN_KAFKA_BOOTSTRAP", cls.bootstrap),
@@ -91,9 +94,10 @@ class WorkerSettings:
             incident_state_retention=env.duration(
                 "CFN_INCIDENT_STATE_RETENTION", cls.incident_state_retention
             ),
-            rate_windows=tuple(sorted(int(w) for w in windows)),
+            rate_windows=rate_windows,
             rate_lateness=int(env.duration("CFN_RATE_LATENESS", cls.rate_lateness)),
             rate_idle_after=env.duration("CFN_RATE_IDLE_AFTER", cls.rate_idle_after),
+            anomaly=_anomaly_policy(env, rate_windows),
             tick_interval=env.duration("CFN_TICK_INTERVAL", cls.tick_interval),
             dlq_alarm_ratio=env.number("CFN_DLQ_ALARM_RATIO", cls.dlq_alarm_ratio),
             dlq_alarm_sample=env.integer("CFN_DLQ_ALARM_SAMPLE", cls.dlq_alarm_sample, minimum=1),
@@ -102,3 +106,33 @@ class WorkerSettings:
             compression=env.choice("CFN_WORKER_COMPRESSION", cls.compression, COMPRESSIONS),
             security=KafkaSecurity.from_env(environ),
         )
+
+
+def _anomaly_policy(env: Env, rate_windows: tuple[int, ...]) -> AnomalyPolicy:
+    """CFN_ANOMALY_*: the window judged must be one of the rate windows (default 5m if it is
+    one, else the smallest)."""
+    d = AnomalyPolicy()
+    default_window = d.window_s if d.window_s in rate_windows else rate_windows[0]
+    window = env.duration("CFN_ANOMALY_WINDOW", default_window)
+    if window not in rate_windows:
+        choices = ", ".join(map(str, rate_windows))
+        raise ConfigError(
+            f"CFN_ANOMALY_WINDOW must be one of CFN_RATE_WINDOWS ({choices} s), got {window:g} s"
+        )
+    span = env.integer("CFN_ANOMALY_SPAN", d.span, minimum=1)
+    policy = AnomalyPolicy(
+        window_s=int(window),
+        factor=env.number("CFN_ANOMALY_FACTOR", d.factor, minimum=1.0),
+        min_count=env.integer("CFN_ANOMALY_MIN_COUNT", d.min_count, minimum=1),
+        span=span,
+        warmup=env.integer("CFN_ANOMALY_WARMUP", span, minimum=0),
+        floor=env.number("CFN_ANOMALY_FLOOR", d.floor),
+        clear_factor=env.number("CFN_ANOMALY_CLEAR_FACTOR", d.clear_factor),
+        clear_windows=env.integer("CFN_ANOMALY_CLEAR_WINDOWS", d.clear_windows, minimum=1),
+    )
+    if policy.clear_factor >= policy.factor:
+        raise ConfigError(
+            f"CFN_ANOMALY_CLEAR_FACTOR ({policy.clear_factor:g}) must be below CFN_ANOMALY_FACTOR"
+            f" ({policy.factor:g}): that gap is the hysteresis"
+        )
+    return policy

@@ -38,6 +38,7 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Engine:
         WorkerMetrics.create(registry),
         wall_clock,
         retention_store=tables["state-retention"],
+        anomaly_store=tables["anomalies"],
     )
     return Engine(settings, pipeline, tables)
 

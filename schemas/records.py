@@ -119,3 +119,26 @@ class RateRecord:
     count: int
     rate_per_min: float
     schema_version: int = SCHEMA_VERSION
+
+
+@dataclass(slots=True)
+class AnomalyRecord:
+    """An anomaly of one (account_id, alert_type)'s window counts opening or closing, in
+    `cfn.anomalies` (processors/anomaly.py says how it is judged)."""
+
+    anomaly_id: str  # "an_" + hash of alert_type, account_id, window_s and the opening window
+    state: str  # "open" (the window that opened it) or "closed" (the window that closed it)
+    alert_type: str | None
+    account_id: str | None
+    window_s: int  # the size of the windows judged (CFN_ANOMALY_WINDOW)
+    opened_window_start: int  # epoch s: the window that opened it
+    window_start: int  # epoch s: the window this record is about
+    window_end: int
+    count: int  # that window's final count of unique events
+    baseline: float  # the EWMA baseline it was judged against (events per window)
+    ratio: float  # count / max(baseline, floor)
+    threshold: float  # CFN_ANOMALY_FACTOR
+    opening_baseline: float  # the baseline when it opened
+    peak_count: int  # the highest count while open
+    windows: int  # windows from the opening one to this one, both included
+    schema_version: int = SCHEMA_VERSION

@@ -16,10 +16,9 @@ from aiokafka.structs import TopicPartition
 from cfn.acls import Acl, kafka_acls_command, parse_kafka_acls_command, role_acls
 from cfn.broker import LocalKafka
 from cfn.cli import main
-from cfn.config import TABLES, changelog_topic, topic_names
+from cfn.config import OUTPUT_ROLES, TABLES, changelog_topic, topic_names
 from tests.kafka_util import run
 
-OUTPUTS = ("events", "incidents", "incident-state", "rates", "dlq")
 TOPIC_AUTHORIZATION_FAILED = 29  # Kafka's error codes for a refusal
 CLUSTER_AUTHORIZATION_FAILED = 31
 STEP_TIMEOUT = 25.0  # a role's work, or its failure; a refusal that never answers ends here
@@ -153,7 +152,7 @@ async def worker_work(options: dict[str, Any], prefix: str, app_id: str) -> None
         async with producer.transaction():
             sent = [
                 await producer.send(name, b"out", key=b"k")
-                for name in [topics[o] for o in (*OUTPUTS, "rate-input")] + changelogs
+                for name in [topics[o] for o in (*OUTPUT_ROLES, "rate-input")] + changelogs
             ]
             await asyncio.gather(*sent)
             await producer.send_offsets_to_transaction(offsets, app_id)

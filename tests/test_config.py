@@ -149,6 +149,7 @@ def test_topic_names_share_one_prefix() -> None:
         "incidents",
         "incident-state",
         "rates",
+        "anomalies",
         "dlq",
         "rate-input",
     }

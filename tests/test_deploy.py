@@ -62,6 +62,7 @@ COUNTERS: dict[str, frozenset[str]] = {
     "cfn_unknown_alert_types_total": frozenset(),
     "cfn_rates_dropped_late_total": frozenset({"window"}),
     "cfn_worker_task_failures_total": frozenset({"error"}),
+    "cfn_anomalies_total": frozenset({"alert_type"}),
 }
 GAUGES: dict[str, frozenset[str]] = {
     "cfn_ingest_requests_in_flight": frozenset(),
@@ -69,6 +70,7 @@ GAUGES: dict[str, frozenset[str]] = {
     "cfn_dlq_alarm": frozenset(),
     "cfn_incidents_open": frozenset({"alert_type"}),
     "cfn_alert_rate_per_minute": frozenset({"alert_type", "window"}),
+    "cfn_anomalies_open": frozenset({"alert_type"}),
     "cfn_consumer_lag_records": frozenset({"topic"}),
     "cfn_worker_partitions": frozenset(),
     "cfn_kafka_up": frozenset(),
@@ -209,6 +211,7 @@ def test_required_alerts_exist() -> None:
         "consumer lag": "cfn_consumer_lag_records",
         "incidents open": "cfn_incidents_open",
         "alert type spike": "cfn_notifications_total",
+        "rate anomaly": "cfn_anomalies_open",
     }
     for topic, metric in required.items():
         using = [name for name, expr in alerts.items() if metric in expanded_names(expr)]
