@@ -106,7 +106,7 @@ COMPRESSIONS = ("lz4", "zstd", "snappy", "gzip", "none")
 
 
 # The worker's changelog-backed tables, one changelog topic each (processors/engine.py).
-TABLES = ("dedup", "incidents", "rates", "state-retention", "anomalies")
+TABLES = ("dedup", "incidents", "rates", "state-retention", "anomalies", "flaps")
 
 
 def changelog_topic(app_id: str, table: str) -> str:
@@ -115,7 +115,7 @@ def changelog_topic(app_id: str, table: str) -> str:
 
 
 # The topics the worker writes for subscribers (beside its internal rate-input and changelogs).
-OUTPUT_ROLES = ("events", "incidents", "incident-state", "rates", "anomalies", "dlq")
+OUTPUT_ROLES = ("events", "incidents", "incident-state", "rates", "anomalies", "flaps", "dlq")
 
 
 def topic_names(prefix: str) -> dict[str, str]:
@@ -127,6 +127,7 @@ def topic_names(prefix: str) -> dict[str, str]:
         "incident-state",
         "rates",
         "anomalies",
+        "flaps",
         "dlq",
         "rate-input",
     )

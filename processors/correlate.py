@@ -137,6 +137,15 @@ class Correlator:
         # A second END for a held, resolved or orphaned incident adds nothing.
         return []
 
+    def mark_flap(self, key: str, incident_id: str, flap_id: str) -> IncidentRecord | None:
+        """Incident `incident_id` (table key `key`) is a cycle of flap episode `flap_id`: its
+        next version says so, and so do all after. None if it is gone or already marked."""
+        state = self.store.get(key)
+        if state is None or state["id"] != incident_id or state.get("flap") == flap_id:
+            return None
+        state = {**state, "v": state["v"] + 1, "flap": flap_id}
+        return self._commit(key, state, was=state["st"])
+
     # ---- timers -----------------------------------------------------------------------------
 
     def tick(self, now: float, partition: int) -> list[IncidentRecord]:
@@ -237,4 +246,5 @@ class Correlator:
             first_event_id=state["first"],
             last_event_id=state["last"],
             catalog=self.describe(state["type"]),
+            flap_id=state.get("flap"),
         )

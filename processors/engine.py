@@ -190,6 +190,7 @@ class Engine:
         await self._consumer.start()
         internals.check_consumer(self._consumer)
         self.copartitioned = await self._copartitioned()
+        self.pipeline.flap_marks = self.copartitioned
         self._consumer.subscribe([self.raw_topic, self.rate_topic], listener=_Listener(self))
 
     async def _copartitioned(self) -> bool:
@@ -638,6 +639,7 @@ class Engine:
             t["rates"].items(),
             t["state-retention"].items(),
             t["anomalies"].items(),
+            t["flaps"].items(),
         )
 
 

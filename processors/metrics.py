@@ -47,6 +47,7 @@ class WorkerMetrics:
     incident_duration: Histogram
     rate_per_minute: Gauge
     anomalies_open: Gauge
+    flapping: Gauge
     anomalies: Counter
     delivery_delay: FastHistogram  # observed per event: lock-free
     processing_lag: FastHistogram
@@ -118,6 +119,13 @@ class WorkerMetrics:
             anomalies_open=Gauge(
                 "cfn_anomalies_open",
                 "Open rate anomalies (per account and type), by type.",
+                ["alert_type"],
+                registry=registry,
+            ),
+            # Flap episodes open on this worker's partitions, by type (rebuilt from state).
+            flapping=Gauge(
+                "cfn_flapping",
+                "Open flap episodes (per tenant, account, policy and type), by type.",
                 ["alert_type"],
                 registry=registry,
             ),

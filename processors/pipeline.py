@@ -14,13 +14,14 @@ from typing import Any
 from cfn.processors.anomaly import AnomalyDetector
 from cfn.processors.correlate import Correlator
 from cfn.processors.dedup import Deduplicator
+from cfn.processors.flapping import FlapDetector, FlapResult, flap_record_key
 from cfn.processors.incident_state import StateRetention
 from cfn.processors.metrics import WorkerMetrics, event_label, type_label
 from cfn.processors.rates import RateCounter
 from cfn.processors.settings import WorkerSettings
 from cfn.schemas import jsonio
 from cfn.schemas.catalog import known_ids, record_for
-from cfn.schemas.keys import incident_record_key
+from cfn.schemas.keys import correlation_key, incident_record_key
 from cfn.schemas.payload import Notification, Rejected, parse
 from cfn.schemas.records import (
     AnomalyRecord,
@@ -95,6 +96,8 @@ class Pipeline:
         retention_store: when cfn.incident-state forgets closed incidents (a changelog table
             in the worker; a fresh dict by default).
         anomaly_store: the rate anomaly baselines and open anomalies (likewise).
+        flap_store: flap keys' recent openings and episodes, and openings not yet judged
+            (likewise).
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class Pipeline:
         clock: Callable[[], float],
         retention_store: MutableMapping[str, dict[str, Any]] | None = None,
         anomaly_store: MutableMapping[str, dict[str, Any]] | None = None,
+        flap_store: MutableMapping[str, dict[str, Any]] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -132,6 +136,11 @@ class Pipeline:
         )
         self._anomaly_marks: dict[int, int] = {}  # rate partition -> watermark last judged
         self._anomaly_labels: set[str] = set()
+        self.flaps = FlapDetector({} if flap_store is None else flap_store, settings.flap)
+        self._flap_labels: set[str] = set()
+        # Marks go back to the incident's raw partition through the repartition topic, which
+        # needs the same partition count (the engine clears this when it is not so).
+        self.flap_marks = True
         self.retention = StateRetention(
             {} if retention_store is None else retention_store, settings.incident_state_retention
         )
@@ -160,6 +169,7 @@ class Pipeline:
         rate_items: Iterable[tuple[str, dict[str, Any]]],
         retention_items: Iterable[tuple[str, dict[str, Any]]] = (),
         anomaly_items: Iterable[tuple[str, dict[str, Any]]] = (),
+        flap_items: Iterable[tuple[str, dict[str, Any]]] = (),
     ) -> None:
         """Re-derive timers, indexes and gauges from the stores after a restart or rebalance."""
         self.dedup.rebuild(dedup_items)
@@ -168,6 +178,7 @@ class Pipeline:
         self.rates.finals.clear()
         self.retention.rebuild(retention_items)
         self.anomalies.rebuild(anomaly_items)
+        self.flaps.rebuild(flap_items)
         self._anomaly_marks = {}
         self.metrics.incidents_open.clear()
         self._publish_open()
@@ -243,6 +254,8 @@ class Pipeline:
         outputs = [Output("events", key, jsonio.dumps(event))]
         for incident in self.correlator.on_event(n, source.partition):
             self._incident_outputs(outputs, key, incident, n.received_at // 1000, source.partition)
+            if incident.version == 1 and incident.state == "open":
+                outputs.append(self._flap_opening(n, incident.incident_id, source.partition))
         if n.kind == "alert":
             # Summed per (type, account, ts rounded to the rate step) until drain_rate_inputs:
             # one rate-input record per distinct triple per commit (or tick), not one per
@@ -275,6 +288,21 @@ class Pipeline:
             for (alert_type, account, ts), n in pending.items()
         ]
 
+    @staticmethod
+    def _flap_opening(n: Notification, incident_id: str, partition: int) -> Output:
+        """An incident opened: to the partition of its flap key, through the repartition topic
+        (keyed by the flap key, so the engine hashes it there)."""
+        fields = [n.tenant, n.account_id or "", n.policy_id or "", n.alert_type or ""]
+        opening = {
+            "o": fields,
+            "ts": n.ts,
+            "i": incident_id,
+            "c": correlation_key(n.tenant, n.account_id, n.correlation_id or ""),
+            "rp": partition,
+        }
+        key = flap_record_key(n.tenant, n.account_id, n.policy_id, n.alert_type)
+        return Output("rate-input", key, jsonio.dumps(opening))
+
     def forget_rate_inputs(self, partition: int) -> None:
         self._rate_pending.pop(partition, None)
 
@@ -283,13 +311,14 @@ class Pipeline:
         outputs: list[Output],
         key: bytes,
         incident: IncidentRecord,
-        now: float,
+        now: float | None,
         partition: int,
     ) -> None:
         """An incident version goes to cfn.incidents (the history, keyed like its events) and
         to cfn.incident-state (the table, keyed by incident_id), in the same transaction; a
-        closing version starts the retention after which the table forgets it."""
-        if incident.close_reason is not None and not incident.late_end:
+        closing version starts the retention after which the table forgets it. `now` None: a
+        version that only adds the flap_id (nothing is counted again, no retention restarts)."""
+        if now is not None and incident.close_reason is not None and not incident.late_end:
             label = type_label(incident.alert_type)
             self._child(self.metrics.incidents_closed, label, incident.close_reason).inc()
             if incident.state == "resolved" and incident.duration_s is not None:
@@ -299,7 +328,8 @@ class Pipeline:
         value = jsonio.dumps(incident)
         outputs.append(Output("incidents", key, value))
         outputs.append(Output("incident-state", incident.incident_id.encode(), value))
-        self.retention.on_version(incident, now, partition)
+        if now is not None:
+            self.retention.on_version(incident, now, partition)
 
     def _publish_open(self) -> None:
         totals: dict[str, int] = {}
@@ -324,6 +354,7 @@ class Pipeline:
         # walks every alert type, which the per-event path should not pay for.
         self._publish_open()
         self._publish_anomalies()
+        self._publish_flapping()
         outputs: list[Output] = []
         for deadline, incident in self.correlator.fire(now, partition):
             key = incident_record_key(incident.tenant, incident.account_id, incident.correlation_id)
@@ -339,12 +370,19 @@ class Pipeline:
     def finish_rates(self, partition: int, now: int) -> list[Output]:
         """Close every window of one rate partition (end of a replay); returns their records."""
         outputs = self._rate_outputs(self.rates.close_all(partition, now))
-        return outputs + self._judge_anomalies(partition)
+        return outputs + self._judge_anomalies(partition) + self._judge_flaps(partition)
 
     def on_rate_input(self, value: bytes, partition: int) -> list[Output]:
         """One record of the rate repartition topic: a unique event to count, or a tick."""
         item = jsonio.loads(value)
         now = self.clock()
+        if "o" in item:  # an incident opening, for the flap detector
+            self.flaps.enqueue(
+                item["o"], int(item["ts"]), item["i"], item["c"], int(item["rp"]), partition
+            )
+            return self._judge_flaps(partition)
+        if "m" in item:  # a flap mark for an incident of this partition
+            return self._flap_mark(item["m"], partition)
         if "tick" in item:
             records: Sequence[RateRecord] = self.rates.tick(float(item["tick"]), partition)
         else:
@@ -359,7 +397,55 @@ class Pipeline:
             partition
         ):
             outputs += self._judge_anomalies(partition)
+            outputs += self._judge_flaps(partition)
         return outputs
+
+    def _judge_flaps(self, partition: int) -> list[Output]:
+        """Openings the watermark (minus the lateness) has passed, in event-time order."""
+        result: FlapResult = self.flaps.advance(
+            partition, self.rates.watermark(partition) - self.rates.lateness_s
+        )
+        outputs = [
+            Output(
+                "flaps",
+                flap_record_key(r.tenant, r.account_id, r.policy_id, r.alert_type),
+                jsonio.dumps(r),
+            )
+            for r in result.records
+        ]
+        if self.flap_marks:
+            for mark in result.marks:
+                value = {"m": {"c": mark.correlation_key, "i": mark.incident_id, "f": mark.flap_id}}
+                outputs.append(
+                    Output(
+                        "rate-input",
+                        mark.correlation_key.encode(),
+                        jsonio.dumps(value),
+                        partition=mark.partition,
+                    )
+                )
+        return outputs
+
+    def _flap_mark(self, mark: dict[str, Any], partition: int) -> list[Output]:
+        incident = self.correlator.mark_flap(mark["c"], mark["i"], mark["f"])
+        if incident is None:
+            return []
+        outputs: list[Output] = []
+        key = incident_record_key(incident.tenant, incident.account_id, incident.correlation_id)
+        # Retention of a closed incident counts from its closing, not from this mark.
+        self._incident_outputs(outputs, key, incident, None, partition)
+        return outputs
+
+    def _publish_flapping(self) -> None:
+        totals: dict[str, int] = {}
+        for alert_type, count in self.flaps.open_by_type.items():
+            label = type_label(alert_type or None)
+            totals[label] = totals.get(label, 0) + count
+        for label in self._flap_labels - totals.keys():
+            self.metrics.flapping.labels(label).set(0)
+        for label, count in totals.items():
+            self.metrics.flapping.labels(label).set(count)
+        self._flap_labels = set(totals)
 
     def _judge_anomalies(self, partition: int) -> list[Output]:
         """Windows that became final go to the anomaly detector, in the order they did; then

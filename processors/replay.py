@@ -249,7 +249,7 @@ def process(
     outputs: list[Output] = []
     rate_inputs: list[Output] = []
     for i, record in enumerate(ordered, 1):
-        outputs += pipeline.on_raw(
+        produced = pipeline.on_raw(
             record.value or b"",
             record.key,
             header_map(record.headers),
@@ -257,29 +257,42 @@ def process(
             record.offset,
             record.timestamp,
         )
+        # Incident openings for the flap detector go through the repartition topic live.
+        outputs += [out for out in produced if out.role != "rate-input"]
+        rate_inputs += [out for out in produced if out.role == "rate-input"]
         # Drained per record: the rate counter sees events one by one, in arrival order.
         rate_inputs.extend(pipeline.drain_rate_inputs(record.partition))
         if report and i % 500 == 0:
             report.update(i)
     if report:
         report.finish(len(ordered))
-    partitions = {record.partition for record in ordered}
-    for partition in sorted(partitions):
-        for out in pipeline.on_tick(end, partition):
-            if out.role != "rate-input":
-                outputs.append(out)
     # Rates see the same partitions as live (the rate-input topic is keyed by alert_type), so
     # each partition's watermark, and so each late/on-time decision, matches the live run's.
     used: set[int] = set()
+    marks: list[Output] = []  # flap marks, back to the incidents' own partitions
+
+    def keep(produced: list[Output]) -> None:
+        outputs.extend(out for out in produced if out.role != "rate-input")
+        marks.extend(out for out in produced if out.role == "rate-input")
+
     for out in rate_inputs:
         target = partition_for(out.key, settings.partitions)
         used.add(target)
         assert out.value is not None  # rate inputs always carry a value
-        outputs.extend(pipeline.on_rate_input(out.value, target))
+        keep(pipeline.on_rate_input(out.value, target))
     # An idle live partition's watermark trails the wall clock by the idle delay.
     mark = int(FAR_FUTURE) if until is None else int(until - pipeline.rates.idle_delay_s)
     for target in sorted(used):
-        outputs.extend(pipeline.finish_rates(target, mark))
+        keep(pipeline.finish_rates(target, mark))
+    for out in marks:
+        assert out.value is not None and out.partition is not None
+        outputs.extend(pipeline.on_rate_input(out.value, out.partition))
+    # The raw partitions' timers last: expiry and retention see every flap mark, as live,
+    # where they fire long after the marks of incidents that are not yet stale.
+    for partition in sorted({record.partition for record in ordered}):
+        for out in pipeline.on_tick(end, partition):
+            if out.role != "rate-input":
+                outputs.append(out)
     return outputs
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from cfn.config import COMPRESSIONS, ConfigError, Env, parse_duration, topic_names
 from cfn.processors.anomaly import AnomalyPolicy
+from cfn.processors.flapping import FlapPolicy
 from cfn.security import PLAINTEXT, KafkaSecurity
 
 
@@ -49,6 +50,7 @@ class WorkerSettings:
     rate_lateness: int = 120
     rate_idle_after: float = 5.0
     anomaly: AnomalyPolicy = field(default_factory=AnomalyPolicy)
+    flap: FlapPolicy = field(default_factory=FlapPolicy)
     tick_interval: float = 1.0
     dlq_alarm_ratio: float = 0.05
     dlq_alarm_sample: int = 1000
@@ -98,6 +100,11 @@ class WorkerSettings:
             rate_lateness=int(env.duration("CFN_RATE_LATENESS", cls.rate_lateness)),
             rate_idle_after=env.duration("CFN_RATE_IDLE_AFTER", cls.rate_idle_after),
             anomaly=_anomaly_policy(env, rate_windows),
+            flap=FlapPolicy(
+                min_cycles=env.integer("CFN_FLAP_MIN_CYCLES", FlapPolicy.min_cycles, minimum=2),
+                window_s=int(env.duration("CFN_FLAP_WINDOW", FlapPolicy.window_s)),
+                quiet_s=int(env.duration("CFN_FLAP_QUIET", FlapPolicy.quiet_s)),
+            ),
             tick_interval=env.duration("CFN_TICK_INTERVAL", cls.tick_interval),
             dlq_alarm_ratio=env.number("CFN_DLQ_ALARM_RATIO", cls.dlq_alarm_ratio),
             dlq_alarm_sample=env.integer("CFN_DLQ_ALARM_SAMPLE", cls.dlq_alarm_sample, minimum=1),

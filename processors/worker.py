@@ -39,6 +39,7 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Engine:
         wall_clock,
         retention_store=tables["state-retention"],
         anomaly_store=tables["anomalies"],
+        flap_store=tables["flaps"],
     )
     return Engine(settings, pipeline, tables)
 

@@ -101,6 +101,7 @@ class IncidentRecord:
     first_event_id: str
     last_event_id: str
     catalog: dict[str, str | None] | None
+    flap_id: str | None = None  # the flap episode this incident is a cycle of (cfn.flaps)
     schema_version: int = SCHEMA_VERSION
 
 
@@ -141,4 +142,25 @@ class AnomalyRecord:
     opening_baseline: float  # the baseline when it opened
     peak_count: int  # the highest count while open
     windows: int  # windows from the opening one to this one, both included
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass(slots=True)
+class FlapRecord:
+    """A flap episode of one (tenant, account_id, policy_id, alert_type) starting or ending, in
+    `cfn.flaps` (processors/flapping.py says when)."""
+
+    flap_id: str  # "fl_" + hash of the flap key and the episode's first cycle
+    state: str  # "start" or "end"
+    tenant: str
+    account_id: str | None
+    policy_id: str | None
+    alert_type: str | None
+    started_at: int  # epoch s: the START ts of the opening that made it an episode
+    ended_at: int | None  # epoch s: the last opening + CFN_FLAP_QUIET; None on "start"
+    cycles: int  # incidents opened in the episode so far
+    first_incident_id: str
+    last_incident_id: str
+    window_s: int  # CFN_FLAP_WINDOW
+    quiet_s: int  # CFN_FLAP_QUIET
     schema_version: int = SCHEMA_VERSION

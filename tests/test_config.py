@@ -150,6 +150,7 @@ def test_topic_names_share_one_prefix() -> None:
         "incident-state",
         "rates",
         "anomalies",
+        "flaps",
         "dlq",
         "rate-input",
     }

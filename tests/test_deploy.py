@@ -71,6 +71,7 @@ GAUGES: dict[str, frozenset[str]] = {
     "cfn_incidents_open": frozenset({"alert_type"}),
     "cfn_alert_rate_per_minute": frozenset({"alert_type", "window"}),
     "cfn_anomalies_open": frozenset({"alert_type"}),
+    "cfn_flapping": frozenset({"alert_type"}),
     "cfn_consumer_lag_records": frozenset({"topic"}),
     "cfn_worker_partitions": frozenset(),
     "cfn_kafka_up": frozenset(),
@@ -364,6 +365,8 @@ def test_dashboard_covers_the_required_views() -> None:
         "cfn_dlq_total",
         "cfn_delivery_delay_seconds_bucket",
         "cfn_consumer_lag_records",
+        "cfn_anomalies_open",
+        "cfn_flapping",
     ):
         assert panel_reads(metric), f"no panel shows {metric}"
     assert any('code="202"' in e or "accepted" in e for e in exprs), "accepted vs rejected"
