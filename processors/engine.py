@@ -2,7 +2,7 @@
 
 Work is split into *tasks*, one per partition number p. Task p owns `cfn.raw` p and
 `cfn.rate-input` p (the range assignor gives both to the same worker, the topics having the
-same partition count), the state of p in three changelog-backed tables, and a transactional
+same partition count), the state of p in its changelog-backed tables, and a transactional
 producer whose id, `<app id>-task-<p>`, is the same on every worker. Everything task p does
 between two commits (outputs, changelog writes, its consumed offsets) is one Kafka transaction,
 so a read_committed subscriber sees each input's effects exactly once or not at all.
