@@ -40,6 +40,11 @@ class Deduplicator:
         self._order.setdefault(partition, deque()).append((now, event_id))
         return False
 
+    def due(self, now: float, partition: int) -> bool:
+        """Whether `expire` has anything to forget on this partition at `now`."""
+        order = self._order.get(partition)
+        return order is not None and len(order) > 0 and now - order[0][0] >= self.window_s
+
     def expire(self, now: float, partition: int) -> int:
         """Forget this partition's ids first seen a full window ago; returns how many."""
         order = self._order.get(partition)

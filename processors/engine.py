@@ -263,12 +263,20 @@ class Engine:
                         next_tick = now + s.tick_interval
                         await self._tick()
                     if now >= next_commit:
-                        next_commit = now + s.commit_interval
                         started = time.monotonic()
-                        if await self._commit_all():
+                        committed = await self._commit_all()
+                        if committed:
                             self.metrics.commit_duration.observe(time.monotonic() - started)
+                        next_commit = now + self.commit_pause(committed)
         finally:
             await self.close()
+
+    def commit_pause(self, committed: int) -> float:
+        """Seconds until the next commit round after one of `committed` transactions: the
+        commit interval, stretched so that rounds write at most CFN_MAX_TRANSACTIONS_PER_S.
+        Few busy partitions keep the short interval (latency); many stretch it (throughput)."""
+        s = self.settings
+        return max(s.commit_interval, committed / s.max_transactions)
 
     async def close(self) -> None:
         async with self._lock:
@@ -336,7 +344,8 @@ class Engine:
         now = self.pipeline.clock()
         lag = 0
         for partition in sorted(self.tasks):
-            await self._guarded(partition, self._tick_task, partition, now)
+            if self.pipeline.tick_due(now, partition):
+                await self._guarded(partition, self._tick_task, partition, now)
             task = self.tasks.get(partition)
             if task is None:
                 continue
@@ -344,6 +353,7 @@ class Engine:
             if high is not None and task.next_raw >= 0:
                 lag += max(0, high - task.next_raw)
         self.pipeline.metrics.consumer_lag.labels(self.raw_topic).set(lag)
+        self.pipeline.publish_gauges()
 
     async def _tick_task(self, partition: int, now: float) -> None:
         task = self.tasks[partition]

@@ -27,6 +27,10 @@ def _runner(section: str, e2e_rate: float | None) -> Callable[[Context], dict[st
         from tests.bench.pipeline_bench import run_pipeline
 
         return run_pipeline
+    if section == "partitions":
+        from tests.bench.partitions_bench import run_partitions
+
+        return run_partitions
     if section == "e2e":
         from tests.bench.e2e_bench import run_e2e
 

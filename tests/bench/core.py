@@ -19,7 +19,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCH_DIR = Path(__file__).resolve().parent
 SECRET = "bench-webhook-secret"
-SECTIONS = ("ingest", "pipeline", "e2e", "memory", "security")
+SECTIONS = ("ingest", "pipeline", "partitions", "e2e", "memory", "security")
 
 # Latency is measured at this fraction of the slowest peak measured in the same invocation. The
 # fixed-rate load generators are Python processes sharing the 2 cores with the broker and the
@@ -54,6 +54,8 @@ class Sizes:
     profile_seconds: float = 20.0
     restore_keys: int = 200_000  # dedup ids in the restored state (plus a quarter as incidents)
     restore_runs: int = 1
+    # partitions: the same records over 12 and over 96 partitions
+    partitions_n: int = 60_000
     # end to end
     e2e_duration: float = 20.0
     # memory
@@ -75,6 +77,7 @@ class Sizes:
             wrk_warmup=0.0,
             fixed_rate_duration=3.0,
             pipeline_n=20_000,
+            partitions_n=10_000,
             pipeline_box_s=8.0,
             profile_seconds=5.0,
             restore_keys=20_000,

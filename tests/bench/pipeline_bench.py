@@ -54,7 +54,7 @@ from tests.bench.core import (
 )
 from tests.kafka_util import produce_with_headers
 from tests.services import Process, free_port, start_worker, wait_ready
-from tests.workload import build
+from tests.workload import Workload, build
 
 PARTITIONS = 12
 WORKER_ENV = {"CFN_TICK_INTERVAL": "1s"}  # the product default; tests/services uses 0.5 s
@@ -109,18 +109,23 @@ def workload_shape(n: int) -> tuple[int, int]:
     return incidents, max(1, unique - 2 * incidents)
 
 
-def prefill(ctx: Context, n: int) -> Prefilled:
+def prefill(
+    ctx: Context, n: int, partitions: int = PARTITIONS, work: Workload | None = None
+) -> Prefilled:
+    """A fresh prefix whose raw topic holds about `n` realistic records (`work`, if given: the
+    same records in several topics)."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     topics = list(topic_names(prefix).items())
-    asyncio.run(ensure_topics(ctx.bootstrap, topics, PARTITIONS, 1))
-    incidents, one_offs = workload_shape(n)
-    started = time.monotonic()
-    work = build(incidents, one_offs, int(time.time() * 1000))
-    progress(
-        f"pipeline: built {len(work.records)} raw records "
-        f"({len(work.unique_event_ids)} unique, {work.pairs} START/END pairs) "
-        f"in {time.monotonic() - started:.1f}s; producing"
-    )
+    asyncio.run(ensure_topics(ctx.bootstrap, topics, partitions, 1))
+    if work is None:
+        incidents, one_offs = workload_shape(n)
+        started = time.monotonic()
+        work = build(incidents, one_offs, int(time.time() * 1000))
+        progress(
+            f"pipeline: built {len(work.records)} raw records "
+            f"({len(work.unique_event_ids)} unique, {work.pairs} START/END pairs) "
+            f"in {time.monotonic() - started:.1f}s; producing"
+        )
     started = time.monotonic()
     raw = f"{prefix}raw"
     acked = asyncio.run(produce_with_headers(ctx.bootstrap, raw, work.records))

@@ -74,6 +74,22 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if restore.get("runs"):
         recognised = bool(restore["state_recognised"])
         add("restart restores every changelog key", recognised, "all keys", recognised)
+    parts = sections.get("partitions")
+    if parts:
+        value = parts["ratio_96_vs_12"]
+        add(
+            "one worker's events/s over 96 partitions / over 12 (same records)",
+            value,
+            ">= 0.9",
+            None if value is None else value >= 0.9,
+        )
+        value = parts["ratio_ready_96_vs_12"]
+        add(
+            "one worker's time to ready over 96 partitions / over 12",
+            value,
+            "<= 1.5",
+            None if value is None else value <= 1.5,
+        )
     e2e = sections.get("e2e")
     if e2e:
         value = e2e["p99_ms"]
@@ -216,6 +232,26 @@ def _summary_rows(sections: dict[str, Any]) -> list[str]:
                 f"| {'yes' if recognised else 'NO'} | | | all keys "
                 f"| {_met(recognised, recognised)} |"
             )
+    parts = sections.get("partitions")
+    if parts:
+        r = parts["ratio_96_vs_12"]
+        rows.append(
+            f"| One worker's events/s over 96 partitions vs 12, {_num(parts['n'])} records "
+            f"| {_num(parts['p96_eps'])} | {_num(parts['p12_eps'])} (12 partitions) "
+            f"| {_num(r, 2)} | >= 0.9 | {_met(r, None if r is None else r >= 0.9)} |"
+        )
+        rows.append(
+            f"| Same, 96 partitions without commit pacing (a transaction per busy partition "
+            f"every commit interval) | {_num(parts['p96_unpaced_eps'])} "
+            f"| {_num(parts['p12_eps'])} (12 partitions) "
+            f"| {_num(parts['ratio_96_unpaced_vs_12'], 2)} | | |"
+        )
+        r = parts["ratio_ready_96_vs_12"]
+        rows.append(
+            f"| Time to ready (s), 96 partitions vs 12 "
+            f"| {_num(parts['p96_ready_s'], 1)} | {_num(parts['p12_ready_s'], 1)} "
+            f"| {_num(r, 2)} | <= 1.5 | {_met(r, None if r is None else r <= 1.5)} |"
+        )
     e2e = sections.get("e2e")
     if e2e:
         p99 = e2e["p99_ms"]

@@ -1,0 +1,94 @@
+"""Section `partitions`: one worker's cost in partitions, 12 against 96, on the same records.
+
+The same realistic records (tests/workload.py) go into two raw topics, one of 12 partitions and
+one of 96. One `cfn worker` (CFN_PARTITIONS set to match) reads each with a fresh group; rounds
+alternate which goes first. Three contenders:
+
+* `p12`: 12 partitions, the defaults;
+* `p96`: 96 partitions, the defaults: commit rounds paced to at most CFN_MAX_TRANSACTIONS_PER_S
+  transactions a second, and no tick (so no transaction) for a partition with nothing due;
+* `p96_unpaced`: 96 partitions with the pacing off (CFN_MAX_TRANSACTIONS_PER_S very high): a
+  commit round, so a transaction per busy partition, every CFN_COMMIT_INTERVAL, as before.
+
+Reported: events/s from the first record processed to the last (or the end of the time box), the
+same counted by committed offsets, and the time from start to /readyz 200; the ratios are the
+medians of the rounds' ratios.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from tests.bench.core import Context, finite_or_none, median, progress, ratio
+from tests.bench.pipeline_bench import WorkerCrashed, prefill, run_one, workload_shape
+from tests.workload import build
+
+CONTENDERS: dict[str, tuple[int, dict[str, str]]] = {
+    "p12": (12, {}),
+    "p96": (96, {}),
+    "p96_unpaced": (96, {"CFN_MAX_TRANSACTIONS_PER_S": "1000000"}),
+}
+
+
+def run_partitions(ctx: Context) -> dict[str, Any]:
+    n = ctx.sizes.partitions_n
+    incidents, one_offs = workload_shape(n)
+    work = build(incidents, one_offs, int(time.time() * 1000))
+    progress(f"partitions: {len(work.records)} records into a 12- and a 96-partition topic")
+    filled = {count: prefill(ctx, n, count, work) for count in (12, 96)}
+    token = uuid.uuid4().hex[:6]
+    rounds: list[dict[str, Any]] = []
+    names = list(CONTENDERS)
+    for r in range(ctx.sizes.runs):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        round_result: dict[str, Any] = {}
+        for name in order:
+            count, env = CONTENDERS[name]
+            pre = filled[count]
+            app_id = f"bench-parts-{name}-{token}-{r}"
+            progress(f"partitions: run {r + 1}/{ctx.sizes.runs}: {name} over {pre.n} records")
+            try:
+                got = run_one(ctx, pre, app_id, {"CFN_PARTITIONS": str(count), **env})
+            except WorkerCrashed as exc:
+                got = {"error": str(exc), "log_tail": exc.log_tail}
+            got.pop("timeline", None)
+            round_result[name] = got
+            progress(
+                f"partitions:   {name}: "
+                + " ".join(
+                    f"{key}={got[key]:.1f}"
+                    for key in ("eps", "committed_eps", "ready_s")
+                    if got.get(key) is not None
+                )
+            )
+        rounds.append(round_result)
+
+    def per_round(a: str, b: str, key: str) -> float | None:
+        values = [
+            ratio(float(r[a][key]), float(r[b][key]))
+            for r in rounds
+            if r[a].get(key) is not None and r[b].get(key) is not None
+        ]
+        return finite_or_none(median(values))
+
+    def med(name: str, key: str) -> float | None:
+        return finite_or_none(
+            median([float(r[name][key]) for r in rounds if r[name].get(key) is not None])
+        )
+
+    return {
+        "n": filled[12].n,
+        "box_s": ctx.sizes.pipeline_box_s,
+        "runs": rounds,
+        **{
+            f"{name}_{key}": med(name, key)
+            for name in CONTENDERS
+            for key in ("eps", "committed_eps", "ready_s")
+        },
+        "ratio_96_vs_12": per_round("p96", "p12", "eps"),
+        "ratio_96_vs_12_committed": per_round("p96", "p12", "committed_eps"),
+        "ratio_96_unpaced_vs_12": per_round("p96_unpaced", "p12", "eps"),
+        "ratio_ready_96_vs_12": per_round("p96", "p12", "ready_s"),
+    }
