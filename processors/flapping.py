@@ -3,9 +3,9 @@
 Cloudflare gives each episode of a problem its own correlation id, so flapping is invisible in
 one incident; it shows across the incidents of one flap key: (tenant, account_id, policy_id,
 alert_type). Incidents of one flap key live on different raw partitions (their keys hold the
-correlation id), so the worker repartitions their openings by flap key (through its internal
-repartition topic, in the same transactions as everything else) and this detector runs on the
-partition that owns the flap key.
+correlation id), so the worker repartitions their openings (through its internal repartition
+topic, in the same transactions as everything else) to the partition of their alert type, which
+holds every flap key of that type, and this detector runs there.
 
 Rules (`FlapPolicy`):
 * **entering**: when `min_cycles` incidents of one flap key have opened within `window_s`
@@ -82,13 +82,6 @@ def flap_key(
         KEY_PREFIX
         + jsonio.dumps([tenant, account_id or "", policy_id or "", alert_type or ""]).decode()
     )
-
-
-def flap_record_key(
-    tenant: str, account_id: str | None, policy_id: str | None, alert_type: str | None
-) -> bytes:
-    """The Kafka key of a flap key's records: its repartition inputs and its cfn.flaps records."""
-    return f"{tenant}|{account_id or ''}|{policy_id or ''}|{alert_type or ''}".encode()
 
 
 @dataclass

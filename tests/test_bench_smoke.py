@@ -79,12 +79,13 @@ def test_quick_ingest_and_memory_sections(kafka: str, tmp_path: Path) -> None:
     assert not any("error" in s for s in sections.values()), results["sections"]
 
     (entry,) = sections["ingest"]["by_workers"]
-    for name in ("cfn", "bare_kafka", "bare_http"):
+    for name in ("cfn", "bare_kafka", "bare_http", "go_peer"):
         assert positive(entry[name]["ok_rps"]), entry[name]
         assert entry[name]["non_2xx"] == 0 and entry[name]["socket_errors"] == 0
         assert positive(entry[name]["p99_ms"])
     assert positive(entry["ratio_cfn_vs_bare_kafka"])
     assert positive(entry["ratio_bare_kafka_vs_bare_http"])
+    assert positive(entry["ratio_cfn_vs_go_peer"])
     for name in ("cfn", "bare_kafka"):
         half = entry["fixed_rate"][name]
         assert half["ok"] == half["sent"] > 0, half
@@ -134,3 +135,26 @@ def test_latency_reports_the_run_with_the_median_tail() -> None:
     assert median_run(runs) == {"p99_ms": 15.0, "n": 3}
     assert median_run([{"p99_ms": None}, {"p99_ms": 5.0}]) == {"p99_ms": 5.0}
     assert median_run([{"p99_ms": 7.0}]) == {"p99_ms": 7.0}
+
+
+def test_quick_partitions_section(kafka: str, tmp_path: Path) -> None:
+    """The same records over 12 and 96 partitions, paced and unpaced: every contender processes
+    them all and is timed to ready (at this size the rates are too quick to time reliably; their
+    values are make bench's business)."""
+    sizes = dataclasses.replace(Sizes.fast(), partitions_n=3_000, pipeline_box_s=15.0)
+    results = run_bench(
+        sizes,
+        ["partitions"],
+        out_dir=tmp_path,
+        command="pytest tests/test_bench_smoke.py",
+        bootstrap=kafka,
+    )
+    section = results["sections"]["partitions"]
+    assert "error" not in section, section
+    (run,) = section["runs"]
+    for name in ("p12", "p96", "p96_unpaced"):
+        assert run[name]["complete"] is True, run[name]
+        assert positive(run[name]["ready_s"])
+    assert positive(section["ratio_ready_96_vs_12"])
+    names = {t["name"] for t in results["targets"]}
+    assert "one worker's events/s over 96 partitions / over 12 (same records)" in names

@@ -18,7 +18,6 @@ from cfn.processors.flapping import (
     FlapPolicy,
     FlapResult,
     flap_key,
-    flap_record_key,
 )
 from cfn.processors.metrics import WorkerMetrics
 from cfn.processors.pipeline import Output, Pipeline
@@ -166,8 +165,8 @@ def test_the_pipeline_routes_openings_by_flap_key_and_marks_back_to_the_incident
         raw_partition[f"flap-{i}"] = p
         repartition += [o for o in out if o.role == "rate-input"]
     assert len(repartition) == 4
-    assert {o.key for o in repartition} == {flap_record_key(*KEY)}
-    target = partition_for(flap_record_key(*KEY), 4)
+    assert {o.key for o in repartition} == {KEY[3].encode()}  # to the alert type's partition
+    target = partition_for(KEY[3].encode(), 4)
     outputs: list[Output] = []
     for o in repartition:
         assert o.value is not None

@@ -54,8 +54,8 @@ class Sizes:
     profile_seconds: float = 20.0
     restore_keys: int = 200_000  # dedup ids in the restored state (plus a quarter as incidents)
     restore_runs: int = 1
-    # partitions: the same records over 12 and over 96 partitions
-    partitions_n: int = 60_000
+    # partitions: the same records over 12 and over 96 partitions (a run stops at the box too)
+    partitions_n: int = 200_000
     # end to end
     e2e_duration: float = 20.0
     # memory

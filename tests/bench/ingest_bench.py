@@ -4,7 +4,10 @@ For each process count (1 and 2), three servers run side by side on one broker:
 
 * cfn: `cfn ingest` with a secret set (auth, JSON parse, key, headers, metrics, acks=all);
 * bare_kafka: tests/bench/bare_ingest.py, the same acks=all idempotent aiokafka send, nothing else;
-* bare_http: the same handler without Kafka: the HTTP stack's own ceiling.
+* bare_http: the same handler without Kafka: the HTTP stack's own ceiling;
+* go_peer: tests/bench/go_peer, what a user might write in Go instead: net/http, a SHA-256 check
+  of the secret, a JSON-object check, franz-go producing with acks=all and idempotence, 202
+  after the ack (one process, every core; built here with `go build`).
 
 wrk loads each in turn at fixed concurrency, rounds interleaved and rotated; a ratio is the
 median over rounds of that round's ratio. Then the fixed-rate client measures latency at a
@@ -37,8 +40,43 @@ from tests.bench.load import WEBHOOK_PATH, WrkResult, lua_script, run_wrk, webho
 from tests.kafka_util import create_topics, run
 from tests.services import Process, free_port, request, start_ingest, wait_ready
 
-CONTENDERS = ("cfn", "bare_kafka", "bare_http")
+CONTENDERS = ("cfn", "bare_kafka", "bare_http", "go_peer")
 BARE_TOPIC = "bench.bare-raw"
+GO_TOPIC = "bench.go-raw"
+GO_PEER = Path(__file__).parent / "go_peer"
+
+
+def build_go_peer(ctx: Context) -> Path:
+    """The Go peer's binary, built from tests/bench/go_peer (modules from the Go proxy)."""
+    binary = ctx.tmp / "go-peer"
+    subprocess.run(
+        ["go", "build", "-o", str(binary), "."],
+        cwd=GO_PEER,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return binary
+
+
+def _start_go(ctx: Context, binary: Path) -> Process:
+    port = free_port()
+    process = Process(
+        [str(binary)],
+        bench_env(
+            {
+                "GO_PEER_PORT": str(port),
+                "GO_PEER_BOOTSTRAP": ctx.bootstrap,
+                "GO_PEER_TOPIC": GO_TOPIC,
+                "GO_PEER_SECRET": SECRET,
+            }
+        ),
+        ctx.tmp / f"go-peer-{port}.log",
+        port=port,
+    )
+    process.start()
+    wait_ready(process, port, "/readyz")
+    return process
 
 
 def _start_bare(ctx: Context, workers: int, with_kafka: bool) -> Process:
@@ -69,7 +107,7 @@ def _settled(process: Process, times: int = 20) -> None:
         time.sleep(0.05)
 
 
-def start_servers(ctx: Context, workers: int) -> dict[str, Process]:
+def start_servers(ctx: Context, workers: int, go_binary: Path) -> dict[str, Process]:
     args = ("--workers", str(workers)) if workers > 1 else ()
     servers: dict[str, Process] = {}
     try:
@@ -82,6 +120,7 @@ def start_servers(ctx: Context, workers: int) -> dict[str, Process]:
         )
         servers["bare_kafka"] = _start_bare(ctx, workers, with_kafka=True)
         servers["bare_http"] = _start_bare(ctx, workers, with_kafka=False)
+        servers["go_peer"] = _start_go(ctx, go_binary)
         for process in servers.values():
             _settled(process)
     except BaseException:
@@ -153,17 +192,18 @@ def _round_ratio(rounds: list[dict[str, WrkResult]], a: str, b: str) -> float | 
     return finite_or_none(median([ratio(r[a].ok_rps, r[b].ok_rps) for r in rounds]))
 
 
-def bench_workers(ctx: Context, workers: int, script: Path) -> dict[str, Any]:
+def bench_workers(ctx: Context, workers: int, script: Path, go_binary: Path) -> dict[str, Any]:
     sizes = ctx.sizes
-    progress(f"ingest[{workers}p]: starting cfn ingest and the two bare servers")
-    servers = start_servers(ctx, workers)
+    progress(f"ingest[{workers}p]: starting cfn ingest, the two bare servers and the Go peer")
+    servers = start_servers(ctx, workers, go_binary)
     try:
         if sizes.wrk_warmup > 0:
             for name in CONTENDERS:
                 wrk_once(ctx, servers[name], script, sizes.wrk_warmup)
         rounds: list[dict[str, WrkResult]] = []
         for r in range(sizes.runs):
-            order = list(CONTENDERS[r % 3 :] + CONTENDERS[: r % 3])
+            shift = r % len(CONTENDERS)
+            order = list(CONTENDERS[shift:] + CONTENDERS[:shift])
             round_result: dict[str, WrkResult] = {}
             for name in order:
                 round_result[name] = wrk_once(ctx, servers[name], script, sizes.wrk_duration)
@@ -204,6 +244,20 @@ def bench_workers(ctx: Context, workers: int, script: Path) -> dict[str, Any]:
         **{name: _summary(rounds, name) for name in CONTENDERS},
         "ratio_cfn_vs_bare_kafka": _round_ratio(rounds, "cfn", "bare_kafka"),
         "ratio_bare_kafka_vs_bare_http": _round_ratio(rounds, "bare_kafka", "bare_http"),
+        "ratio_cfn_vs_go_peer": _round_ratio(rounds, "cfn", "go_peer"),
+        "ratio_cfn_vs_go_peer_per_cpu": finite_or_none(
+            median(
+                [
+                    ratio(
+                        ratio(r["cfn"].requests - r["cfn"].non_2xx, r["cfn"].server_cpu_s),
+                        ratio(
+                            r["go_peer"].requests - r["go_peer"].non_2xx, r["go_peer"].server_cpu_s
+                        ),
+                    )
+                    for r in rounds
+                ]
+            )
+        ),
         "ratio_cfn_vs_bare_kafka_per_cpu": finite_or_none(
             median(
                 [
@@ -223,8 +277,10 @@ def bench_workers(ctx: Context, workers: int, script: Path) -> dict[str, Any]:
 
 
 def run_ingest(ctx: Context) -> dict[str, Any]:
-    run(create_topics(ctx.bootstrap, [BARE_TOPIC], 12))
+    run(create_topics(ctx.bootstrap, [BARE_TOPIC, GO_TOPIC], 12))
     script = lua_script(ctx.tmp / "post.lua")
+    progress("ingest: building the Go peer (tests/bench/go_peer)")
+    go_binary = build_go_peer(ctx)
     sizes = ctx.sizes
     return {
         "wrk": {
@@ -233,5 +289,5 @@ def run_ingest(ctx: Context) -> dict[str, Any]:
             "duration_s": sizes.wrk_duration,
             "body_bytes": len(webhook_body("bench-1-1")),
         },
-        "by_workers": [bench_workers(ctx, w, script) for w in sizes.ingest_workers],
+        "by_workers": [bench_workers(ctx, w, script, go_binary) for w in sizes.ingest_workers],
     }

@@ -244,17 +244,17 @@ def processed_rate(samples: list[Sample], n: int, started: float) -> dict[str, A
         "eps_per_cpu_s": None,
         "ready_s": ready.t - started if ready else None,
         "rss_at_ready": ready.rss if ready else None,
+        "records": last.processed if last else 0,
+        "complete": last is not None and last.processed >= n,
     }
     if first is None or last is None or last.t <= first.t:
-        return result
+        return result  # all of it between two samples: too quick to time
     work = last.processed - first.processed
     cpu = last.cpu - first.cpu
     result.update(
         eps=work / (last.t - first.t),
         eps_per_cpu_s=work / cpu if cpu > 0 else None,
         seconds=last.t - first.t,
-        records=last.processed,
-        complete=last.processed >= n,
         startup_s=first.t - started,
     )
     return result
@@ -267,6 +267,18 @@ def timeline(samples: list[Sample], started: float, step: float = 1.0) -> list[l
         if not points or s.t - started - points[-1][0] >= step or s is samples[-1]:
             points.append([round(s.t - started, 2), s.processed, s.committed])
     return points
+
+
+def committed_per_cpu(samples: list[Sample]) -> float | None:
+    """Records committed per CPU-second of the processes, over the same span as
+    `committed_rate`: a second worker that only adds coordination shows here."""
+    commits: list[Sample] = []
+    for previous, s in itertools.pairwise(samples):
+        if s.committed > previous.committed and (commits or s.ready):
+            commits.append(s)
+    if len(commits) < 2 or commits[-1].cpu <= commits[0].cpu:
+        return None
+    return (commits[-1].committed - commits[0].committed) / (commits[-1].cpu - commits[0].cpu)
 
 
 def committed_rate(samples: list[Sample]) -> float | None:
@@ -372,6 +384,66 @@ def run_bare(ctx: Context, pre: Prefilled, app_id: str) -> dict[str, Any]:
         _stop([process])
     result = processed_rate(samples, pre.n, started)
     result["committed_eps"] = committed_rate(samples)
+    result["committed_per_cpu_s"] = committed_per_cpu(samples)
+    result["timeline"] = timeline(samples, started)
+    return result
+
+
+QUIX_VERSION = "3.28.1"  # the peer's quixstreams, a bench extra in its own venv
+QUIX_VENV = Path.home() / ".cache" / "cfn" / "bench" / f"quixstreams-{QUIX_VERSION}"
+
+
+def quix_python() -> Path:
+    """The interpreter of the quixstreams peer: a venv of its own (quixstreams pins its own
+    confluent-kafka, rocksdict and pydantic), made once and kept in ~/.cache/cfn/bench."""
+    python = QUIX_VENV / "bin" / "python"
+    check = [str(python), "-c", "import quixstreams, orjson"]
+    if python.exists() and subprocess.run(check, capture_output=True, check=False).returncode == 0:
+        return python
+    progress(f"pipeline: installing quixstreams {QUIX_VERSION} into {QUIX_VENV}")
+    shutil.rmtree(QUIX_VENV, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(QUIX_VENV)], check=True, timeout=300)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", f"quixstreams=={QUIX_VERSION}", "orjson"],
+        check=True,
+        timeout=900,
+    )
+    return python
+
+
+def _start_quix(ctx: Context, pre: Prefilled, app_id: str) -> Process:
+    port = free_port()
+    process = Process(
+        [str(quix_python()), str(Path(__file__).parent / "quix_peer.py")],
+        bench_env(
+            {
+                "QUIX_PEER_BOOTSTRAP": ctx.bootstrap,
+                "QUIX_PEER_TOPIC": pre.raw_topic,
+                "QUIX_PEER_OUT": f"{pre.prefix}quix-unique",
+                "QUIX_PEER_GROUP": app_id,
+                "QUIX_PEER_PORT": str(port),
+                "QUIX_PEER_STATE": str(ctx.tmp / f"quix-state-{port}"),
+            }
+        ),
+        ctx.tmp / f"quix-peer-{port}.log",
+        port=port,
+    )
+    process.start()
+    return process
+
+
+def run_quix(ctx: Context, pre: Prefilled, app_id: str) -> dict[str, Any]:
+    """The quixstreams exactly-once dedup peer through the same topic; counted like the worker
+    (its /readyz `processed`, and the group's committed offsets)."""
+    started = time.monotonic()
+    process = _start_quix(ctx, pre, app_id)
+    try:
+        samples = _watch_single(ctx, pre, app_id, process)
+    finally:
+        _stop([process])
+    result = processed_rate(samples, pre.n, started)
+    result["committed_eps"] = committed_rate(samples)
+    result["committed_per_cpu_s"] = committed_per_cpu(samples)
     result["timeline"] = timeline(samples, started)
     return result
 
@@ -390,6 +462,7 @@ def run_one(
         _stop([process])
     result = processed_rate(samples, pre.n, started)
     result["committed_eps"] = committed_rate(samples)
+    result["committed_per_cpu_s"] = committed_per_cpu(samples)
     result["timeline"] = timeline(samples, started)
     return result
 
@@ -417,6 +490,7 @@ def run_two(ctx: Context, pre: Prefilled, app_id: str) -> dict[str, Any]:
     ready = any(s.ready for s in samples)
     return {
         "committed_eps": committed_rate(samples),
+        "committed_per_cpu_s": committed_per_cpu(samples),
         "both_ready": ready,
         "committed": samples[-1].committed if samples else 0,
         "timeline": timeline(samples, started),
@@ -687,13 +761,13 @@ def run_pipeline(ctx: Context) -> dict[str, Any]:
     token = uuid.uuid4().hex[:6]
     rounds: list[dict[str, Any]] = []
     for r in range(sizes.runs):
-        order = ["bare", "one", "two"]
-        order = order[r % 3 :] + order[: r % 3]  # rotate: no contender always goes first
+        order = ["bare", "one", "two", "quix"]
+        order = order[r % 4 :] + order[: r % 4]  # rotate: no contender always goes first
         round_result: dict[str, Any] = {}
         for which in order:
             app_id = f"bench-{which}-{token}-{r}"
             progress(f"pipeline: run {r + 1}/{sizes.runs}: {which} over {pre.n} records")
-            runner = {"bare": run_bare, "one": run_one, "two": run_two}[which]
+            runner = {"bare": run_bare, "one": run_one, "two": run_two, "quix": run_quix}[which]
             try:
                 round_result[which] = runner(ctx, pre, app_id)
             except WorkerCrashed as exc:  # a finding about cfn, not a harness failure
@@ -731,6 +805,14 @@ def run_pipeline(ctx: Context) -> dict[str, Any]:
         ),
         "ratio_two_vs_one": finite_or_none(
             median(per_round(("two", "committed_eps"), ("one", "committed_eps")))
+        ),
+        "ratio_two_vs_one_per_cpu": finite_or_none(
+            median(per_round(("two", "committed_per_cpu_s"), ("one", "committed_per_cpu_s")))
+        ),
+        "quix_committed_eps": finite_or_none(median(values("quix", "committed_eps"))),
+        "quix_version": QUIX_VERSION,
+        "ratio_cfn_vs_quix_committed": finite_or_none(
+            median(per_round(("one", "committed_eps"), ("quix", "committed_eps")))
         ),
     }
     if sizes.restore_runs:

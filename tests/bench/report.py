@@ -48,6 +48,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 ">= 0.8",
                 None if value is None else value >= 0.8,
             )
+            value = entry.get("ratio_cfn_vs_go_peer")
+            add(
+                f"ingest req/s cfn / Go net/http + franz-go peer, {entry['workers']} process(es)",
+                value,
+                ">= 0.6",
+                None if value is None else value >= 0.6,
+            )
     pipeline = sections.get("pipeline")
     if pipeline:
         value = pipeline["ratio_cfn_vs_bare"]
@@ -69,6 +76,20 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             value,
             ">= 1.8",
             None if value is None else value >= 1.8,
+        )
+        value = pipeline.get("ratio_two_vs_one_per_cpu")
+        add(
+            "pipeline events per CPU-second, two workers / one",
+            value,
+            ">= 0.9",
+            None if value is None else value >= 0.9,
+        )
+        value = pipeline.get("ratio_cfn_vs_quix_committed")
+        add(
+            "pipeline events/s cfn worker / quixstreams exactly-once dedup peer (committed)",
+            value,
+            ">= 1.3",
+            None if value is None else value >= 1.3,
         )
     restore = (pipeline or {}).get("restore") or {}
     if restore.get("runs"):
@@ -185,6 +206,20 @@ def _summary_rows(sections: dict[str, Any]) -> list[str]:
                 f"| {_num(entry['bare_http']['ok_rps'])} (bare handler, no Kafka) "
                 f"| {_num(entry['ratio_bare_kafka_vs_bare_http'], 2)} | (cost of the ack) | |"
             )
+            go = entry.get("go_peer")
+            if go:
+                r = entry["ratio_cfn_vs_go_peer"]
+                rows.append(
+                    f"| Ingest req/s vs a Go peer (net/http + franz-go, acks=all, idempotent; "
+                    f"all cores), cfn {w} process(es) "
+                    f"| {_num(entry['cfn']['ok_rps'])} | {_num(go['ok_rps'])} (Go peer) "
+                    f"| {_num(r, 2)} | >= 0.6 | {_met(r, None if r is None else r >= 0.6)} |"
+                )
+                rows.append(
+                    f"| Ingest requests per CPU-second vs the Go peer, cfn {w} process(es) "
+                    f"| {_num(entry['cfn']['rps_per_cpu_s'])} | {_num(go['rps_per_cpu_s'])} "
+                    f"| {_num(entry['ratio_cfn_vs_go_peer_per_cpu'], 2)} | | |"
+                )
             at_rate = entry["fixed_rate"]
             rows.append(
                 f"| Ingest p99 ms at {_num(at_rate['rate'])} req/s "
@@ -217,6 +252,21 @@ def _summary_rows(sections: dict[str, Any]) -> list[str]:
             f"| {_num(pipeline['cfn_one_committed_eps'])} (one worker) "
             f"| {_num(r, 2)} | >= 1.8 | {_met(r, None if r is None else r >= 1.8)} |"
         )
+        r = pipeline.get("ratio_two_vs_one_per_cpu")
+        rows.append(
+            f"| Pipeline committed events per CPU-second, two workers vs one "
+            f"| | | {_num(r, 2)} | >= 0.9 | {_met(r, None if r is None else r >= 0.9)} |"
+        )
+        r = pipeline.get("ratio_cfn_vs_quix_committed")
+        if pipeline.get("quix_committed_eps") is not None:
+            rows.append(
+                f"| Pipeline events/s by committed offsets, cfn worker (dedup, correlation, "
+                f"rates, anomalies, flapping, enrichment, metrics) vs quixstreams "
+                f"{pipeline['quix_version']} exactly-once, dedup only "
+                f"| {_num(pipeline['cfn_one_committed_eps'])} "
+                f"| {_num(pipeline['quix_committed_eps'])} (quixstreams peer) "
+                f"| {_num(r, 2)} | >= 1.3 | {_met(r, None if r is None else r >= 1.3)} |"
+            )
         restore = pipeline.get("restore") or {}
         if restore.get("runs"):
             rows.append(
