@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from cfn.access import AccessDenied, diagnose
 from cfn.health import Reachability
 from cfn.ingest.auth import DEFAULT_TENANT, SecretIndex, SecretsError
+from cfn.ingest.fairness import REASONS, Admission, TenantLimits, TenantSlots
 from cfn.ingest.metrics import IngestMetrics
 from cfn.ingest.openapi import openapi_document
 from cfn.ingest.settings import IngestSettings
@@ -38,6 +39,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 WEBHOOK_PATH = "/webhooks/cloudflare"
 PROBE_INTERVAL = 1.0  # seconds between two checks that Kafka takes writes
+SWEEP_INTERVAL = 1.0  # seconds between two looks for tenants no longer throttled
 AUTH_HEADER = b"cf-webhook-auth"
 # The 202's start message: its body is always 61 bytes (a 32-hex-digit id).
 _ACCEPTED_START: Message = {
@@ -57,6 +59,21 @@ class BodyTooLarge(Exception):
 
 class BodyIncomplete(Exception):
     """The connection closed before the whole body arrived (ingest.protocol's body timeout)."""
+
+
+class _Tenant:
+    """One tenant's admission state and its metric children, looked up once per request."""
+
+    __slots__ = ("accepted", "codes", "slots", "throttled")
+
+    def __init__(self, slots: TenantSlots, metrics: IngestMetrics) -> None:
+        self.slots = slots
+        self.accepted = metrics.tenant_requests.labels(slots.name, 202)
+        # Every series a panel divides by exists from the start, at zero; others on first use.
+        self.codes = {code: metrics.tenant_requests.labels(slots.name, code) for code in (202, 429)}
+        self.throttled = {
+            reason: metrics.tenant_throttled.labels(slots.name, reason) for reason in REASONS
+        }
 
 
 class IngestApp:
@@ -93,13 +110,18 @@ class IngestApp:
         self._unconnected = NOT_CONNECTED
         # sink.replacements when the current outage began; -1 while Kafka is reachable
         self._replaced_before_outage = -1
-        self._inflight = 0
+        self._admission = Admission(settings.max_inflight, settings.tenant_defaults)
+        self._tenants: dict[str, _Tenant] = {}
+        self._configure_tenants()
         self._tasks: list[asyncio.Task[None]] = []
         self._openapi = jsonio.dumps(openapi_document(settings))
         # Request ids: 128 random bits each, like uuid4, from a generator seeded by os.urandom
         # per process. Unique, not secret; os.urandom per request cost a syscall (measured at
         # 6 us under load here).
-        self._random_bits = random.Random().getrandbits  # noqa: S311 (not a secret)
+        generator = random.Random()  # noqa: S311 (not a secret)
+        self._random_bits = generator.getrandbits
+        self._random = generator.random
+        self._throttle_delay = settings.throttle_delay
         # The hot path's lookups, done once.
         self._raw_topic = settings.raw_topic
         self._accepted = self.metrics.requests.labels("202")
@@ -107,7 +129,25 @@ class IngestApp:
         self._observe_ack = self.metrics.ack_duration.observe
         self._observe_body = self.metrics.body_bytes.observe
         # Read at scrape time: nothing to update per request.
-        self.metrics.in_flight.set_function(lambda: self._inflight)
+        self.metrics.in_flight.set_function(lambda: self._admission.inflight)
+        self.metrics.tenant_slots.read = lambda: [
+            (s.name, s.inflight, s.limit, s.guaranteed) for s in self._admission
+        ]
+
+    def _configure_tenants(self) -> None:
+        """Give every configured tenant its limits (at start, and after each reload)."""
+        if self.secrets is None:
+            limits: dict[str, TenantLimits] = {DEFAULT_TENANT: TenantLimits()}
+        else:
+            limits = {
+                name: self.secrets.limits.get(name, TenantLimits())
+                for name in sorted(self.secrets.tenants)
+            }
+        self._admission.configure(limits)
+        self._tenants = {
+            slots.name: self._tenants.get(slots.name) or _Tenant(slots, self.metrics)
+            for slots in self._admission
+        }
 
     # ---- ASGI entry -------------------------------------------------------------------------
 
@@ -143,41 +183,71 @@ class IngestApp:
 
     async def _webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        if self._inflight >= self.settings.max_inflight:
-            await self._error(
-                send, 429, "too_many_requests", "ingest is at CFN_INGEST_MAX_INFLIGHT", retry=True
-            )
+        # Authentication first (a header and one SHA-256): slots are shared out by tenant, and
+        # a request that is no tenant's takes none.
+        presented, declared = _auth_and_length(scope["headers"])
+        name = self._authenticate(presented)
+        if name is None:
+            await self._unauthorized(send, presented)
+            self._observe_request(time.perf_counter() - started)
             return
-        self._inflight += 1
+        tenant = self._tenants[name]  # the index and the tenants are replaced together
+        refused = self._admission.admit(tenant.slots, started)
+        if refused is not None:
+            await self._throttled(send, tenant, refused)
+            return
         try:
-            await self._accept(scope, receive, send)
+            status = await self._accept(name, receive, send, declared)
         finally:
-            self._inflight -= 1
+            self._admission.release(tenant.slots)
+        if status == 202:
+            tenant.accepted.inc()
+        else:
+            counter = tenant.codes.get(status)
+            if counter is None:  # a status this tenant has not had yet: its child, once
+                counter = tenant.codes[status] = self.metrics.tenant_requests.labels(name, status)
+            counter.inc()
         self._observe_request(time.perf_counter() - started)
 
-    async def _accept(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Authenticate, read the body, keep it, answer: each step answers its own refusals."""
-        presented, declared = _auth_and_length(scope["headers"])
-        tenant = self._authenticate(presented)
-        if tenant is None:
-            await self._unauthorized(send, presented)
-            return
+    async def _throttled(self, send: Send, tenant: _Tenant, reason: str) -> None:
+        """Answer 429 for a tenant over its limits, after a hold of 0.5 to 1.5 times
+        CFN_INGEST_THROTTLE_DELAY that takes no slot.
+
+        The hold keeps a flood from spending the event loop on refusals: a client that retries
+        at once turns each of its connections into a loop of 429s, thousands a second that
+        delay every other tenant's requests (docs/fairness.md has the measurements); held, a
+        connection costs at most about two refusals a second. The spread keeps the holds of
+        connections refused together from ending together and coming back as one wave.
+        """
+        tenant.throttled[reason].inc()
+        tenant.codes[429].inc()
+        if self._throttle_delay:
+            await asyncio.sleep(self._throttle_delay * (0.5 + self._random()))
+        await self._error(
+            send,
+            429,
+            "too_many_requests",
+            self._admission.describe(tenant.slots, reason),
+            retry=True,
+        )
+
+    async def _accept(self, tenant: str, receive: Receive, send: Send, declared: int | None) -> int:
+        """Read the body, keep it, answer; each step answers its own refusals. Returns the
+        status answered."""
         body = await self._read(receive, send, declared)
-        if body is None:
-            return
+        if isinstance(body, int):
+            return body
         self._observe_body(len(body))
         received_at = int(self.clock() * 1000)
         request_id_b = b"%032x" % self._random_bits(128)
         parsed, reason, detail = _json_object(body)
         if parsed is None:
-            await self._reject(
+            return await self._reject(
                 send, tenant, body, received_at, request_id_b.decode(), reason, detail
             )
-            return
         result = await self._write(tenant, parsed, body, received_at, request_id_b)
         if result.outcome is not Outcome.ACKED:
-            await self._kafka_failed(send, result)
-            return
+            return await self._kafka_failed(send, result)
         await send(_ACCEPTED_START)
         # request_id is hex: no JSON escaping needed.
         await send(
@@ -187,29 +257,28 @@ class IngestApp:
             }
         )
         self._accepted.inc()
+        return 202
 
     async def _unauthorized(self, send: Send, presented: bytes | None) -> None:
         reason = "missing" if not presented else "mismatch"
         self.metrics.auth_failures.labels(reason).inc()
         await self._error(send, 401, "unauthorized", _UNAUTHORIZED[reason])
 
-    async def _read(self, receive: Receive, send: Send, declared: int | None) -> bytes | None:
-        """The whole body, or None once a 413 or 408 has been answered."""
+    async def _read(self, receive: Receive, send: Send, declared: int | None) -> bytes | int:
+        """The whole body, or the status (413 or 408) once it has been answered."""
         limit = self.settings.max_body
         if declared is not None and declared > limit:
-            await self._too_large(send)
-            return None
+            return await self._too_large(send)
         first = await receive()
         if not first.get("more_body", False) and first["type"] == "http.request":
             body: bytes = first.get("body", b"")  # the whole body in one message: the usual case
             if len(body) <= limit:
                 return body
-            await self._too_large(send)
-            return None
+            return await self._too_large(send)
         try:
             return await _read_body(receive, limit, first)
         except BodyTooLarge:
-            await self._too_large(send)
+            return await self._too_large(send)
         except BodyIncomplete:
             # The connection closed before the body was complete: the protocol's body timeout
             # (which has already answered 408) or the client leaving. Nothing is written; the
@@ -217,7 +286,7 @@ class IngestApp:
             await self._error(
                 send, 408, "request_timeout", "the body did not arrive in CFN_INGEST_BODY_TIMEOUT"
             )
-        return None
+        return 408
 
     async def _write(
         self,
@@ -256,8 +325,8 @@ class IngestApp:
         request_id: str,
         reason: str,
         detail: str,
-    ) -> None:
-        """Dead-letter an authenticated but unusable body, then answer 400.
+    ) -> int:
+        """Dead-letter an authenticated but unusable body, then answer 400 (returned).
 
         The 400 is sent only after the dead letter is acknowledged: Cloudflare does not retry a
         4xx, so the dead letter is the only copy. If it cannot be written, answer 503 instead
@@ -275,8 +344,7 @@ class IngestApp:
             raw_size=len(body),
         )
         if not self._connected:
-            await self._kafka_failed(send, self._unconnected)
-            return
+            return await self._kafka_failed(send, self._unconnected)
         result = await self.sink.send(
             self.settings.dlq_topic,
             tenant.encode(),
@@ -284,22 +352,25 @@ class IngestApp:
             [("cfn-tenant", tenant.encode()), ("cfn-reason", reason.encode())],
         )
         if result.outcome is not Outcome.ACKED:
-            await self._kafka_failed(send, result)
-            return
+            return await self._kafka_failed(send, result)
         self.metrics.dead_letters.labels(reason).inc()
         await self._error(send, 400, reason, detail, request_id=request_id)
+        return 400
 
-    async def _too_large(self, send: Send) -> None:
+    async def _too_large(self, send: Send) -> int:
         limit = self.settings.max_body
         await self._error(
             send, 413, "payload_too_large", f"body over {limit} bytes (CFN_INGEST_MAX_BODY)"
         )
+        return 413
 
-    async def _kafka_failed(self, send: Send, result: SendResult) -> None:
+    async def _kafka_failed(self, send: Send, result: SendResult) -> int:
+        """Answer a failed write; returns the status answered."""
         cause = result.error or "unknown"
         self.metrics.kafka_errors.labels(result.outcome.value, cause).inc()
         status, error, message, retry = _KAFKA_ANSWERS[result.outcome]
         await self._error(send, status, error, message.format(cause=cause), retry=retry)
+        return status
 
     # ---- GET endpoints ----------------------------------------------------------------------
 
@@ -377,6 +448,7 @@ class IngestApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self._tasks.append(asyncio.create_task(self._connect_loop()))
+                self._tasks.append(asyncio.create_task(self._sweep_loop()))
                 self._install_sighup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -426,6 +498,12 @@ class IngestApp:
             await self.check_kafka()
             await asyncio.sleep(PROBE_INTERVAL)
 
+    async def _sweep_loop(self) -> None:
+        """Log, once, each tenant that is no longer throttled (ingest.fairness)."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            self._admission.sweep(time.perf_counter())
+
     def _refused(self, refused: AccessDenied) -> None:
         if self._unconnected != SendResult(Outcome.PERMANENT, refused.cause):
             log.error("%s", refused)  # once per cause: the reachability line follows
@@ -456,14 +534,17 @@ class IngestApp:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_secrets)
 
     def reload_secrets(self) -> bool:
-        """Re-read the secrets; the new index replaces the old in one assignment, so requests
-        in flight finish with the index they started with. A bad file keeps the old one."""
+        """Re-read the secrets and the tenants' limits; the new index and limits replace the old
+        ones together, with no await between, so requests in flight finish with the tenant they
+        started with and keep their slots counted. A bad file keeps the old configuration."""
         try:
-            self.secrets = SecretIndex.load(self.settings.secret, self.settings.secrets_file)
+            secrets = SecretIndex.load(self.settings.secret, self.settings.secrets_file)
         except SecretsError as exc:
             log.error("secrets reload failed, keeping the previous secrets: %s", exc)
             return False
-        log.info("secrets reloaded: %d tenant(s)", len(self.secrets.tenants))
+        self.secrets = secrets
+        self._configure_tenants()
+        log.info("secrets reloaded: %d tenant(s)", len(secrets.tenants))
         return True
 
 

@@ -1,12 +1,19 @@
-"""Webhook secrets: which tenant a `cf-webhook-auth` value belongs to, reloadable on SIGHUP."""
+"""Webhook secrets: which tenant a `cf-webhook-auth` value belongs to, reloadable on SIGHUP.
+
+The secrets file also carries each tenant's limits (ingest.fairness): a tenant's value is its
+secret, a list of secrets, or an object {"secrets": [...], "max_inflight": N, "rate": R,
+"burst": B} whose limits are all optional.
+"""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from cfn.ingest.fairness import TenantLimits
 from cfn.schemas import jsonio
 
 DEFAULT_TENANT = "default"
@@ -27,9 +34,14 @@ class SecretIndex:
     Hash-indexing keeps the lookup time independent of how much of a guess matches a real
     secret (what a naive `==` leaks), and lets any number of tenants and rotated secrets share
     one O(1) lookup. The plain secrets are not kept.
+
+    Attributes:
+        by_digest: sha256(secret) -> tenant.
+        limits: every tenant's limits as configured (unset fields: the defaults).
     """
 
     by_digest: Mapping[bytes, str]
+    limits: Mapping[str, TenantLimits] = field(default_factory=dict)
 
     @property
     def tenants(self) -> frozenset[str]:
@@ -41,13 +53,17 @@ class SecretIndex:
 
     @classmethod
     def from_mapping(cls, tenants: Mapping[str, object]) -> SecretIndex:
-        """Build from {tenant: [secret, ...]} (a single string is accepted as a one-item list).
+        """Build from {tenant: [secret, ...]}; a single string is a one-item list, and an object
+        {"secrets": ..., "max_inflight": N, "rate": R, "burst": B} adds the tenant's limits.
 
         Raises:
-            SecretsError: a tenant has no secrets, a secret is empty, or two tenants share one.
+            SecretsError: a tenant has no secrets, a secret is empty, two tenants share one, or
+                a limit is malformed (the message names the tenant and the field).
         """
         by_digest: dict[bytes, str] = {}
-        for tenant, secrets in tenants.items():
+        limits: dict[str, TenantLimits] = {}
+        for tenant, value in tenants.items():
+            secrets, limits[tenant] = _split(tenant, value)
             items = [secrets] if isinstance(secrets, str) else secrets
             if not isinstance(items, list) or not items:
                 raise SecretsError(f"tenant {tenant!r}: expected a non-empty list of secrets")
@@ -61,7 +77,7 @@ class SecretIndex:
                         f"tenants {other!r} and {tenant!r} share a secret; each needs its own"
                     )
                 by_digest[digest] = tenant
-        return cls(by_digest)
+        return cls(by_digest, limits)
 
     @classmethod
     def load(cls, secret: str | None, secrets_file: Path | None) -> SecretIndex:
@@ -85,14 +101,79 @@ class SecretIndex:
             if not isinstance(parsed, dict):
                 raise SecretsError(
                     f"CFN_INGEST_SECRETS_FILE {secrets_file}: expected an object of "
-                    '{"tenant": ["secret", ...]}'
+                    '{"tenant": ["secret", ...]} (or {"tenant": {"secrets": [...], ...}})'
                 )
             tenants.update(parsed)
         if secret:
-            existing = tenants.get(DEFAULT_TENANT)
-            if isinstance(existing, str):
-                existing = [existing]
-            tenants[DEFAULT_TENANT] = (
-                [secret, *existing] if isinstance(existing, list) else [secret]
-            )
+            tenants[DEFAULT_TENANT] = _with_secret(tenants.get(DEFAULT_TENANT), secret)
         return cls.from_mapping(tenants)
+
+
+_LIMIT_FIELDS = ("max_inflight", "rate", "burst")
+
+
+def _split(tenant: str, value: object) -> tuple[object, TenantLimits]:
+    """(the secrets as given, the limits) of one tenant's value in the file."""
+    if not isinstance(value, dict):
+        return value, TenantLimits()
+    for key in value:
+        if key != "secrets" and key not in _LIMIT_FIELDS:
+            raise SecretsError(f"tenant {tenant!r}: {_unknown(str(key))}")
+    if "secrets" not in value:
+        raise SecretsError(f'tenant {tenant!r}: the object has no "secrets"')
+    max_inflight = _whole(tenant, "max_inflight", value.get("max_inflight"))
+    burst = _whole(tenant, "burst", value.get("burst"))
+    rate = value.get("rate")
+    if rate is not None and (
+        isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1e9
+    ):
+        raise SecretsError(
+            f"tenant {tenant!r}: 'rate' must be a number >= 0 (requests per second; 0: no "
+            f"limit), got {_kind(rate)}"
+        )
+    if burst is not None and not rate:
+        raise SecretsError(f"tenant {tenant!r}: 'burst' needs a 'rate' above 0 beside it")
+    return value["secrets"], TenantLimits(
+        max_inflight, None if rate is None else float(rate), burst
+    )
+
+
+def _whole(tenant: str, name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SecretsError(
+            f"tenant {tenant!r}: {name!r} must be a whole number >= 1, got {_kind(value)}"
+        )
+    return value
+
+
+def _unknown(key: str) -> str:
+    """An unknown field, named only when it is a near miss of a real one: any other key might
+    be a secret pasted in the wrong place."""
+    close = difflib.get_close_matches(key, ["secrets", *_LIMIT_FIELDS], n=1, cutoff=0.75)
+    fields = "'secrets', 'max_inflight', 'rate', 'burst'"
+    if close:
+        return f"unknown field {key!r} (did you mean {close[0]!r}?); the fields are {fields}"
+    return f"an unknown field (its name is not shown); the fields are {fields}"
+
+
+def _kind(value: object) -> str:
+    """A bad value as an error may show it: numbers as they are (a secret is a string), and
+    anything else only by its type."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object" if value is not None else "null"
+
+
+def _with_secret(existing: object, secret: str) -> object:
+    """The default tenant's value in the file with CFN_INGEST_SECRET added to its secrets."""
+    if isinstance(existing, dict):
+        return {**existing, "secrets": _with_secret(existing.get("secrets"), secret)}
+    if isinstance(existing, str):
+        existing = [existing]
+    return [secret, *existing] if isinstance(existing, list) else [secret]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Gauge, disable_created_metrics
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from cfn.fastmetrics import FastCounter, FastHistogram
 
@@ -26,6 +29,9 @@ class IngestMetrics:
     in_flight: Gauge
     kafka_errors: FastCounter
     dead_letters: FastCounter
+    tenant_requests: FastCounter
+    tenant_throttled: FastCounter
+    tenant_slots: TenantSlotGauges
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> IngestMetrics:
@@ -107,4 +113,60 @@ class IngestMetrics:
                 ["reason"],
                 registry=registry,
             ),
+            # Authenticated requests answered, by tenant (from the configuration, so a bounded
+            # set) and status code; 429 includes every throttling reason.
+            tenant_requests=FastCounter(
+                "cfn_ingest_tenant_requests",
+                "Authenticated requests answered, by tenant and status code.",
+                ["tenant", "code"],
+                registry=registry,
+            ),
+            # 429s for a tenant over its own limits, by reason: limit (its max_inflight), share
+            # (over its guarantee with no shared slot free), rate (its token bucket), global.
+            tenant_throttled=FastCounter(
+                "cfn_ingest_tenant_throttled",
+                "Requests refused 429 for a tenant's limits, by tenant and reason.",
+                ["tenant", "reason"],
+                registry=registry,
+            ),
+            tenant_slots=TenantSlotGauges(registry),
         )
+
+
+# (tenant, requests in flight, its max_inflight, its guaranteed slots)
+SlotRow = tuple[str, int, int, int]
+
+
+class TenantSlotGauges(Collector):
+    """Per-tenant in-flight gauges, read from the admission state at scrape time.
+
+    Nothing is updated per request, and a tenant removed by a reload disappears from the
+    exposition with it. `read` is set by the app once its admission exists.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.read: Callable[[], Iterable[SlotRow]] = tuple
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        # Requests of the tenant being handled now (429 beyond its share or max_inflight).
+        in_flight = GaugeMetricFamily(
+            "cfn_ingest_tenant_in_flight", "Requests in flight, by tenant.", labels=["tenant"]
+        )
+        # The tenant's cap on requests in flight (its max_inflight, at most the global one).
+        limit = GaugeMetricFamily(
+            "cfn_ingest_tenant_max_inflight",
+            "The tenant's max_inflight.",
+            labels=["tenant"],
+        )
+        # The slots kept for the tenant that no other tenant can take.
+        guaranteed = GaugeMetricFamily(
+            "cfn_ingest_tenant_guaranteed_inflight",
+            "Slots guaranteed to the tenant.",
+            labels=["tenant"],
+        )
+        for tenant, now, most, kept in self.read():
+            in_flight.add_metric([tenant], now)
+            limit.add_metric([tenant], most)
+            guaranteed.add_metric([tenant], kept)
+        yield from (in_flight, limit, guaranteed)

@@ -76,7 +76,16 @@ def openapi_document(settings: IngestSettings) -> dict[str, Any]:
                             "(the connection is closed)."
                         ),
                         "413": _error(f"Body over {settings.max_body} bytes."),
-                        "429": _error("Too many requests in flight.", retry=True),
+                        "429": _error(
+                            "Too many requests: the tenant is over its share of the in-flight "
+                            "slots (each tenant is guaranteed CFN_INGEST_MAX_INFLIGHT / tenants "
+                            "of them, and may borrow unreserved ones up to its own "
+                            "max_inflight), over its rate, or the ingest is at "
+                            f"CFN_INGEST_MAX_INFLIGHT ({settings.max_inflight}). The message "
+                            "names the tenant's limit. Sent after a short hold "
+                            "(CFN_INGEST_THROTTLE_DELAY).",
+                            retry=True,
+                        ),
                         "431": _error(
                             f"Request head over {settings.max_header_bytes} bytes "
                             "(the connection is closed)."

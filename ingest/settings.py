@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cfn.config import COMPRESSIONS, ConfigError, Env, topic_names
+from cfn.ingest.fairness import TenantLimits
 from cfn.security import PLAINTEXT, KafkaSecurity
 
 
@@ -26,6 +27,11 @@ class IngestSettings:
     max_body: int = 1024 * 1024
     ack_timeout: float = 3.0
     max_inflight: int = 512
+    # A tenant's limits when the secrets file sets none (ingest/fairness.py, docs/fairness.md).
+    tenant_max_inflight: int | None = None  # None: the global max_inflight
+    tenant_rate: float = 0.0  # requests per second; 0: no rate limit
+    tenant_burst: int | None = None  # None: one second's worth of tenant_rate
+    throttle_delay: float = 0.5  # a tenant's 429 is held 0.5-1.5x this long (0: at once)
     body_timeout: float = 10.0
     max_header_bytes: int = 32 * 1024
     header_timeout: float = 5.0
@@ -61,6 +67,10 @@ class IngestSettings:
             max_body=env.integer("CFN_INGEST_MAX_BODY", cls.max_body, minimum=1),
             ack_timeout=env.duration("CFN_INGEST_ACK_TIMEOUT", cls.ack_timeout),
             max_inflight=env.integer("CFN_INGEST_MAX_INFLIGHT", cls.max_inflight, minimum=1),
+            tenant_max_inflight=_optional(env, "CFN_INGEST_TENANT_MAX_INFLIGHT"),
+            tenant_rate=env.number("CFN_INGEST_TENANT_RATE", cls.tenant_rate),
+            tenant_burst=_optional(env, "CFN_INGEST_TENANT_BURST"),
+            throttle_delay=env.duration("CFN_INGEST_THROTTLE_DELAY", cls.throttle_delay),
             body_timeout=env.duration("CFN_INGEST_BODY_TIMEOUT", cls.body_timeout),
             max_header_bytes=env.integer(
                 "CFN_INGEST_MAX_HEADER_BYTES", cls.max_header_bytes, minimum=1024
@@ -75,7 +85,16 @@ class IngestSettings:
             tls_keyfile=_tls_file(env, "CFN_INGEST_TLS_KEYFILE"),
         )._checked()
 
+    @property
+    def tenant_defaults(self) -> TenantLimits:
+        """The limits of a tenant whose entry in the secrets file sets none."""
+        return TenantLimits(self.tenant_max_inflight, self.tenant_rate, self.tenant_burst)
+
     def _checked(self) -> IngestSettings:
+        if not self.tenant_rate < 1e9:  # also refuses "inf", which has no bucket size
+            raise ConfigError("CFN_INGEST_TENANT_RATE must be below 1e9 requests per second")
+        if self.tenant_burst is not None and not self.tenant_rate:
+            raise ConfigError("CFN_INGEST_TENANT_BURST needs CFN_INGEST_TENANT_RATE above 0")
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             missing = (
                 "CFN_INGEST_TLS_KEYFILE" if self.tls_keyfile is None else "CFN_INGEST_TLS_CERTFILE"
@@ -92,6 +111,11 @@ class IngestSettings:
                     f"and its key ({exc})"
                 ) from None
         return self
+
+
+def _optional(env: Env, name: str) -> int | None:
+    """A whole number >= 1, or None when the variable is unset."""
+    return None if env.raw(name) is None else env.integer(name, 1, minimum=1)
 
 
 def _tls_file(env: Env, name: str) -> Path | None:
