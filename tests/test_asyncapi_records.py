@@ -27,6 +27,10 @@ def _post(port: int, body: bytes, status: int = 202) -> None:
     assert response.status == status, response.body
 
 
+def _flap_marked(value: bytes | None) -> bool:
+    return value is not None and json.loads(value).get("flap_id") is not None
+
+
 def _conforming(channel: Channel, records: list[Any]) -> list[dict[str, Any] | None]:
     """Validate each record's key and headers, and each non-null value, against the channel's
     schemas; return the decoded values (None for a tombstone)."""
@@ -86,6 +90,11 @@ def test_records_on_the_broker_match_the_schemas_the_contract_names(
         while sum(r.value is None for r in run(read_to_end(kafka, prefix + "incident-state"))) < 3:
             assert time.monotonic() < deadline, "no tombstones after the retention"
             time.sleep(0.5)
+        # Four incidents of one account, policy and type opened within the hour: a flap episode
+        # (CFN_FLAP_MIN_CYCLES 4), whose marks give each of them one more version.
+        while sum(_flap_marked(r.value) for r in run(read_to_end(kafka, prefix + "incidents"))) < 4:
+            assert time.monotonic() < deadline, "the flap episode's marks never came back"
+            time.sleep(0.5)
     finally:
         ingest.stop()
         worker.stop()
@@ -99,7 +108,13 @@ def test_records_on_the_broker_match_the_schemas_the_contract_names(
 
     assert len(read["raw"]) == 9  # 4 starts, the duplicate, 3 ends, the bad ts
     assert len(read["events"]) == 7  # the duplicate is not an event, the bad ts a dead letter
-    assert sorted((i or {})["state"] for i in read["incidents"]) == ["open"] * 4 + ["resolved"] * 3
+    unmarked = [i for i in read["incidents"] if i is not None and i["flap_id"] is None]
+    marked = [i for i in read["incidents"] if i is not None and i["flap_id"] is not None]
+    assert sorted(i["state"] for i in unmarked) == ["open"] * 4 + ["resolved"] * 3
+    assert len(marked) == 4 and len({i["incident_id"] for i in marked}) == 4
+    (episode,) = [f for f in read["flaps"] if f is not None]
+    assert episode["state"] == "start" and episode["cycles"] == 4
+    assert {i["flap_id"] for i in marked} == {episode["flap_id"]}
     assert read["rates"], "closed windows"
     dead = [d for d in read["dlq"] if d is not None]
     assert sorted((d["stage"], d["reason"]) for d in dead) == [
@@ -114,5 +129,5 @@ def test_records_on_the_broker_match_the_schemas_the_contract_names(
     for record in table:
         if record.value is not None:
             assert record.key.decode() == json.loads(record.value)["incident_id"]
-    resolved = {(i or {})["incident_id"] for i in read["incidents"] if (i or {})["state"] != "open"}
+    resolved = {i["incident_id"] for i in unmarked if i["state"] != "open"}
     assert sorted(r.key.decode() for r in table if r.value is None) == sorted(resolved)
