@@ -63,6 +63,8 @@ COUNTERS: dict[str, frozenset[str]] = {
     "cfn_rates_dropped_late_total": frozenset({"window"}),
     "cfn_worker_task_failures_total": frozenset({"error"}),
     "cfn_anomalies_total": frozenset({"alert_type"}),
+    "cfn_ingest_tenant_requests_total": frozenset({"tenant", "code"}),
+    "cfn_ingest_tenant_throttled_total": frozenset({"tenant", "reason"}),
 }
 GAUGES: dict[str, frozenset[str]] = {
     "cfn_ingest_requests_in_flight": frozenset(),
@@ -72,6 +74,9 @@ GAUGES: dict[str, frozenset[str]] = {
     "cfn_alert_rate_per_minute": frozenset({"alert_type", "window"}),
     "cfn_anomalies_open": frozenset({"alert_type"}),
     "cfn_flapping": frozenset({"alert_type"}),
+    "cfn_ingest_tenant_in_flight": frozenset({"tenant"}),
+    "cfn_ingest_tenant_max_inflight": frozenset({"tenant"}),
+    "cfn_ingest_tenant_guaranteed_inflight": frozenset({"tenant"}),
     "cfn_consumer_lag_records": frozenset({"topic"}),
     "cfn_worker_partitions": frozenset(),
     "cfn_kafka_up": frozenset(),
