@@ -42,6 +42,7 @@ from cfn import internals
 from cfn.access import AccessDenied, denial
 from cfn.config import OUTPUT_ROLES
 from cfn.partition import partition_for
+from cfn.processors.dedup import partition_of_seen
 from cfn.processors.pipeline import Output, Pipeline, header_map
 from cfn.processors.settings import WorkerSettings
 from cfn.schemas import jsonio
@@ -57,8 +58,9 @@ _NO_HEADERS: list[tuple[str, bytes]] = []  # BatchBuilder.append wants a list; n
 
 
 def _partition_of(value: Any) -> int:
-    """Every table value names its partition: [first_seen, p] or {"p": p, ...}."""
-    return int(value[1]) if isinstance(value, list) else int(value["p"])
+    """Every table value names its partition: a dedup value (an int, or the list of format 1,
+    see processors/dedup.py) or {"p": p, ...}."""
+    return int(value["p"]) if type(value) is dict else partition_of_seen(value)
 
 
 class ChangelogTable(dict[str, Any]):

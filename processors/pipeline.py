@@ -103,7 +103,7 @@ class Pipeline:
     def __init__(
         self,
         settings: WorkerSettings,
-        dedup_store: MutableMapping[str, list[int]],
+        dedup_store: MutableMapping[str, Any],
         incident_store: MutableMapping[str, dict[str, Any]],
         rate_store: MutableMapping[str, dict[str, Any]],
         metrics: WorkerMetrics,
@@ -164,7 +164,7 @@ class Pipeline:
 
     def rebuild(
         self,
-        dedup_items: Iterable[tuple[str, list[int]]],
+        dedup_items: Iterable[tuple[str, Any]],
         incident_items: Iterable[tuple[str, dict[str, Any]]],
         rate_items: Iterable[tuple[str, dict[str, Any]]],
         retention_items: Iterable[tuple[str, dict[str, Any]]] = (),

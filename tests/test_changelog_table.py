@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
+from cfn.processors.dedup import seen_value
 from cfn.processors.engine import ChangelogTable
 
 
@@ -25,7 +26,7 @@ def test_drain_gives_each_changed_key_once_with_its_latest_value() -> None:
 
 def test_a_deletion_drains_as_a_tombstone() -> None:
     t = table()
-    t["a"] = [100, 3]  # dedup values are [first_seen, partition]
+    t["a"] = seen_value(100, 3)  # a dedup value: first_seen and partition in one int
     t.drain(3)
     del t["a"]
     assert "a" not in t

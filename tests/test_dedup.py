@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cfn.processors.dedup import Deduplicator
+from cfn.processors.dedup import Deduplicator, first_seen_of, partition_of_seen, seen_value
 
 WINDOW = 600
 T0 = 1_700_000_000
 
 
-class CountingStore(MutableMapping[str, list[int]]):
+class CountingStore(MutableMapping[str, Any]):
     """A dict that counts how often it is read, written, deleted from and scanned."""
 
     def __init__(self) -> None:
-        self.data: dict[str, list[int]] = {}
+        self.data: dict[str, Any] = {}
         self.reads = self.writes = self.deletes = self.scans = 0
 
-    def __getitem__(self, key: str) -> list[int]:
+    def __getitem__(self, key: str) -> Any:
         self.reads += 1
         return self.data[key]
 
-    def __setitem__(self, key: str, value: list[int]) -> None:
+    def __setitem__(self, key: str, value: Any) -> None:
         self.writes += 1
         self.data[key] = value
 
@@ -44,7 +45,7 @@ class CountingStore(MutableMapping[str, list[int]]):
         self.reads = self.writes = self.deletes = self.scans = 0
 
 
-def dedup(store: MutableMapping[str, list[int]] | None = None) -> Deduplicator:
+def dedup(store: MutableMapping[str, Any] | None = None) -> Deduplicator:
     return Deduplicator(store={} if store is None else store, window_s=WINDOW)
 
 
@@ -60,7 +61,7 @@ def test_redelivery_a_full_window_later_is_new() -> None:
     d = dedup()
     assert d.is_duplicate("ev_a", T0, 0) is False
     assert d.is_duplicate("ev_a", T0 + WINDOW, 0) is False
-    assert d.store["ev_a"] == [T0 + WINDOW, 0]  # the new sighting starts a new window
+    assert d.store["ev_a"] == seen_value(T0 + WINDOW, 0)  # the new sighting starts a new window
     assert d.is_duplicate("ev_a", T0 + WINDOW + 1, 0) is True
 
 
@@ -69,7 +70,7 @@ def test_duplicates_do_not_extend_the_window() -> None:
     d.is_duplicate("ev_a", T0, 3)
     for offset in (100, 300, WINDOW - 1):
         assert d.is_duplicate("ev_a", T0 + offset, 3) is True
-    assert d.store["ev_a"] == [T0, 3]
+    assert d.store["ev_a"] == seen_value(T0, 3)
     assert d.is_duplicate("ev_a", T0 + WINDOW, 3) is False
 
 
@@ -121,7 +122,7 @@ def test_resighting_before_expire_survives_the_old_index_entry() -> None:
     assert d.is_duplicate("ev_a", later, 0) is False
     # The first sighting's index entry is due; it must not delete the newer sighting.
     assert d.expire(T0 + WINDOW + 60, 0) == 0
-    assert d.store["ev_a"] == [later, 0]
+    assert d.store["ev_a"] == seen_value(later, 0)
     assert d.is_duplicate("ev_a", later + WINDOW - 1, 0) is True
     assert d.expire(later + WINDOW, 0) == 1
     assert d.store == {}
@@ -129,13 +130,13 @@ def test_resighting_before_expire_survives_the_old_index_entry() -> None:
 
 def test_rebuild_from_the_store_reproduces_expiry() -> None:
     rng = random.Random(7)
-    live_store: dict[str, list[int]] = {}
+    live_store: dict[str, Any] = {}
     live = dedup(live_store)
     times = sorted(T0 + rng.randrange(0, 500) for _ in range(200))  # record time moves forward
     for i, now in enumerate(times):
         live.is_duplicate(f"ev_{i % 150}", now, i % 150 % 3)
     # A restart: a new Deduplicator over a copy of the changelog-backed mapping.
-    items = [(key, list(value)) for key, value in live_store.items()]
+    items = list(live_store.items())
     rng.shuffle(items)
     restored = dedup(dict(items))
     restored.rebuild(items)
@@ -159,11 +160,11 @@ def test_out_of_order_sightings_are_never_expired_early() -> None:
 
 
 def test_rebuild_replaces_the_previous_index() -> None:
-    store: dict[str, list[int]] = {}
+    store: dict[str, Any] = {}
     d = dedup(store)
     d.is_duplicate("gone", T0, 0)
     del store["gone"]  # e.g. a rebalance took the partition's rows away
-    store["kept"] = [T0 + 10, 0]
+    store["kept"] = seen_value(T0 + 10, 0)
     d.rebuild(store.items())
     assert len(d) == 1
     assert d.expire(T0 + WINDOW + 10, 0) == 1
@@ -202,4 +203,24 @@ def test_matches_a_model_of_first_sightings(ops: list[tuple[str, int, int, int]]
             assert d.expire(now, partition) == len(old)
             for key in old:
                 del model[key]
-        assert d.store == {k: [t, p] for k, (t, p) in model.items()}
+        assert d.store == {k: seen_value(t, p) for k, (t, p) in model.items()}
+
+
+def test_a_changelog_of_format_1_is_read_and_rewritten_in_format_2() -> None:
+    """Values written before format 2 were [first_seen, partition] lists: a worker restored from
+    such a changelog dedups and expires them as before; an id written again is an int."""
+    old = {"ev_old": [T0, 1], "ev_other": [T0 + 100, 2]}
+    store: dict[str, Any] = dict(old)
+    d = dedup(store)
+    d.rebuild(old.items())
+    assert len(d) == 2
+    assert d.is_duplicate("ev_old", T0 + 5, 1) is True
+    assert d.due(T0 + WINDOW, 1) and not d.due(T0 + WINDOW, 2)
+    assert d.expire(T0 + WINDOW, 1) == 1 and "ev_old" not in store
+    assert d.is_duplicate("ev_old", T0 + WINDOW + 1, 1) is False
+    assert store["ev_old"] == seen_value(T0 + WINDOW + 1, 1)
+    assert (first_seen_of(store["ev_other"]), partition_of_seen(store["ev_other"])) == (T0 + 100, 2)
+    assert (first_seen_of(store["ev_old"]), partition_of_seen(store["ev_old"])) == (
+        T0 + WINDOW + 1,
+        1,
+    )

@@ -504,11 +504,11 @@ def synthetic_state(keys: int, now_s: int) -> dict[str, list[tuple[bytes, bytes,
     """Changelog records (key, value, partition) as the worker's tables write them (UTF-8 key,
     JSON value), for `keys` dedup ids and keys // 4 open incidents, made by the real classes."""
     from cfn.processors.correlate import Correlator
-    from cfn.processors.dedup import Deduplicator
+    from cfn.processors.dedup import Deduplicator, partition_of_seen
     from cfn.schemas import jsonio
     from cfn.schemas.payload import Notification
 
-    dedup_store: dict[str, list[int]] = {}
+    dedup_store: dict[str, Any] = {}
     dedup = Deduplicator(dedup_store, 24 * 3600.0)
     for i in range(keys):
         dedup.is_duplicate(f"ev_{uuid.UUID(int=i).hex}", now_s, i % PARTITIONS)
@@ -537,7 +537,9 @@ def synthetic_state(keys: int, now_s: int) -> dict[str, list[tuple[bytes, bytes,
             i % PARTITIONS,
         )
     return {
-        "dedup": [(k.encode(), jsonio.dumps(v), v[1]) for k, v in dedup_store.items()],
+        "dedup": [
+            (k.encode(), jsonio.dumps(v), partition_of_seen(v)) for k, v in dedup_store.items()
+        ],
         "incidents": [
             (k.encode(), jsonio.dumps(v), int(v["p"])) for k, v in incident_store.items()
         ],
