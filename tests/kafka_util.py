@@ -18,7 +18,21 @@ T = TypeVar("T")
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+    """`asyncio.run(coro)`, then a moment for the connections it closed to finish closing.
+
+    A client that failed to start (a refused producer id, say) closes its connection as it
+    stops; the transport's last step is a callback the loop runs later. If the loop closes
+    first, the half-closed transport is garbage-collected with a ResourceWarning, which pytest
+    turns into a failure of whichever test happens to be running then.
+    """
+
+    async def settled() -> T:
+        try:
+            return await coro
+        finally:
+            await asyncio.sleep(0.02)
+
+    return asyncio.run(settled())
 
 
 async def create_topics(
