@@ -275,9 +275,11 @@ class Engine:
 
     def commit_pause(self, committed: int) -> float:
         """Seconds until the next commit round after one of `committed` transactions: the
-        commit interval, stretched so that rounds write at most CFN_MAX_TRANSACTIONS_PER_S.
-        Few busy partitions keep the short interval (latency); many stretch it (throughput)."""
+        commit interval, stretched so that rounds write at most CFN_MAX_TRANSACTIONS_PER_S when
+        that is set (it is off by default: see docs/design.md)."""
         s = self.settings
+        if s.max_transactions <= 0:
+            return s.commit_interval
         return max(s.commit_interval, committed / s.max_transactions)
 
     async def close(self) -> None:

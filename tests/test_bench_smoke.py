@@ -152,7 +152,7 @@ def test_quick_partitions_section(kafka: str, tmp_path: Path) -> None:
     section = results["sections"]["partitions"]
     assert "error" not in section, section
     (run,) = section["runs"]
-    for name in ("p12", "p96", "p96_unpaced"):
+    for name in ("p12", "p96", "p96_paced"):
         assert run[name]["complete"] is True, run[name]
         assert positive(run[name]["ready_s"])
     assert positive(section["ratio_ready_96_vs_12"])

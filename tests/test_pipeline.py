@@ -125,3 +125,5 @@ def test_commit_rounds_are_paced_to_the_transaction_budget() -> None:
     assert engine.commit_pause(0) == 0.2
     assert engine.commit_pause(12) == 0.2  # 12 partitions: 60 a second, the interval holds
     assert engine.commit_pause(96) == 1.6  # 96 busy partitions: 60 a second, not 480
+    off = Engine(WorkerSettings(commit_interval=0.2), pipeline(CollectorRegistry()), {})
+    assert off.commit_pause(96) == 0.2  # the default: no budget

@@ -5,10 +5,10 @@ one of 96. One `cfn worker` (CFN_PARTITIONS set to match) reads each with a fres
 alternate which goes first. Three contenders:
 
 * `p12`: 12 partitions, the defaults;
-* `p96`: 96 partitions, the defaults: commit rounds paced to at most CFN_MAX_TRANSACTIONS_PER_S
-  transactions a second, and no tick (so no transaction) for a partition with nothing due;
-* `p96_unpaced`: 96 partitions with the pacing off (CFN_MAX_TRANSACTIONS_PER_S very high): a
-  commit round, so a transaction per busy partition, every CFN_COMMIT_INTERVAL, as before.
+* `p96`: 96 partitions, the defaults: a commit round, so a transaction per busy partition, every
+  CFN_COMMIT_INTERVAL, and no tick (so no transaction) for a partition with nothing due;
+* `p96_paced`: 96 partitions with commit rounds paced to 60 transactions a second
+  (CFN_MAX_TRANSACTIONS_PER_S=60): the option measured against the default.
 
 Reported: events/s from the first record processed to the last (or the end of the time box), the
 same counted by committed offsets, and the time from start to /readyz 200; the ratios are the
@@ -28,7 +28,7 @@ from tests.workload import build
 CONTENDERS: dict[str, tuple[int, dict[str, str]]] = {
     "p12": (12, {}),
     "p96": (96, {}),
-    "p96_unpaced": (96, {"CFN_MAX_TRANSACTIONS_PER_S": "1000000"}),
+    "p96_paced": (96, {"CFN_MAX_TRANSACTIONS_PER_S": "60"}),
 }
 
 
@@ -89,6 +89,6 @@ def run_partitions(ctx: Context) -> dict[str, Any]:
         },
         "ratio_96_vs_12": per_round("p96", "p12", "eps"),
         "ratio_96_vs_12_committed": per_round("p96", "p12", "committed_eps"),
-        "ratio_96_unpaced_vs_12": per_round("p96_unpaced", "p12", "eps"),
+        "ratio_96_paced_vs_12": per_round("p96_paced", "p12", "eps"),
         "ratio_ready_96_vs_12": per_round("p96", "p12", "ready_s"),
     }
