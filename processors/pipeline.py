@@ -451,15 +451,9 @@ class Pipeline:
         return outputs
 
     def _publish_flapping(self) -> None:
-        totals: dict[str, int] = {}
-        for alert_type, count in self.flaps.open_by_type.items():
-            label = type_label(alert_type or None)
-            totals[label] = totals.get(label, 0) + count
-        for label in self._flap_labels - totals.keys():
-            self.metrics.flapping.labels(label).set(0)
-        for label, count in totals.items():
-            self.metrics.flapping.labels(label).set(count)
-        self._flap_labels = set(totals)
+        self._flap_labels = _publish_by_type(
+            self.metrics.flapping, self.flaps.open_by_type.items(), self._flap_labels
+        )
 
     def _judge_anomalies(self, partition: int) -> list[Output]:
         """Windows that became final go to the anomaly detector, in the order they did; then
@@ -482,15 +476,9 @@ class Pipeline:
         return outputs
 
     def _publish_anomalies(self) -> None:
-        totals: dict[str, int] = {}
-        for alert_type, count in self.anomalies.open_by_type().items():
-            label = type_label(alert_type)
-            totals[label] = totals.get(label, 0) + count
-        for label in self._anomaly_labels - totals.keys():
-            self.metrics.anomalies_open.labels(label).set(0)
-        for label, count in totals.items():
-            self.metrics.anomalies_open.labels(label).set(count)
-        self._anomaly_labels = set(totals)
+        self._anomaly_labels = _publish_by_type(
+            self.metrics.anomalies_open, self.anomalies.open_by_type().items(), self._anomaly_labels
+        )
 
     def _rate_outputs(self, records: Sequence[RateRecord]) -> list[Output]:
         outputs = []
@@ -505,3 +493,19 @@ class Pipeline:
                 Output("rates", (record.alert_type or "").encode(), jsonio.dumps(record))
             )
         return outputs
+
+
+def _publish_by_type(
+    gauge: Any, counts: Iterable[tuple[str | None, int]], published: set[str]
+) -> set[str]:
+    """Set a by-type gauge from (alert_type, count) pairs (types summed by label); a label
+    published before and absent now goes to 0. Returns the labels published."""
+    totals: dict[str, int] = {}
+    for alert_type, count in counts:
+        label = type_label(alert_type or None)
+        totals[label] = totals.get(label, 0) + count
+    for label in published - totals.keys():
+        gauge.labels(label).set(0)
+    for label, count in totals.items():
+        gauge.labels(label).set(count)
+    return set(totals)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -27,3 +29,27 @@ def checked(role: str, values: list[bytes]) -> list[dict[str, Any]]:
         validator(role).validate(record)
         out.append(record)
     return out
+
+
+def read_checked(bootstrap: str, topic: str, role: str) -> list[dict[str, Any]]:
+    """Every committed record of `topic`, decoded and validated against `role`'s schema."""
+    from tests.kafka_util import read_to_end, run
+
+    return checked(role, [r.value for r in run(read_to_end(bootstrap, topic))])
+
+
+def wait_for_records(
+    bootstrap: str,
+    topic: str,
+    role: str,
+    done: Callable[[list[dict[str, Any]]], bool],
+    timeout: float,
+) -> list[dict[str, Any]]:
+    """`read_checked` again every half second until `done` holds (asserting within `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = read_checked(bootstrap, topic, role)
+        if done(found):
+            return found
+        assert time.monotonic() < deadline, f"{topic}: {found}"
+        time.sleep(0.5)

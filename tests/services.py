@@ -196,3 +196,25 @@ def metric_value(port: int, sample: str) -> float:
         if line.startswith(sample + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def shadow_replay(bootstrap: str, prefix: str, env: Mapping[str, str], partitions: int) -> None:
+    """`cfn replay` of the whole raw topic of `prefix` into its shadow topics (replay.<prefix>),
+    with the worker's settings `env`; asserts it succeeded."""
+    settings = cfn_env(
+        {
+            "CFN_KAFKA_BOOTSTRAP": bootstrap,
+            "CFN_TOPIC_PREFIX": prefix,
+            **env,
+            "CFN_PARTITIONS": str(partitions),
+        }
+    )
+    replayed = subprocess.run(
+        [sys.executable, "-m", "cfn", "replay", "--from", "2000-01-01T00:00:00Z"],
+        env=settings,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert replayed.returncode == 0, replayed.stderr

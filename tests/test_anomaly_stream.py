@@ -4,8 +4,6 @@ shadow replay of the same range writes the same records."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +15,10 @@ from cfn.config import topic_names
 from cfn.processors.replay import output_roles
 from cfn.schemas import jsonio
 from cfn.topics import ensure_topics
-from tests.kafka_util import produce_with_headers, read_to_end, run
+from tests.kafka_util import produce_with_headers, run
 from tests.payloads import alert, encode
-from tests.records_check import checked
-from tests.services import cfn_env, start_worker
+from tests.records_check import read_checked, wait_for_records
+from tests.services import shadow_replay, start_worker
 
 pytestmark = pytest.mark.broker
 
@@ -57,19 +55,7 @@ def bodies(base: int, windows: range) -> list[tuple[bytes, bytes, list[tuple[str
 
 
 def anomalies(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    return checked("anomalies", [r.value for r in run(read_to_end(bootstrap, topic))])
-
-
-def wait_for(
-    bootstrap: str, topic: str, done: Callable[[list[dict[str, Any]]], bool], timeout: float
-) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = anomalies(bootstrap, topic)
-        if done(found):
-            return found
-        assert time.monotonic() < deadline, f"{topic}: {found}"
-        time.sleep(0.5)
+    return read_checked(bootstrap, topic, "anomalies")
 
 
 def test_an_anomaly_survives_a_kill_mid_episode_and_replays_the_same(
@@ -85,7 +71,7 @@ def test_an_anomaly_survives_a_kill_mid_episode_and_replays_the_same(
     worker = start_worker(tmp_path, kafka, prefix, app_id, WORKER_ENV, partitions=2)
     try:
         run(produce_with_headers(kafka, names["raw"], bodies(base, range(KILL_AFTER))))
-        opened = wait_for(kafka, names["anomalies"], bool, 90)
+        opened = wait_for_records(kafka, names["anomalies"], "anomalies", bool, 90)
         worker.kill()  # SIGKILL, mid-episode: open, not yet closed
     finally:
         worker.stop()
@@ -95,7 +81,9 @@ def test_an_anomaly_survives_a_kill_mid_episode_and_replays_the_same(
     run(produce_with_headers(kafka, names["raw"], bodies(base, range(KILL_AFTER, len(COUNTS)))))
     worker = start_worker(tmp_path, kafka, prefix, app_id, WORKER_ENV, partitions=2)
     try:
-        live = wait_for(kafka, names["anomalies"], lambda found: len(found) >= 2, 90)
+        live = wait_for_records(
+            kafka, names["anomalies"], "anomalies", lambda found: len(found) >= 2, 90
+        )
         time.sleep(2)  # anything more would be a duplicate: give it time to show
         live = anomalies(kafka, names["anomalies"])
     finally:
@@ -107,16 +95,7 @@ def test_an_anomaly_survives_a_kill_mid_episode_and_replays_the_same(
     assert live[0]["anomaly_id"] == live[1]["anomaly_id"]
     assert live[1]["peak_count"] == 80 and live[1]["windows"] == 4
 
-    env = cfn_env({"CFN_KAFKA_BOOTSTRAP": kafka, "CFN_TOPIC_PREFIX": prefix, **WORKER_ENV})
-    env["CFN_PARTITIONS"] = "2"
-    replayed = subprocess.run(
-        [sys.executable, "-m", "cfn", "replay", "--from", "2000-01-01T00:00:00Z"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert replayed.returncode == 0, replayed.stderr
+    shadow_replay(kafka, prefix, WORKER_ENV, 2)
     assert "anomalies" in output_roles()
     shadow = anomalies(kafka, f"replay.{prefix}anomalies")
     assert shadow == live, jsonio.dumps({"shadow": shadow, "live": live}).decode()

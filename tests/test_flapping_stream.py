@@ -6,8 +6,6 @@ same range writes the same episode."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +15,10 @@ import pytest
 
 from cfn.config import topic_names
 from cfn.topics import ensure_topics
-from tests.kafka_util import produce_with_headers, read_to_end, run
+from tests.kafka_util import produce_with_headers, run
 from tests.payloads import alert, encode
-from tests.records_check import checked
-from tests.services import cfn_env, start_worker
+from tests.records_check import read_checked, wait_for_records
+from tests.services import shadow_replay, start_worker
 
 pytestmark = pytest.mark.broker
 
@@ -91,19 +89,7 @@ def move_event_time(bootstrap: str, topic: str, incidents_topic: str, count: int
 
 
 def read(bootstrap: str, topic: str, role: str) -> list[dict[str, Any]]:
-    return checked(role, [r.value for r in run(read_to_end(bootstrap, topic))])
-
-
-def wait_for(
-    bootstrap: str, topic: str, done: Callable[[list[dict[str, Any]]], bool], timeout: float
-) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = read(bootstrap, topic, "flaps")
-        if done(found):
-            return found
-        assert time.monotonic() < deadline, f"{topic}: {found}"
-        time.sleep(0.5)
+    return read_checked(bootstrap, topic, role)
 
 
 def test_a_flap_episode_survives_a_kill_and_replays_the_same(
@@ -121,7 +107,7 @@ def test_a_flap_episode_survives_a_kill_and_replays_the_same(
         run(produce_with_headers(kafka, names["raw"], records(base, range(BEFORE_KILL))))
         judged = opening_ts(base, BEFORE_KILL - 1) + LATENESS + 60
         move_event_time(kafka, names["raw"], names["incidents"], BEFORE_KILL, judged)
-        started = wait_for(kafka, names["flaps"], bool, 90)
+        started = wait_for_records(kafka, names["flaps"], "flaps", bool, 90)
         worker.kill()  # SIGKILL in the middle of the episode
     finally:
         worker.stop()
@@ -134,7 +120,7 @@ def test_a_flap_episode_survives_a_kill_and_replays_the_same(
         move_event_time(
             kafka, names["raw"], names["incidents"], CYCLES, last + QUIET + LATENESS + 60
         )
-        wait_for(kafka, names["flaps"], lambda found: len(found) >= 2, 90)
+        wait_for_records(kafka, names["flaps"], "flaps", lambda found: len(found) >= 2, 90)
         deadline = time.monotonic() + 60
         while True:  # the marks travel back to the incidents' partitions
             incidents = read(kafka, names["incidents"], "incidents")
@@ -164,16 +150,7 @@ def test_a_flap_episode_survives_a_kill_and_replays_the_same(
     assert all(i["flap_id"] == flap_id for i in by_incident.values()), by_incident
     assert {i["state"] for i in by_incident.values()} == {"resolved"}
 
-    env = cfn_env({"CFN_KAFKA_BOOTSTRAP": kafka, "CFN_TOPIC_PREFIX": prefix, **WORKER_ENV})
-    env["CFN_PARTITIONS"] = str(PARTITIONS)
-    replayed = subprocess.run(
-        [sys.executable, "-m", "cfn", "replay", "--from", "2000-01-01T00:00:00Z"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert replayed.returncode == 0, replayed.stderr
+    shadow_replay(kafka, prefix, WORKER_ENV, PARTITIONS)
     assert read(kafka, f"replay.{prefix}flaps", "flaps") == flaps
     shadow = read(kafka, f"replay.{prefix}incidents", "incidents")
     assert {i["incident_id"] for i in shadow if i["flap_id"] == flap_id} == set(by_incident)

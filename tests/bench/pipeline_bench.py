@@ -375,9 +375,10 @@ def _watch_single(ctx: Context, pre: Prefilled, app_id: str, process: Process) -
     )
 
 
-def run_bare(ctx: Context, pre: Prefilled, app_id: str) -> dict[str, Any]:
-    started = time.monotonic()
-    process = _start_bare(ctx, pre.raw_topic, app_id)
+def _measured(
+    ctx: Context, pre: Prefilled, app_id: str, process: Process, started: float
+) -> dict[str, Any]:
+    """Watch one started process through the topic, stop it, and say how fast it went."""
     try:
         samples = _watch_single(ctx, pre, app_id, process)
     finally:
@@ -387,6 +388,12 @@ def run_bare(ctx: Context, pre: Prefilled, app_id: str) -> dict[str, Any]:
     result["committed_per_cpu_s"] = committed_per_cpu(samples)
     result["timeline"] = timeline(samples, started)
     return result
+
+
+def run_bare(ctx: Context, pre: Prefilled, app_id: str) -> dict[str, Any]:
+    started = time.monotonic()
+    process = _start_bare(ctx, pre.raw_topic, app_id)
+    return _measured(ctx, pre, app_id, process, started)
 
 
 QUIX_VERSION = "3.28.1"  # the peer's quixstreams, a bench extra in its own venv
@@ -437,15 +444,7 @@ def run_quix(ctx: Context, pre: Prefilled, app_id: str) -> dict[str, Any]:
     (its /readyz `processed`, and the group's committed offsets)."""
     started = time.monotonic()
     process = _start_quix(ctx, pre, app_id)
-    try:
-        samples = _watch_single(ctx, pre, app_id, process)
-    finally:
-        _stop([process])
-    result = processed_rate(samples, pre.n, started)
-    result["committed_eps"] = committed_rate(samples)
-    result["committed_per_cpu_s"] = committed_per_cpu(samples)
-    result["timeline"] = timeline(samples, started)
-    return result
+    return _measured(ctx, pre, app_id, process, started)
 
 
 def run_one(
@@ -456,15 +455,7 @@ def run_one(
     _fresh_group(ctx, pre, app_id)
     started = time.monotonic()
     process = _start_cfn(ctx, pre, app_id, env)
-    try:
-        samples = _watch_single(ctx, pre, app_id, process)
-    finally:
-        _stop([process])
-    result = processed_rate(samples, pre.n, started)
-    result["committed_eps"] = committed_rate(samples)
-    result["committed_per_cpu_s"] = committed_per_cpu(samples)
-    result["timeline"] = timeline(samples, started)
-    return result
+    return _measured(ctx, pre, app_id, process, started)
 
 
 def run_two(ctx: Context, pre: Prefilled, app_id: str) -> dict[str, Any]:
