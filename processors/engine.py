@@ -348,8 +348,10 @@ class Engine:
         now = self.pipeline.clock()
         lag = 0
         for partition in sorted(self.tasks):
-            if self.pipeline.tick_due(now, partition):
-                await self._guarded(partition, self._tick_task, partition, now)
+            # Every owned partition, idle or not: its tick record keeps the repartition topic
+            # moving, so a group's committed offsets reach past the last transaction marker
+            # (skipping idle partitions left them one behind the end offsets for good).
+            await self._guarded(partition, self._tick_task, partition, now)
             task = self.tasks.get(partition)
             if task is None:
                 continue

@@ -343,21 +343,6 @@ class Pipeline:
 
     # ---- timers -----------------------------------------------------------------------------
 
-    def tick_due(self, now: float, partition: int) -> bool:
-        """Whether a tick of this partition would do anything: a deadline has come, rate sums
-        wait to be written, or the partition's repartition side waits for its watermark (rate
-        windows, flap openings and episodes, open anomalies). An idle partition is not ticked,
-        so it opens no transaction: at 96 partitions, idle ticks alone were 96 a second."""
-        return (
-            partition in self._rate_pending
-            or self.dedup.due(now, partition)
-            or self.correlator.due(now, partition)
-            or self.retention.due(now, partition)
-            or self.rates.waiting(partition)
-            or self.flaps.waiting(partition)
-            or self.anomalies.waiting(partition)
-        )
-
     def publish_gauges(self) -> None:
         """The gauges derived from state (open incidents, anomalies, flap episodes), refreshed
         once a tick round rather than per record: each walks its index."""

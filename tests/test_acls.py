@@ -215,6 +215,7 @@ REFUSALS = {
     "TransactionalIdAuthorizationFailed",
     "ClusterAuthorizationFailedError",
     "IllegalOperation",
+    "InvalidTxnState",  # aiokafka's other word for a transaction a refused write broke
     "PermissionError",
 }
 

@@ -98,25 +98,6 @@ def test_forgotten_rate_inputs_are_not_drained() -> None:
     assert p.drain_rate_inputs(0) == []
 
 
-def test_an_idle_partition_needs_no_tick_and_a_busy_one_does() -> None:
-    """A tick opens the partition's transaction: only where something is due or waiting."""
-    p = pipeline(CollectorRegistry(), rate_windows=(60,), rate_lateness=60)
-    assert not p.tick_due(NOW, 0)
-    start = alert(correlation="c1", ts=NOW)
-    feed(p, [encode(start)])
-    assert p.tick_due(NOW, 0)  # rate sums wait to be written
-    for out in p.drain_rate_inputs(0):
-        assert out.value is not None
-        p.on_rate_input(out.value, 0)
-    # an open window waits for the watermark; the incident's expiry is not due yet
-    assert p.tick_due(NOW, 0) and not p.correlator.due(NOW, 0)
-    p.finish_rates(0, NOW + 10_000)  # every window closed and forgotten
-    assert not p.rates.waiting(0)
-    assert not p.tick_due(NOW, 0)  # nothing due, nothing waiting: no transaction
-    assert p.correlator.due(NOW + 24 * 3600, 0)  # the open incident's expiry, a day later
-    assert p.tick_due(NOW + 24 * 3600, 0)
-
-
 def test_commit_rounds_are_paced_to_the_transaction_budget() -> None:
     from cfn.processors.engine import Engine
 
