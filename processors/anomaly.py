@@ -104,11 +104,6 @@ class AnomalyDetector:
             return len(self._open.get(partition, ()))
         return sum(len(keys) for keys in self._open.values())
 
-    def waiting(self, partition: int) -> bool:
-        """Whether a key of this partition waits for the watermark: an anomaly to close on
-        empty windows, or a quiet key to forget."""
-        return bool(self._open.get(partition)) or bool(self._quiet.get(partition))
-
     def open_by_type(self) -> dict[str | None, int]:
         counts: dict[str | None, int] = {}
         for keys in self._open.values():

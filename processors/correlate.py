@@ -148,11 +148,6 @@ class Correlator:
 
     # ---- timers -----------------------------------------------------------------------------
 
-    def due(self, now: float, partition: int) -> bool:
-        """Whether a deadline of this partition has come (maybe a superseded one)."""
-        timers = self._timers.get(partition)
-        return timers is not None and len(timers) > 0 and timers[0][0] <= now
-
     def tick(self, now: float, partition: int) -> list[IncidentRecord]:
         """Fire this partition's due deadlines: expire stale incidents, release orphan ENDs,
         and forget closed incidents after their retention."""

@@ -124,10 +124,6 @@ class FlapDetector:
         }
         heapq.heappush(self._pending.setdefault(partition, []), (ts, incident_id))
 
-    def waiting(self, partition: int) -> bool:
-        """Whether an opening or an episode of this partition waits for the clock."""
-        return bool(self._pending.get(partition)) or bool(self._quiet.get(partition))
-
     def advance(self, partition: int, now: int) -> FlapResult:
         """Judge the openings up to `now` (the watermark minus the lateness) in event-time order;
         then end the episodes quiet since `now - quiet_s`, and forget idle keys."""

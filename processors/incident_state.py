@@ -50,10 +50,6 @@ class StateRetention:
         self.store[record.incident_id] = {"p": partition, "due": due}
         heapq.heappush(self._timers.setdefault(partition, []), (due, record.incident_id))
 
-    def due(self, now: float, partition: int) -> bool:
-        timers = self._timers.get(partition)
-        return timers is not None and len(timers) > 0 and timers[0][0] <= now
-
     def tick(self, now: float, partition: int) -> list[str]:
         """The incident ids of this partition whose retention has passed, each once."""
         timers = self._timers.get(partition)

@@ -205,11 +205,6 @@ class RateCounter:
             self._push(partition, key, label, 0)
         return 0
 
-    def waiting(self, partition: int) -> bool:
-        """Whether a window of this partition waits for the watermark (to close or to be
-        forgotten): then idle ticks must keep moving it."""
-        return bool(self._heaps.get(partition))
-
     def tick(self, now: float, partition: int) -> list[RateRecord]:
         """Advance an idle partition's watermark to wall time and close what that closes."""
         last = self._last_event.get(partition)
