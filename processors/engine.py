@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,9 +58,18 @@ _NO_HEADERS: list[tuple[str, bytes]] = []  # BatchBuilder.append wants a list; n
 
 
 def _partition_of(value: Any) -> int:
-    """Every table value names its partition: a dedup value (an int, or the list of format 1,
-    see processors/dedup.py) or {"p": p, ...}."""
-    return int(value["p"]) if type(value) is dict else partition_of_seen(value)
+    """Every table value names its partition: {"p": p, ...}, a dedup value (an int, or the list
+    of format 1, see processors/dedup.py), or an object with a `p` attribute."""
+    kind = type(value)
+    if kind is dict:
+        return int(value["p"])
+    if kind is int or kind is list:
+        return partition_of_seen(value)
+    return int(value.p)
+
+
+def _decode_json(data: bytes) -> Any:
+    return jsonio.loads(data)
 
 
 class ChangelogTable(dict[str, Any]):
@@ -73,10 +82,19 @@ class ChangelogTable(dict[str, Any]):
     through `__setitem__`/`__delitem__`, and the bulk writers that would bypass them refuse.
     """
 
-    def __init__(self, name: str, topic: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        topic: str,
+        encode: Callable[[Any], bytes] = jsonio.dumps,
+        decode: Callable[[bytes], Any] = _decode_json,
+    ) -> None:
         super().__init__()
         self.name = name
         self.topic = topic
+        # The changelog format of this table's values: `decode` reads every format it ever had.
+        self.encode = encode
+        self.decode = decode
         self._changed: dict[int, set[str]] = {}
 
     def __setitem__(self, key: str, value: Any) -> None:
@@ -444,7 +462,7 @@ class Engine:
         await self._send(task, self.pipeline.drain_rate_inputs(task.partition))
         for table in self.tables.values():
             for key, value in table.drain(task.partition):
-                encoded = None if value is None else jsonio.dumps(value)
+                encoded = None if value is None else table.encode(value)
                 await self._append(task, table.topic, task.partition, key.encode(), encoded)
         builders, task.builders = task.builders, {}
         for slot, builder in builders.items():
@@ -638,7 +656,7 @@ class Engine:
                     table = by_topic[tp.topic]
                     for record in records:
                         if record.offset < ends[tp] and record.key is not None:
-                            value = None if record.value is None else jsonio.loads(record.value)
+                            value = None if record.value is None else table.decode(record.value)
                             table.load(record.key.decode(), value)
                             loaded += 1
                 pending = {tp for tp in pending if await reader.position(tp) < ends[tp]}
