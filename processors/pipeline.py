@@ -15,6 +15,7 @@ from cfn.processors.anomaly import AnomalyDetector
 from cfn.processors.correlate import Correlator
 from cfn.processors.dedup import Deduplicator
 from cfn.processors.flapping import FlapDetector, FlapResult
+from cfn.processors.incident import Incident
 from cfn.processors.incident_state import StateRetention
 from cfn.processors.metrics import WorkerMetrics, event_label, type_label
 from cfn.processors.rates import RateCounter
@@ -104,7 +105,7 @@ class Pipeline:
         self,
         settings: WorkerSettings,
         dedup_store: MutableMapping[str, Any],
-        incident_store: MutableMapping[str, dict[str, Any]],
+        incident_store: MutableMapping[str, Incident],
         rate_store: MutableMapping[str, dict[str, Any]],
         metrics: WorkerMetrics,
         clock: Callable[[], float],
@@ -165,7 +166,7 @@ class Pipeline:
     def rebuild(
         self,
         dedup_items: Iterable[tuple[str, Any]],
-        incident_items: Iterable[tuple[str, dict[str, Any]]],
+        incident_items: Iterable[tuple[str, Incident]],
         rate_items: Iterable[tuple[str, dict[str, Any]]],
         retention_items: Iterable[tuple[str, dict[str, Any]]] = (),
         anomaly_items: Iterable[tuple[str, dict[str, Any]]] = (),

@@ -16,6 +16,7 @@ from cfn import internals
 from cfn.access import AccessDenied, denial, diagnose
 from cfn.config import TABLES, ConfigError, changelog_topic, topic_names
 from cfn.health import Reachability, quiet_client_logs
+from cfn.processors import incident
 from cfn.processors.clock import wall_clock
 from cfn.processors.engine import ChangelogTable, Engine
 from cfn.processors.metrics import WorkerMetrics
@@ -29,7 +30,7 @@ log = logging.getLogger("cfn.worker")
 
 def build(settings: WorkerSettings, registry: CollectorRegistry) -> Engine:
     """The engine with a pipeline over its changelog-backed tables."""
-    tables = {name: ChangelogTable(name, changelog_topic(settings.app_id, name)) for name in TABLES}
+    tables = changelog_tables(settings.app_id)
     pipeline = Pipeline(
         settings,
         tables["dedup"],
@@ -42,6 +43,19 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Engine:
         flap_store=tables["flaps"],
     )
     return Engine(settings, pipeline, tables)
+
+
+def changelog_tables(app_id: str) -> dict[str, ChangelogTable]:
+    """The worker's tables by name. The incidents table has a changelog format of its own
+    (processors/incident.py); the others write their values as JSON."""
+    tables = {}
+    for name in TABLES:
+        topic = changelog_topic(app_id, name)
+        if name == "incidents":
+            tables[name] = ChangelogTable(name, topic, incident.encode, incident.decode)
+        else:
+            tables[name] = ChangelogTable(name, topic)
+    return tables
 
 
 def metrics_app(

@@ -9,8 +9,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cfn.processors import incident
 from cfn.processors.clock import FakeClock
-from cfn.processors.correlate import Correlator, State
+from cfn.processors.correlate import Correlator
+from cfn.processors.incident import ST, Incident
+from cfn.schemas import jsonio
 from cfn.schemas.payload import Notification, parse
 from cfn.schemas.records import IncidentRecord
 from tests.payloads import SAVE_AND_TEST, alert, encode
@@ -50,7 +53,7 @@ def note(
     return parsed
 
 
-def correlator(store: dict[str, State] | None = None, **overrides: Any) -> Correlator:
+def correlator(store: dict[str, Incident] | None = None, **overrides: Any) -> Correlator:
     options: dict[str, Any] = {
         "stale_after": lambda _alert_type: STALE,
         "orphan_hold_s": HOLD,
@@ -58,6 +61,12 @@ def correlator(store: dict[str, State] | None = None, **overrides: Any) -> Corre
         **overrides,
     }
     return Correlator(store={} if store is None else store, **options)
+
+
+def correlation_of(key: str) -> str:
+    """The correlation id in a table key (`correlation_key`)."""
+    correlation_id: str = jsonio.loads(key)[2]
+    return correlation_id
 
 
 def only(records: list[IncidentRecord]) -> IncidentRecord:
@@ -263,9 +272,9 @@ def test_closed_incidents_are_forgotten_after_retention() -> None:
     assert c.tick(T0 + 60 + RETENTION - 1, 0) == []
     assert len(c.store) == 3
     assert c.tick(T0 + 60 + RETENTION, 0) == []
-    assert {s["corr"] for s in c.store.values()} == {"orphan", "expired"}
+    assert {correlation_of(k) for k in c.store} == {"orphan", "expired"}
     assert c.tick(T0 + HOLD + RETENTION, 0) == []
-    assert {s["corr"] for s in c.store.values()} == {"expired"}
+    assert {correlation_of(k) for k in c.store} == {"expired"}
     assert c.tick(T0 + STALE + RETENTION, 0) == []
     assert c.store == {}
 
@@ -383,7 +392,7 @@ def test_timers_fire_per_partition() -> None:
 
 def test_rebuild_after_restart_fires_pending_timers() -> None:
     clock = FakeClock(T0)
-    store: dict[str, State] = {}
+    store: dict[str, Incident] = {}
     before = correlator(store)
     opened = only(before.on_event(note("start", clock, corr="open"), 0))
     before.on_event(note("end", clock, corr="held"), 0)
@@ -405,7 +414,8 @@ def test_rebuild_after_restart_fires_pending_timers() -> None:
     )
     assert +after.open_by_type == Counter()
     assert after.tick(T0 + 30 + RETENTION, 1) == []
-    assert {s["corr"]: s["st"] for s in store.values()} == {"open": "expired", "held": "orphan_end"}
+    states = {correlation_of(k): s[ST] for k, s in store.items()}
+    assert states == {"open": "expired", "held": "orphan_end"}
 
 
 # ---- properties ------------------------------------------------------------------------------
@@ -472,5 +482,5 @@ def test_incident_versions_are_unique_ordered_and_consistent(
             assert r.duration_s == r.closed_at - r.opened_at
         if r.state == "open" and r.ordering == "in_order":
             assert r.renotify_count == r.version - 1
-    opened = Counter(s["type"] for s in c.store.values() if s["st"] == "open")
+    opened = Counter(s[incident.TYPE] for s in c.store.values() if s[ST] == "open")
     assert +c.open_by_type == opened

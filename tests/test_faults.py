@@ -28,8 +28,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cfn.broker import BrokerError, LocalKafka
-from cfn.processors.correlate import Correlator, State
+from cfn.processors.correlate import Correlator
 from cfn.processors.dedup import Deduplicator
+from cfn.processors.incident import Incident
 from cfn.schemas import jsonio
 from cfn.schemas.payload import TS_MAX, TS_MIN, Notification, Rejected, parse
 from tests.conftest import free_port_block
@@ -1044,7 +1045,7 @@ def test_flood_of_distinct_incidents_keeps_state_bounded_by_ttls() -> None:
     end_lag = 60  # an END arrives 60 s after its START
     t0 = 1_700_000_000
     dedup_store: dict[str, list[int]] = {}
-    incident_store: dict[str, State] = {}
+    incident_store: dict[str, Incident] = {}
     dedup = Deduplicator(dedup_store, window)
     correlator = Correlator(
         incident_store,

@@ -1,8 +1,8 @@
 """Section 4: resident bytes per live dedup key and per open incident, without Kafka.
 
 Each kind runs in a fresh subprocess (tests/bench/memory_probe.py) so that one's arenas do not
-hide another's growth. The worker keeps these stores in ChangelogTables (processors/engine.py),
-a dict plus the keys changed since the last commit, so these figures are a close lower bound.
+hide another's growth. dedup and correlate fill the worker's own ChangelogTables
+(processors/engine.py), drained as commits do; the plain dict is the baseline.
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
-"""Resident memory per live key of the worker's state classes, over plain dicts, in one process.
+"""Resident memory per live key of the worker's state classes, in one process.
 
 Kinds:
   dict      baseline: {event_id: int}, the least any "seen this id" store can hold
   dedup     processors.dedup.Deduplicator: the store plus its expiry index
   correlate processors.correlate.Correlator: open incidents (one START each) plus timers
 
-Every key and string is a fresh object, as parsing real records makes them. Prints JSON:
-RSS (VmRSS) before and after, bytes per key, keys per second.
+dedup and correlate fill the worker's own tables (`changelog_tables`, processors/worker.py),
+drained as a commit does every `COMMIT_EVERY` keys, with the incidents table's changelog
+encoding. Every key, string and number is a fresh object, as parsing real records makes them.
+Prints JSON: RSS (VmRSS) before and after, bytes per key, keys per second.
 
 Run: python -m tests.bench.memory_probe KIND N
 """
@@ -43,6 +45,17 @@ def event_id(i: int) -> str:
     return "ev_" + hashlib.sha256(i.to_bytes(8, "little")).hexdigest()[:32]
 
 
+COMMIT_EVERY = 1000  # keys between drains of the changed keys, as the engine's commits do
+PARTITIONS = 12
+
+
+def commit(table: Any) -> None:
+    """What the engine does with a table at each commit, short of sending the records."""
+    for partition in range(PARTITIONS):
+        for _key, value in table.drain(partition):
+            table.encode(value)
+
+
 def fill_dict(n: int, now: int) -> Any:
     store: dict[str, int] = {}
     for i in range(n):
@@ -52,19 +65,26 @@ def fill_dict(n: int, now: int) -> Any:
 
 def fill_dedup(n: int, now: int) -> Any:
     from cfn.processors.dedup import Deduplicator
+    from cfn.processors.worker import changelog_tables
 
-    dedup = Deduplicator({}, 24 * 3600.0)
+    table = changelog_tables("probe")["dedup"]
+    dedup = Deduplicator(table, 24 * 3600.0)
     for i in range(n):
-        assert not dedup.is_duplicate(event_id(i), now + i // 1000, i % 12)
+        assert not dedup.is_duplicate(event_id(i), now + i // 1000, i % PARTITIONS)
+        if i % COMMIT_EVERY == COMMIT_EVERY - 1:
+            commit(table)
+    commit(table)
     return dedup
 
 
 def fill_correlate(n: int, now: int) -> Any:
     from cfn.processors.correlate import Correlator
+    from cfn.processors.worker import changelog_tables
     from cfn.schemas.payload import Notification
 
+    table = changelog_tables("probe")["incidents"]
     correlator = Correlator(
-        {}, stale_after=lambda _t: 24 * 3600.0, orphan_hold_s=600.0, closed_retention_s=86400.0
+        table, stale_after=lambda _t: 24 * 3600.0, orphan_hold_s=600.0, closed_retention_s=86400.0
     )
     tenant = b"default"
     for i in range(n):
@@ -78,13 +98,16 @@ def fill_correlate(n: int, now: int) -> Any:
             alert_type=TYPES[i % len(TYPES)].encode().decode(),
             event="start",
             correlation_id=f"corr-{i:012d}",
-            ts=now - 60,
+            ts=now - 60 + i // 1000,
             received_at=(now + i // 1000) * 1000,
             name="Origin health alert",
             text="Origin is unhealthy",
             data={"zone_name": "shop.example.com"},
         )
-        assert len(correlator.on_event(notification, i % 12)) == 1
+        assert len(correlator.on_event(notification, i % PARTITIONS)) == 1
+        if i % COMMIT_EVERY == COMMIT_EVERY - 1:
+            commit(table)
+    commit(table)
     return correlator
 
 

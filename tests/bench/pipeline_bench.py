@@ -493,7 +493,9 @@ def run_two(ctx: Context, pre: Prefilled, app_id: str) -> dict[str, Any]:
 
 def synthetic_state(keys: int, now_s: int) -> dict[str, list[tuple[bytes, bytes, int]]]:
     """Changelog records (key, value, partition) as the worker's tables write them (UTF-8 key,
-    JSON value), for `keys` dedup ids and keys // 4 open incidents, made by the real classes."""
+    JSON value; the incidents table in its own format), for `keys` dedup ids and keys // 4 open
+    incidents, made by the real classes."""
+    from cfn.processors import incident
     from cfn.processors.correlate import Correlator
     from cfn.processors.dedup import Deduplicator, partition_of_seen
     from cfn.schemas import jsonio
@@ -503,7 +505,7 @@ def synthetic_state(keys: int, now_s: int) -> dict[str, list[tuple[bytes, bytes,
     dedup = Deduplicator(dedup_store, 24 * 3600.0)
     for i in range(keys):
         dedup.is_duplicate(f"ev_{uuid.UUID(int=i).hex}", now_s, i % PARTITIONS)
-    incident_store: dict[str, dict[str, Any]] = {}
+    incident_store: dict[str, incident.Incident] = {}
     correlator = Correlator(
         incident_store, lambda _t: 24 * 3600.0, orphan_hold_s=600.0, closed_retention_s=86400.0
     )
@@ -531,9 +533,7 @@ def synthetic_state(keys: int, now_s: int) -> dict[str, list[tuple[bytes, bytes,
         "dedup": [
             (k.encode(), jsonio.dumps(v), partition_of_seen(v)) for k, v in dedup_store.items()
         ],
-        "incidents": [
-            (k.encode(), jsonio.dumps(v), int(v["p"])) for k, v in incident_store.items()
-        ],
+        "incidents": [(k.encode(), incident.encode(v), v.p) for k, v in incident_store.items()],
     }
 
 

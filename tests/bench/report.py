@@ -346,7 +346,7 @@ def _summary_rows(sections: dict[str, Any]) -> list[str]:
             entry = memory[kind]
             value = entry["bytes_per_key"]
             rows.append(
-                f"| Memory bytes per {label} ({_num(memory['keys'])} keys, lower bound) "
+                f"| Memory bytes per {label} ({_num(memory['keys'])} keys, worker's table) "
                 f"| {_num(value)} | {_num(base['bytes_per_key'])} (plain dict id -> int) "
                 f"| {_num(entry['ratio_bytes_vs_dict'], 2)} | <= {MEMORY_TARGETS[kind]} B "
                 f"| {_met(value, value <= MEMORY_TARGETS[kind])} |"
@@ -532,10 +532,10 @@ def _memory_detail(memory: dict[str, Any] | None, pipeline: dict[str, Any] | Non
         "",
         f"RSS growth (VmRSS) of a fresh process filling {_num(memory['keys'])} keys into "
         "`Deduplicator` (store plus expiry index) and `Correlator` (one open incident per "
-        "START: the state dict plus its timer), over plain dicts, every string a fresh "
-        "object as parsing makes them. The worker's real store (`processors/engine.py` "
-        "ChangelogTable) is such a dict plus a set of changed keys per partition between "
-        "commits, so these are close lower bounds. "
+        "START: its compact state, which is also its timer-heap entry), in the worker's own "
+        "tables (`processors/engine.py` ChangelogTable, the incidents one with its changelog "
+        "format) drained every 1,000 keys as commits do, every string and number a fresh "
+        "object as parsing makes them. "
         f"Fill speed relative to the plain dict: dedup "
         f"{_num(memory['dedup']['ratio_speed_vs_dict'], 2)}, correlate "
         f"{_num(memory['correlate']['ratio_speed_vs_dict'], 2)}." + real,
