@@ -57,7 +57,13 @@ class Acl:
             raise ValueError(f"a principal is User:NAME, not {self.principal!r}")
 
 
-def role_acls(role: str, principal: str, prefix: str = "cfn.", app_id: str = "cfn") -> list[Acl]:
+def role_acls(
+    role: str,
+    principal: str,
+    prefix: str = "cfn.",
+    app_id: str = "cfn",
+    transactions: str = "partition",
+) -> list[Acl]:
     """The ACLs a principal needs, and no more, to act as one of cfn's roles.
 
     Args:
@@ -67,6 +73,8 @@ def role_acls(role: str, principal: str, prefix: str = "cfn.", app_id: str = "cf
         principal: `User:NAME`, the SASL user or the mapped certificate CN.
         prefix: CFN_TOPIC_PREFIX.
         app_id: CFN_APP_ID: the worker's group, transactional id prefix and changelog prefix.
+        transactions: CFN_TRANSACTIONS: the worker's transactional ids are `<app_id>-task-<p>`
+            (partition) or `<app_id>-worker-<CFN_WORKER_ID>` (worker).
 
     Returns:
         The bindings, all ALLOW, in a stable order.
@@ -90,7 +98,8 @@ def role_acls(role: str, principal: str, prefix: str = "cfn.", app_id: str = "cf
             acls += topic(topics[output], "WRITE")
         for name in changelogs:
             acls += topic(name, "READ", "WRITE")
-        acls.append(Acl("TRANSACTIONAL_ID", f"{app_id}-task-", "PREFIXED", "WRITE", principal))
+        owner = "worker" if transactions == "worker" else "task"
+        acls.append(Acl("TRANSACTIONAL_ID", f"{app_id}-{owner}-", "PREFIXED", "WRITE", principal))
         return acls
     if role == "provisioner":
         # CREATE alone would create blind: DESCRIBE lets it see which topics already exist.
@@ -170,8 +179,9 @@ def render_role(
     app_id: str = "cfn",
     bootstrap: str = "127.0.0.1:9092",
     command_config: str = "admin.properties",
+    transactions: str = "partition",
 ) -> str:
     """`cfn acls`'s output: one kafka-acls command per binding, after a comment line."""
-    acls = role_acls(role, principal, prefix, app_id)
+    acls = role_acls(role, principal, prefix, app_id, transactions)
     head = f"# {role} as {principal}: {len(acls)} ACLs (prefix {prefix!r}, app id {app_id!r})"
     return "\n".join([head, *(kafka_acls_command(a, bootstrap, command_config) for a in acls)])

@@ -33,6 +33,7 @@ def _acls(args: argparse.Namespace) -> int:
                 app_id=args.app_id,
                 bootstrap=args.bootstrap,
                 command_config=args.command_config,
+                transactions=os.environ.get("CFN_TRANSACTIONS", "partition"),
             )
         )
     except ValueError as exc:

@@ -13,7 +13,10 @@ cfn reaches past the public APIs where they lack what it needs:
 * the consumer's client (`_client`): a fresh metadata round trip (the consumer's own view is
   lazy);
 * the consumer's group coordinator (`_coordinator`): the committed offsets of many partitions in
-  one request (`committed()` asks once per partition), and asking for a rebalance;
+  one request, stable ones (`committed()` asks once per partition, and with OffsetFetch v1-v3,
+  which has no require_stable), its generation and member id, and asking for a rebalance;
+* a transactional producer's sender (`_sender._do_txn_offset_commit`): one producer per worker
+  commits offsets with TxnOffsetCommit v3 and the group metadata (KIP-447, cfn/protocol.py);
 * uvicorn's httptools protocol (ingest/protocol.py subclasses it).
 
 aiokafka and uvicorn are pinned to the minor versions the tests cover (pyproject.toml). `check`
@@ -23,8 +26,23 @@ failing later; tests/test_internals.py fails when any of it moves.
 
 from __future__ import annotations
 
+import asyncio
 from importlib import metadata
 from typing import Any
+
+from aiokafka.errors import (
+    CoordinatorNotAvailableError,
+    GroupAuthorizationFailedError,
+    KafkaError,
+    NotCoordinatorError,
+    UnknownMemberIdError,
+    for_code,
+)
+from aiokafka.structs import TopicPartition
+
+from cfn.protocol import STALE_MEMBER, UNSTABLE_OFFSET_COMMIT, StableOffsetFetch, TxnOffsetCommitV3
+
+RETRY_BACKOFF = 0.1  # seconds between two asks of a group coordinator that is not ready
 
 # The minor versions whose internals these adapters were written and tested against.
 TESTED = {"aiokafka": "0.14", "uvicorn": "0.54"}
@@ -73,12 +91,25 @@ def check_transactional(producer: Any) -> None:
     _need(producer, "_txn_manager._transaction_waiter", "AIOKafkaProducer (transactional)")
 
 
+def check_group_transactions(producer: Any, consumer: Any) -> None:
+    """What one producer per worker (KIP-447, `commit_offsets_as_member`) uses exists."""
+    from aiokafka.producer import sender
+
+    _need(producer, "_sender._do_txn_offset_commit", "AIOKafkaProducer (transactional)")
+    _need(producer, "_sender._find_coordinator", "AIOKafkaProducer (transactional)")
+    _need(sender, "TxnOffsetCommitHandler.handle_response", "aiokafka.producer.sender")
+    _need(sender, "CoordinationType.GROUP", "aiokafka.producer.sender")
+    for name in ("generation", "member_id"):
+        _need(consumer, f"_coordinator.{name}", "AIOKafkaConsumer")
+
+
 def check_consumer(consumer: Any) -> None:
     """Every consumer internal cfn uses exists on `consumer` (after start: the coordinator)."""
     _need(consumer, "_client.fetch_all_metadata", "AIOKafkaConsumer")
     if getattr(consumer, "_group_id", None) is not None:
         _need(consumer, "_coordinator.request_rejoin", "AIOKafkaConsumer")
-        _need(consumer, "_coordinator.fetch_committed_offsets", "AIOKafkaConsumer")
+        for name in ("_send_req", "ensure_coordinator_known", "coordinator_dead", "group_id"):
+            _need(consumer, f"_coordinator.{name}", "AIOKafkaConsumer")
 
 
 def check_protocol(protocol_class: type) -> None:
@@ -135,6 +166,92 @@ def abandon(producer: Any, exc: BaseException) -> None:
     producer._message_accumulator.fail_all(exc)
 
 
+def commit_offsets_as_member(producer: Any, consumer: Any) -> None:
+    """Make the producer's `send_offsets_to_transaction` send TxnOffsetCommit v3 with the
+    consumer's group generation and member id as they are when the request is built (KIP-447):
+    the group coordinator then refuses the offsets of a member that lost its partitions, and
+    the transaction fails (IllegalGenerationError, UnknownMemberIdError) instead of committing
+    for partitions now owned by another worker. aiokafka builds only v0 and has no option for
+    this, so the producer's sender gets its offset-commit step replaced."""
+    from aiokafka.producer.sender import CoordinationType
+
+    sender = producer._sender
+    coordinator = consumer._coordinator
+
+    async def txn_offset_commit(offsets: Any, group_id: str) -> None:
+        if not offsets:
+            return
+        if coordinator.generation < 0 or not coordinator.member_id:
+            # Not a member (expelled, rejoining): the broker would take the offsets as from
+            # outside the group, unchecked. Whatever this transaction processed may have moved.
+            sender._txn_manager.error_transaction(
+                UnknownMemberIdError("not a member of the group: its partitions may have moved")
+            )
+            return
+        try:
+            node_id = await sender._find_coordinator(CoordinationType.GROUP, group_id)
+        except GroupAuthorizationFailedError as exc:
+            sender._txn_manager.error_transaction(exc)
+            return
+        await _member_offset_commit(sender, offsets, group_id, coordinator).do(node_id)
+
+    sender._do_txn_offset_commit = txn_offset_commit
+
+
+def _member_offset_commit(sender: Any, offsets: Any, group_id: str, coordinator: Any) -> Any:
+    from aiokafka.producer.sender import TxnOffsetCommitHandler
+
+    class MemberTxnOffsetCommit(TxnOffsetCommitHandler):  # type: ignore[misc]
+        """aiokafka's handler, with the v3 request and its stale-member answers."""
+
+        def create_request(self) -> TxnOffsetCommitV3:
+            txn = self._sender._txn_manager
+            by_topic: dict[str, list[tuple[int, int, str]]] = {}
+            for tp, meta in sorted(self._offsets.items()):
+                by_topic.setdefault(tp.topic, []).append((tp.partition, meta.offset, meta.metadata))
+            return TxnOffsetCommitV3(
+                txn.transactional_id,
+                self._group_id,
+                txn.producer_id,
+                txn.producer_epoch,
+                coordinator.generation,
+                coordinator.member_id,
+                list(by_topic.items()),
+            )
+
+        def handle_response(self, resp: Any) -> float | None:
+            txn = self._sender._txn_manager
+            for topic, partitions, _tags in resp.topics:
+                for partition, code, _tags in partitions:
+                    tp = TopicPartition(topic, partition)
+                    if code == 0:
+                        txn.offset_committed(tp, self._offsets[tp].offset, self._group_id)
+                    elif code in STALE_MEMBER:
+                        txn.error_transaction(
+                            for_code(code)(
+                                f"the group refused the offsets of generation "
+                                f"{coordinator.generation}: its partitions have moved on"
+                            )
+                        )
+                        return None
+                    else:  # every other code means what it means for v0: aiokafka's handling
+                        backoff: float | None = super().handle_response(
+                            _V0Answer([(topic, [(partition, code)])])
+                        )
+                        if backoff is not None:
+                            return backoff
+            return None
+
+    return MemberTxnOffsetCommit(sender, offsets, group_id)
+
+
+class _V0Answer:
+    """The shape of a TxnOffsetCommit v0 response, for aiokafka's handler."""
+
+    def __init__(self, errors: list[tuple[str, list[tuple[int, int]]]]) -> None:
+        self.errors = errors
+
+
 # ---- consumer ---------------------------------------------------------------------------------
 
 
@@ -143,12 +260,51 @@ async def fetch_metadata(client_owner: Any) -> Any:
     return await client_owner._client.fetch_all_metadata()
 
 
+def group_generation(consumer: Any) -> int:
+    """The generation of the consumer's group membership (-1 when not a member)."""
+    generation: int = consumer._coordinator.generation
+    return generation
+
+
 def request_rejoin(consumer: Any) -> None:
     """Ask the group for a rebalance (no public call exists)."""
     consumer._coordinator.request_rejoin()
 
 
-async def fetch_committed(consumer: Any, partitions: list[Any]) -> dict[Any, Any]:
-    """The group's committed offsets of `partitions`, in one request."""
-    result: dict[Any, Any] = await consumer._coordinator.fetch_committed_offsets(partitions)
-    return result
+async def fetch_committed(consumer: Any, partitions: list[Any]) -> dict[Any, int]:
+    """The group's committed offsets of `partitions` (-1: none), in one request, once no
+    transaction holds pending offsets for them (OffsetFetch v7, require_stable, KIP-447): a
+    new owner then starts where the previous owner's last transaction left off, whether that
+    transaction was still to commit or abort when the partitions moved."""
+    coordinator = consumer._coordinator
+    by_topic: dict[str, list[int]] = {}
+    for tp in partitions:
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    request = StableOffsetFetch(coordinator.group_id, sorted(by_topic.items()))
+    while True:
+        await coordinator.ensure_coordinator_known()
+        try:
+            response = await coordinator._send_req(request)
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            await asyncio.sleep(RETRY_BACKOFF)
+            continue
+        codes = {response.error_code}
+        offsets: dict[Any, int] = {}
+        for topic, answers, _tags in response.topics:
+            for partition, offset, _epoch, _meta, code, _tags in answers:
+                codes.add(code)
+                offsets[TopicPartition(topic, partition)] = offset
+        codes.discard(0)
+        if not codes:
+            return offsets
+        if codes <= {UNSTABLE_OFFSET_COMMIT}:
+            await asyncio.sleep(RETRY_BACKOFF)  # a transaction is still to end: ask again
+            continue
+        error = for_code(min(codes))
+        if error in (NotCoordinatorError, CoordinatorNotAvailableError):
+            coordinator.coordinator_dead()
+        elif not error.retriable:
+            raise error(coordinator.group_id)
+        await asyncio.sleep(RETRY_BACKOFF)

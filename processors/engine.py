@@ -2,22 +2,30 @@
 
 Work is split into *tasks*, one per partition number p. Task p owns `cfn.raw` p and
 `cfn.rate-input` p (the range assignor gives both to the same worker, the topics having the
-same partition count), the state of p in its changelog-backed tables, and a transactional
-producer whose id, `<app id>-task-<p>`, is the same on every worker. Everything task p does
-between two commits (outputs, changelog writes, its consumed offsets) is one Kafka transaction,
-so a read_committed subscriber sees each input's effects exactly once or not at all.
+same partition count) and the state of p in its changelog-backed tables. Everything a
+transaction covers between two commits (outputs, changelog writes, consumed offsets) commits or
+aborts together, so a read_committed subscriber sees each input's effects exactly once or not
+at all. Who writes the transactions is CFN_TRANSACTIONS:
 
-Why per-partition transactional ids (the pre-KIP-447 scheme): whoever takes p over calls
-`init_transactions` with the same id, which aborts the previous owner's open transaction and
-fences it, so a worker that was thought dead cannot commit late. aiokafka's
-`send_offsets_to_transaction` carries no group generation, so KIP-447's one-producer-per-worker
-fencing is not available.
+* `partition` (the default): each task has a transactional producer whose id,
+  `<app id>-task-<p>`, is the same on every worker. Whoever takes p over calls
+  `init_transactions` with that id, which aborts the previous owner's open transaction and
+  fences it, so a worker that was thought dead cannot commit late. A commit round writes one
+  transaction per partition.
+* `worker` (KIP-447): one producer per worker, `<app id>-worker-<CFN_WORKER_ID>`, and one
+  transaction per commit round whatever the partition count. aiokafka sends neither request
+  this needs, so cfn does (cfn/protocol.py, cfn/internals.py): the offsets go with the group
+  generation and member id (TxnOffsetCommit v3), and the group refuses a member that lost its
+  partitions; a new owner reads the committed offsets once they are stable (OffsetFetch v7),
+  then restores the changelogs once no transaction is open on them, and a worker that comes
+  back after generations without it restores everything it holds.
 
 A rebalance commits every open transaction before the partitions are handed back; a task
-that is new to this worker fences, restores its state from the changelogs (read_committed, to
-the last stable offset) and seeks to the group's committed offsets, in that order. A task whose
-transaction fails is dropped whole (state included) and the group is asked to rebalance: it
-comes back through the same restore, never with half-applied in-memory state.
+that is new to this worker fences, reads the group's committed offsets, restores its state from
+the changelogs (read_committed, to the last stable offset) and seeks, in that order. A task
+whose transaction fails is dropped whole (state included), with every task that shares the
+transaction, and the group is asked to rebalance: they come back through the same restore,
+never with half-applied in-memory state.
 
 Why not faust-streaming's exactly-once: measured here, faust-streaming 0.15.3 lost 14-34 % of
 the notifications across a SIGKILL and crashed a joining worker with ProducerFenced (see the
@@ -50,7 +58,12 @@ from cfn.schemas import jsonio
 log = logging.getLogger("cfn.worker")
 
 MAX_RECORDS = 2000  # per poll; bounds the work between two checks of the timers
-COMMIT_TIMEOUT = 30.0  # seconds; under the producers' transaction timeout (60 s)
+COMMIT_TIMEOUT = 30.0  # seconds; under the per-partition producers' transaction timeout (60 s)
+# A shared producer's transaction timeout (CFN_TRANSACTIONS=worker), as Kafka Streams sets for
+# exactly-once: the broker aborts a killed worker's open transaction after this (plus its check
+# interval), and read_committed readers of the partitions it wrote wait until then.
+WORKER_TXN_TIMEOUT_MS = 10_000
+SETTLE_TIMEOUT = 25.0  # seconds: that timeout, the broker's 10 s check interval, and a margin
 RESTORE_TIMEOUT = 600.0  # seconds for the changelogs of the partitions assigned at once
 ASSIGN_RETRY = 1.0  # seconds between two attempts to open newly assigned tasks
 METADATA_WAIT = 30.0  # seconds for new topics to reach every broker's metadata
@@ -139,13 +152,22 @@ class ChangelogTable(dict[str, Any]):
             self._changed.pop(partition, None)
 
 
-@dataclass
-class Task:
-    """The unit of ownership and of transactions: one partition number."""
+@dataclass(eq=False)
+class Txn:
+    """A transactional producer and its open transaction: each task's own (CFN_TRANSACTIONS=
+    partition), or one that every task of the worker shares (worker)."""
 
-    partition: int
     producer: AIOKafkaProducer
     open: bool = False  # a transaction is open
+    started: bool = False  # init_transactions has run
+
+
+@dataclass
+class Task:
+    """The unit of ownership and of state: one partition number."""
+
+    partition: int
+    txn: Txn
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     pending: list[asyncio.Future[Any]] = field(default_factory=list)  # submitted batches
     # Record batches being filled, one per output (topic, partition); submitted when full or
@@ -154,6 +176,10 @@ class Task:
     builders: dict[tuple[str, int], BatchBuilder] = field(default_factory=dict)
     next_raw: int = -1  # the next raw offset to process; smaller ones are re-fetches
     next_rate: int = -1  # the same for rate-input
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        return self.txn.producer
 
 
 class Engine:
@@ -175,6 +201,8 @@ class Engine:
         self._stop: asyncio.Event | None = None
         self._client_options = settings.security.client_options()  # one TLS context for all
         self.tasks: dict[int, Task] = {}
+        self.shared: Txn | None = None  # the worker's one transaction (CFN_TRANSACTIONS=worker)
+        self._generation = -2  # the group generation of the current assignment
         self.metrics = pipeline.metrics
         self.ready = False
         self.processed = 0
@@ -241,14 +269,19 @@ class Engine:
             return False
         return True
 
-    def _producer(self, partition: int) -> AIOKafkaProducer:
+    def _producer(self, name: str) -> AIOKafkaProducer:
+        """A transactional producer whose id is `<app id>-<name>`."""
         s = self.settings
         producer = AIOKafkaProducer(
             bootstrap_servers=s.bootstrap,
             **self._client_options,
-            client_id=f"{s.app_id}-task-{partition}",
-            transactional_id=f"{s.app_id}-task-{partition}",
-            transaction_timeout_ms=60_000,
+            client_id=f"{s.app_id}-{name}",
+            transactional_id=f"{s.app_id}-{name}",
+            # A worker's transactional id dies with it (see WorkerSettings.worker_id), so the
+            # broker, not a successor, aborts a killed worker's open transaction: after this.
+            transaction_timeout_ms=(
+                WORKER_TXN_TIMEOUT_MS if s.transactions == "worker" else 60_000
+            ),
             acks="all",
             enable_idempotence=True,
             compression_type=None if s.compression == "none" else s.compression,
@@ -309,8 +342,10 @@ class Engine:
             await self._commit_all()
         if self._consumer is not None:
             await self._consumer.stop()
-        await asyncio.gather(*(self._stop_producer(t.producer) for t in self.tasks.values()))
+        txns = {t.txn for t in self.tasks.values()} | ({self.shared} if self.shared else set())
+        await asyncio.gather(*(self._stop_producer(txn.producer) for txn in txns))
         self.tasks.clear()
+        self.shared = None
 
     async def _stop_producer(self, producer: AIOKafkaProducer) -> None:
         """Close a task's producer without waiting for records it still holds: whatever they
@@ -385,9 +420,10 @@ class Engine:
         await self._send(task, self.pipeline.on_tick(now, partition))
 
     async def _begin(self, task: Task) -> None:
-        if not task.open:
-            await task.producer.begin_transaction()
-            task.open = True
+        txn = task.txn
+        if not txn.open:
+            await txn.producer.begin_transaction()
+            txn.open = True
 
     async def _send(self, task: Task, outputs: Iterable[Output]) -> None:
         topics = self.topics
@@ -444,45 +480,58 @@ class Engine:
     # ---- commits ----------------------------------------------------------------------------
 
     async def _commit_all(self) -> int:
-        """Commit every open task's transaction, in parallel; returns how many were open."""
-        tasks = [t for t in self.tasks.values() if t.open]
-        await asyncio.gather(*(self._guarded(t.partition, self._commit, t) for t in tasks))
-        return len(tasks)
+        """Commit every open transaction, in parallel; returns how many were open."""
+        by_txn: dict[Txn, list[Task]] = {}
+        for task in self.tasks.values():
+            if task.txn.open:
+                by_txn.setdefault(task.txn, []).append(task)
+        await asyncio.gather(
+            *(self._guarded(tasks[0].partition, self._commit, tasks) for tasks in by_txn.values())
+        )
+        return len(by_txn)
 
-    async def _commit(self, task: Task) -> None:
-        """Changelog writes, outputs and consumed offsets of one task: all or nothing.
+    async def _commit(self, tasks: list[Task]) -> None:
+        """Changelog writes, outputs and consumed offsets of the tasks of one transaction: all
+        or nothing.
 
         Bounded by COMMIT_TIMEOUT: with Kafka away, an idempotent producer retries forever;
-        the task is dropped instead (see `_guarded`) and rebuilt once Kafka answers again.
+        the tasks are dropped instead (see `_guarded`) and rebuilt once Kafka answers again.
         """
         async with asyncio.timeout(COMMIT_TIMEOUT):
-            await self._commit_steps(task)
+            await self._commit_steps(tasks)
 
-    async def _commit_steps(self, task: Task) -> None:
-        await self._send(task, self.pipeline.drain_rate_inputs(task.partition))
-        for table in self.tables.values():
-            for key, value in table.drain(task.partition):
-                encoded = None if value is None else table.encode(value)
-                await self._append(task, table.topic, task.partition, key.encode(), encoded)
-        builders, task.builders = task.builders, {}
-        for slot, builder in builders.items():
-            await self._submit(task, slot, builder)
-        await task.producer.flush()
-        for future in task.pending:
-            if not future.done():
-                await future
-            elif future.exception() is not None:
-                raise future.exception()  # type: ignore[misc]
+    async def _commit_steps(self, tasks: list[Task]) -> None:
+        for task in tasks:
+            await self._send(task, self.pipeline.drain_rate_inputs(task.partition))
+            for table in self.tables.values():
+                for key, value in table.drain(task.partition):
+                    encoded = None if value is None else table.encode(value)
+                    await self._append(task, table.topic, task.partition, key.encode(), encoded)
+            builders, task.builders = task.builders, {}
+            for slot, builder in builders.items():
+                await self._submit(task, slot, builder)
+        txn = tasks[0].txn
+        await txn.producer.flush()
+        offsets: dict[TopicPartition, int] = {}
+        for task in tasks:
+            for future in task.pending:
+                if not future.done():
+                    await future
+                elif future.exception() is not None:
+                    raise future.exception()  # type: ignore[misc]
+            offsets.update(task.offsets)
         # Every output and changelog write is acknowledged: now the offsets, atomically.
-        if task.offsets:
-            await task.producer.send_offsets_to_transaction(task.offsets, self.settings.app_id)
-        await task.producer.commit_transaction()
-        task.pending = []
-        task.offsets = {}
-        task.open = False
+        if offsets:
+            await txn.producer.send_offsets_to_transaction(offsets, self.settings.app_id)
+        await txn.producer.commit_transaction()
+        for task in tasks:
+            task.pending = []
+            task.offsets = {}
+        txn.open = False
 
     async def _guarded(self, partition: int, step: Any, *args: Any) -> None:
-        """Run one step of a task; a failure drops the task and asks for a rebalance."""
+        """Run one step of a task; a failure drops the task, and every task that shares its
+        transaction, and asks for a rebalance."""
         try:
             await step(*args)
         except (TimeoutError, KafkaError, IllegalOperation) as exc:
@@ -492,22 +541,27 @@ class Engine:
             cause = None if task is None else internals.transaction_error(task.producer)
             if not self._refused(exc) and cause is not None:
                 self._refused(cause)
-            task = self.tasks.pop(partition, None)
+            task = self.tasks.get(partition)
             if task is None:
                 return
+            failed = sorted(p for p, t in self.tasks.items() if t.txn is task.txn)
+            for p in failed:
+                for future in self.tasks.pop(p).pending:  # their errors are this one's
+                    future.add_done_callback(_consume_exception)
+                self.pipeline.forget_rate_inputs(p)
+            if self.shared is task.txn:
+                self.shared = None
             self.metrics.task_failures.labels(type(exc).__name__).inc()
             self.metrics.partitions.set(len(self.tasks))
-            for future in task.pending:  # their errors are this one; do not log them again
-                future.add_done_callback(_consume_exception)
             log.error(
-                "task %d failed (%s: %s); dropping its state and rejoining the group",
-                partition,
+                "%s failed (%s: %s); dropping %s and rejoining the group",
+                f"task {partition}" if len(failed) == 1 else "the worker's transaction",
                 type(exc).__name__,
                 exc,
+                "its state" if len(failed) == 1 else f"the state of partitions {failed}",
             )
             for table in self.tables.values():
-                table.drop({partition})
-            self.pipeline.forget_rate_inputs(partition)
+                table.drop(set(failed))
             self._rebuild_indexes()
             # Closing without committing: the broker aborts the open transaction when the
             # next owner (maybe this worker again) calls init_transactions.
@@ -529,12 +583,15 @@ class Engine:
                 return
             started = time.monotonic()
             mine = {tp.partition for tp in assigned}
+            generation = internals.group_generation(self.consumer)
+            if self.settings.transactions == "worker" and generation != self._generation + 1:
+                # Generations went by without this worker (it was expelled, e.g. paused past its
+                # session): another may have owned its partitions meanwhile, and nothing fenced
+                # this worker's producer. Its in-memory state may be stale: restore it all.
+                await self._release(set(self.tasks))
+            self._generation = generation
             gone = set(self.tasks) - mine
-            for partition in sorted(gone):
-                task = self.tasks.pop(partition)
-                await self._stop_producer(task.producer)
-            for table in self.tables.values():
-                table.drop(gone)
+            await self._release(gone)
             new = sorted(mine - set(self.tasks))
             if new and not await self._open_tasks_retrying(new):
                 return
@@ -555,6 +612,16 @@ class Engine:
                 len(new),
                 len(gone),
             )
+
+    async def _release(self, partitions: set[int]) -> None:
+        """Forget the tasks of `partitions` and their state (committed or not theirs)."""
+        for partition in sorted(partitions):
+            task = self.tasks.pop(partition)
+            self.pipeline.forget_rate_inputs(partition)
+            if task.txn is not self.shared:
+                await self._stop_producer(task.producer)
+        for table in self.tables.values():
+            table.drop(partitions)
 
     async def _open_tasks_retrying(self, partitions: list[int]) -> bool:
         """Open new tasks, retrying while Kafka does not answer (a broker restart can hand out
@@ -594,40 +661,63 @@ class Engine:
             self._stop.set()
         return True
 
+    def _txns_for(self, partitions: list[int]) -> tuple[dict[int, Txn], list[Txn]]:
+        """The transaction of each new task, and those among them still to start."""
+        if self.settings.transactions == "worker":
+            if self.shared is None:
+                producer = self._producer(f"worker-{self.settings.worker_id}")
+                internals.check_group_transactions(producer, self.consumer)
+                internals.commit_offsets_as_member(producer, self.consumer)
+                self.shared = Txn(producer)
+            txn = self.shared
+            return {p: txn for p in partitions}, [] if txn.started else [txn]
+        txns = {p: Txn(self._producer(f"task-{p}")) for p in partitions}
+        return txns, list(txns.values())
+
     async def _open_tasks(self, partitions: list[int]) -> None:
-        """Fence, restore, seek: the order matters (see the module docstring)."""
-        tasks = {p: Task(p, self._producer(p)) for p in partitions}
+        """Fence, find the committed offsets, restore, seek: the order matters (see the module
+        docstring)."""
+        txns, fresh = self._txns_for(partitions)
+        tasks = {p: Task(p, txn) for p, txn in txns.items()}
         try:
-            # start() runs init_transactions: the previous owner's open transaction of this
-            # partition is aborted (its offsets and changelog writes with it) and it is fenced.
+            # start() runs init_transactions: the previous owner's open transaction under the
+            # same id is aborted (its offsets and changelog writes with it) and it is fenced.
             async with asyncio.timeout(COMMIT_TIMEOUT):
-                await asyncio.gather(*(t.producer.start() for t in tasks.values()))
+                await asyncio.gather(*(txn.producer.start() for txn in fresh))
+                for txn in fresh:
+                    txn.started = True
+                # Stable offsets: a transaction of the previous owner that holds offsets of
+                # these partitions has ended (one producer per worker is fenced only by the
+                # group generation, so its last transaction may still be under way).
+                committed = await self._committed(partitions)
             for table in self.tables.values():
                 table.drop(set(partitions))
             async with asyncio.timeout(RESTORE_TIMEOUT):
                 await self._restore(partitions)
-            async with asyncio.timeout(COMMIT_TIMEOUT):
-                await self._seek_committed(tasks)
+            await self._seek(tasks, committed)
         except BaseException:
-            await asyncio.gather(*(self._stop_producer(t.producer) for t in tasks.values()))
+            await asyncio.gather(*(self._stop_producer(txn.producer) for txn in fresh))
+            if self.shared in fresh:
+                self.shared = None
             for table in self.tables.values():
                 table.drop(set(partitions))
             raise
         self.tasks.update(tasks)
 
-    async def _seek_committed(self, tasks: dict[int, Task]) -> None:
-        """Position the consumer at the group's committed offsets of the new tasks."""
-        partitions = sorted(tasks)
+    async def _committed(self, partitions: list[int]) -> dict[TopicPartition, int]:
         tps = [TopicPartition(t, p) for p in partitions for t in (self.raw_topic, self.rate_topic)]
         committed = await internals.fetch_committed(self.consumer, tps)
-        for tp in tps:
-            meta = committed.get(tp)
-            if meta is not None and meta.offset >= 0:
-                self.consumer.seek(tp, meta.offset)
+        return {tp: committed.get(tp, -1) for tp in tps}
+
+    async def _seek(self, tasks: dict[int, Task], committed: dict[TopicPartition, int]) -> None:
+        """Position the consumer at the group's committed offsets of the new tasks."""
+        for tp, offset in committed.items():
+            if offset >= 0:
+                self.consumer.seek(tp, offset)
                 if tp.topic == self.raw_topic:
-                    tasks[tp.partition].next_raw = meta.offset
+                    tasks[tp.partition].next_raw = offset
                 else:
-                    tasks[tp.partition].next_rate = meta.offset
+                    tasks[tp.partition].next_rate = offset
             else:
                 await self.consumer.seek_to_beginning(tp)
 
@@ -646,6 +736,8 @@ class Engine:
         await reader.start()
         try:
             reader.assign(tps)
+            if self.settings.transactions == "worker":
+                await self._settle(reader, tps)
             ends = await reader.end_offsets(tps)
             await reader.seek_to_beginning(*tps)
             pending = {tp for tp in tps if await reader.position(tp) < ends[tp]}
@@ -663,6 +755,39 @@ class Engine:
             log.info("restored %d changelog records for partitions %s", loaded, partitions)
         finally:
             await reader.stop()
+
+    async def _settle(self, reader: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+        """Wait until no transaction is open on the changelog partitions about to be restored:
+        their last stable offset has reached the high watermark they have now.
+
+        With one producer per worker, the previous owner's last transaction is not aborted by
+        a successor's init_transactions. Its offsets are settled by then (`_committed`), but its
+        markers reach the changelog partitions one by one, and a restore that stopped at the
+        last stable offset before them would miss state its committed offsets account for.
+        Bounded by SETTLE_TIMEOUT (the broker aborts a dead worker's transaction by then).
+        """
+        probe = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            **self._client_options,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_uncommitted",
+        )
+        await probe.start()
+        try:
+            high = await probe.end_offsets(tps)
+        finally:
+            await probe.stop()
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while True:
+            stable = await reader.end_offsets(tps)
+            open_ = sorted(str(tp) for tp in tps if stable[tp] < high[tp])
+            if not open_:
+                return
+            if time.monotonic() >= deadline:
+                log.warning("transactions still open on %s; restoring what is committed", open_)
+                return
+            await asyncio.sleep(0.1)
 
     def _rebuild_indexes(self) -> None:
         """Timers and indexes are derived from the tables, which hold owned partitions only."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -10,6 +11,8 @@ from cfn.config import COMPRESSIONS, ConfigError, Env, parse_duration, topic_nam
 from cfn.processors.anomaly import AnomalyPolicy
 from cfn.processors.flapping import FlapPolicy
 from cfn.security import PLAINTEXT, KafkaSecurity
+
+TRANSACTIONS = ("partition", "worker")
 
 
 def _per_type(name: str, text: str | None) -> dict[str, float]:
@@ -44,6 +47,14 @@ class WorkerSettings:
     # transactions a second. Off by default: measured over 96 partitions it did not raise
     # throughput (make bench, partitions section) and it stretches visibility latency.
     max_transactions: float = 0.0
+    # Who writes the transactions (processors/engine.py): one producer per partition, fenced by
+    # its transactional id ("partition"), or one per worker, fenced by the group generation
+    # (KIP-447, "worker"): one transaction per commit round however many partitions it owns.
+    transactions: str = "partition"
+    # The worker's part of its transactional id in "worker" mode: unique among live workers.
+    # Random by default; a stable one (a pod name) lets a restarted worker abort its previous
+    # incarnation's open transaction at once instead of after the transaction timeout.
+    worker_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     session_timeout: float = 15.0
     dedup_window: float = 24 * 3600.0
     orphan_end_hold: float = 600.0
@@ -93,6 +104,8 @@ class WorkerSettings:
             max_transactions=env.number(
                 "CFN_MAX_TRANSACTIONS_PER_S", cls.max_transactions, minimum=0.0
             ),
+            transactions=env.choice("CFN_TRANSACTIONS", cls.transactions, TRANSACTIONS),
+            worker_id=env.raw("CFN_WORKER_ID") or uuid.uuid4().hex[:12],
             session_timeout=env.duration("CFN_SESSION_TIMEOUT", cls.session_timeout),
             dedup_window=env.duration("CFN_DEDUP_WINDOW", cls.dedup_window),
             orphan_end_hold=env.duration("CFN_ORPHAN_END_HOLD", cls.orphan_end_hold),

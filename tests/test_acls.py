@@ -71,6 +71,10 @@ def test_role_acls_are_exact() -> None:
     }
     assert ("GROUP", "cfn", "LITERAL", "READ") in worker
     assert ("TRANSACTIONAL_ID", "cfn-task-", "PREFIXED", "WRITE") in worker
+    per_worker = role_acls("worker", "User:w", transactions="worker")
+    assert ("TRANSACTIONAL_ID", "cfn-worker-", "PREFIXED", "WRITE") in [
+        (a.resource_type, a.name, a.pattern, a.operation) for a in per_worker
+    ]
     assert ("TOPIC", "cfn-dedup-changelog", "LITERAL", "READ") in worker
     assert not any(a[0] == "CLUSTER" for a in worker)
     assert all(a.allow and a.host == "*" for a in role_acls("worker", "User:w"))

@@ -32,8 +32,16 @@ pytestmark = pytest.mark.broker
 
 PARTITIONS = 12
 FAST_FAILOVER = {"CFN_SESSION_TIMEOUT": "6s"}
-# How aiokafka reports a transactional producer whose epoch a newer owner has bumped.
+# How aiokafka reports a transactional producer whose epoch a newer owner has bumped, and (one
+# producer per worker) the group refusing the offsets of a member from an older generation.
 FENCED = {"ProducerFenced", "IllegalOperation", "InvalidProducerEpoch"}
+FENCED |= {"IllegalGenerationError", "UnknownMemberIdError"}
+# Every promise here holds with either owner of the transactions (CFN_TRANSACTIONS).
+modes = pytest.mark.parametrize("mode", ["partition", "worker"])
+
+
+def failover(mode: str) -> dict[str, str]:
+    return {**FAST_FAILOVER, "CFN_TRANSACTIONS": mode, "CFN_LOG_LEVEL": "INFO"}
 
 
 def processed(worker: Process) -> int:
@@ -128,8 +136,9 @@ def assert_table_mirrors_history(kafka: str, prefix: str) -> None:
     print(f"cfn.incident-state: {len(history)} incidents, {len(opened)} open, as in the history")
 
 
+@modes
 def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
-    kafka: str, tmp_path: Path
+    kafka: str, tmp_path: Path, mode: str
 ) -> None:
     token = uuid.uuid4().hex[:8]
     prefix, app_id = f"k{token}.", f"kill-{token}"
@@ -137,7 +146,7 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
     total = len(work.records)
     run(create_topics(kafka, [f"{prefix}raw"], PARTITIONS))
 
-    worker = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
+    worker = start_worker(tmp_path, kafka, prefix, app_id, failover(mode), partitions=PARTITIONS)
     sent, done_before_kill = feed_until_processed(
         kafka, f"{prefix}raw", work.records, worker, total // 5
     )
@@ -146,7 +155,7 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
     assert sent == total
 
     killed_at = time.monotonic()
-    again = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
+    again = start_worker(tmp_path, kafka, prefix, app_id, failover(mode), partitions=PARTITIONS)
     try:
         events = read_all(kafka, app_id, prefix, "events", len(work.unique_event_ids), 240)
         recovery = time.monotonic() - killed_at
@@ -162,7 +171,10 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
     )
 
 
-def test_two_workers_split_partitions_and_state_moves(kafka: str, tmp_path: Path) -> None:
+@modes
+def test_two_workers_split_partitions_and_state_moves(
+    kafka: str, tmp_path: Path, mode: str
+) -> None:
     token = uuid.uuid4().hex[:8]
     prefix, app_id = f"s{token}.", f"split-{token}"
     now_ms = int(time.time() * 1000)
@@ -171,7 +183,7 @@ def test_two_workers_split_partitions_and_state_moves(kafka: str, tmp_path: Path
     ends = [r for r in work.records if b"EVENT_END" in r[1]]
     run(create_topics(kafka, [f"{prefix}raw"], PARTITIONS))
 
-    first = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
+    first = start_worker(tmp_path, kafka, prefix, app_id, failover(mode), partitions=PARTITIONS)
     second: Process | None = None
     try:
         run(produce_with_headers(kafka, f"{prefix}raw", starts))
@@ -180,7 +192,9 @@ def test_two_workers_split_partitions_and_state_moves(kafka: str, tmp_path: Path
         run(wait_caught_up(kafka, app_id, f"{prefix}raw"))
         assert_table_mirrors_history(kafka, prefix)  # every incident open, from the table alone
 
-        second = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
+        second = start_worker(
+            tmp_path, kafka, prefix, app_id, failover(mode), partitions=PARTITIONS
+        )
         deadline = time.monotonic() + 60
         while request(first.port, "GET", "/readyz").status != 200:
             assert time.monotonic() < deadline, "the first worker never settled after the rebalance"
@@ -208,17 +222,20 @@ def test_two_workers_split_partitions_and_state_moves(kafka: str, tmp_path: Path
     assert_table_mirrors_history(kafka, prefix)
 
 
-def test_a_paused_worker_is_fenced_when_it_wakes(kafka: str, tmp_path: Path) -> None:
+@modes
+def test_a_paused_worker_is_fenced_when_it_wakes(kafka: str, tmp_path: Path, mode: str) -> None:
     """The zombie case: a worker stalls (SIGSTOP) with transactions open, the group gives its
-    partitions to another worker, and then it wakes up (SIGCONT) and carries on. The new owner's
-    init_transactions aborted the stalled worker's transactions and fenced it, so whatever it
-    still tries to commit is refused: nothing is lost or duplicated."""
+    partitions to another worker, and then it wakes up (SIGCONT) and carries on. Whatever it
+    still tries to commit is refused: with a producer per partition, the new owner's
+    init_transactions aborted its transactions and fenced it; with one per worker, the group
+    refuses the offsets of its old generation (or the broker has aborted the transaction on
+    its timeout). Nothing is lost or duplicated."""
     token = uuid.uuid4().hex[:8]
     prefix, app_id = f"z{token}.", f"zombie-{token}"
     work = build(n_incidents=1500, n_one_offs=1500, now_ms=int(time.time() * 1000), seed=5)
     run(create_topics(kafka, [f"{prefix}raw"], PARTITIONS))
 
-    stalled = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
+    stalled = start_worker(tmp_path, kafka, prefix, app_id, failover(mode), partitions=PARTITIONS)
     other: Process | None = None
     try:
         sent, _ = feed_until_processed(
@@ -226,7 +243,7 @@ def test_a_paused_worker_is_fenced_when_it_wakes(kafka: str, tmp_path: Path) -> 
         )
         assert stalled.proc is not None
         os.kill(stalled.proc.pid, signal.SIGSTOP)
-        other = start_worker(tmp_path, kafka, prefix, app_id, FAST_FAILOVER, partitions=PARTITIONS)
+        other = start_worker(tmp_path, kafka, prefix, app_id, failover(mode), partitions=PARTITIONS)
         run(produce_with_headers(kafka, f"{prefix}raw", work.records[sent:]))
         time.sleep(3.0)  # the new owner is committing while the stalled one still "holds" work
         os.kill(stalled.proc.pid, signal.SIGCONT)
@@ -243,7 +260,7 @@ def test_a_paused_worker_is_fenced_when_it_wakes(kafka: str, tmp_path: Path) -> 
     assert_table_mirrors_history(kafka, prefix)
     assert woke_alive, f"the woken worker died instead of rejoining:\n{stalled.output[-3000:]}"
     # It woke with transactions open: each was refused because it had been fenced.
-    refused = re.findall(r"task \d+ failed \((\w+):", stalled.output)
+    refused = re.findall(r"(?:task \d+|the worker's transaction) failed \((\w+):", stalled.output)
     print(f"\nthe woken worker had {len(refused)} task transaction(s) refused, and rejoined")
     assert refused, f"no transaction of the woken worker was refused:\n{stalled.output[-3000:]}"
     assert set(refused) <= FENCED, f"refused for other reasons than fencing: {set(refused)}"

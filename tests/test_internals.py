@@ -5,13 +5,16 @@ These fail when an upgrade moves one, before any request or commit would."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import IllegalGenerationError
+from aiokafka.structs import TopicPartition
 
 from cfn import internals
 from cfn.ingest.protocol import GuardedHttpToolsProtocol
-from tests.kafka_util import run
+from tests.kafka_util import create_topics, run
 
 
 def test_installed_versions_are_the_tested_ones() -> None:
@@ -72,3 +75,60 @@ def test_consumer_internals_exist_and_work(kafka: str) -> None:
             await consumer.stop()
 
     assert run(scenario()) >= 1
+
+
+@pytest.mark.broker
+def test_group_metadata_commits_and_stable_offsets_on_the_broker(kafka: str) -> None:
+    """KIP-447 as cfn sends it (cfn/protocol.py): TxnOffsetCommit v3 commits for the current
+    generation and is refused for an older one, and OffsetFetch v7 waits for a transaction that
+    holds pending offsets to end."""
+    token = uuid.uuid4().hex[:8]
+    topic, group = f"kip447-{token}", f"kip447-{token}"
+    tp = TopicPartition(topic, 0)
+
+    async def scenario() -> tuple[int, int, bool, int]:
+        await create_topics(kafka, [topic])
+        consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=group)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka, transactional_id=f"t-{token}")
+        await consumer.start()
+        await producer.start()
+        try:
+            consumer.subscribe([topic])
+            while not consumer.assignment():  # joined: a generation and a member id
+                await consumer.getmany(timeout_ms=200)
+            internals.check_group_transactions(producer, consumer)
+            internals.commit_offsets_as_member(producer, consumer)
+
+            async with producer.transaction():
+                await producer.send_offsets_to_transaction({tp: 5}, group)
+            first = (await internals.fetch_committed(consumer, [tp]))[tp]
+
+            # A zombie: the same member, one generation behind.
+            coordinator = consumer._coordinator
+            coordinator.generation -= 1
+            try:
+                await producer.begin_transaction()
+                with pytest.raises(IllegalGenerationError):
+                    await producer.send_offsets_to_transaction({tp: 7}, group)
+                await producer.abort_transaction()
+            finally:
+                coordinator.generation += 1
+            after_refusal = (await internals.fetch_committed(consumer, [tp]))[tp]
+
+            # Pending offsets: the fetch waits for the transaction to end.
+            await producer.begin_transaction()
+            await producer.send_offsets_to_transaction({tp: 9}, group)
+            fetch = asyncio.ensure_future(internals.fetch_committed(consumer, [tp]))
+            await asyncio.sleep(1.0)
+            waited = not fetch.done()
+            await producer.commit_transaction()
+            return first, after_refusal, waited, (await fetch)[tp]
+        finally:
+            await producer.stop()
+            await consumer.stop()
+
+    first, after_refusal, waited, stable = run(scenario())
+    assert first == 5
+    assert after_refusal == 5, "the stale generation's offsets were taken"
+    assert waited, "OffsetFetch answered while a transaction held pending offsets"
+    assert stable == 9

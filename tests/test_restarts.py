@@ -297,7 +297,9 @@ def test_one_broker_restarted_three_times_and_crashed_once(tmp_path: Path) -> No
     assert out.ingest_log.count("Kafka reachable again") >= len(restarts), out.ingest_log[-3000:]
 
 
-def test_rolling_restart_of_three_nodes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["partition", "worker"])
+def test_rolling_restart_of_three_nodes(tmp_path: Path, mode: str) -> None:
+    """Under load, with either owner of the worker's transactions (CFN_TRANSACTIONS)."""
     cluster = start_cluster(tmp_path / "kafka3", 3)
     restarts = [
         (10.0, Restart(1, kill=False)),
@@ -312,7 +314,7 @@ def test_rolling_restart_of_three_nodes(tmp_path: Path) -> None:
             rate=40.0,
             seconds=75.0,
             down_for=2.0,
-            env={"CFN_PARTITIONS": "6", "CFN_REPLICATION": "3"},
+            env={"CFN_PARTITIONS": "6", "CFN_REPLICATION": "3", "CFN_TRANSACTIONS": mode},
             partitions=6,
         )
     finally:
