@@ -138,9 +138,9 @@ def test_latency_reports_the_run_with_the_median_tail() -> None:
 
 
 def test_quick_partitions_section(kafka: str, tmp_path: Path) -> None:
-    """The same records over 12 and 96 partitions, paced and unpaced: every contender processes
-    them all and is timed to ready (at this size the rates are too quick to time reliably; their
-    values are make bench's business)."""
+    """The same records over 12 and 96 partitions, with a producer per partition and with one
+    per worker: every contender processes them all and is timed to ready (at this size the
+    rates are too quick to time reliably; their values are make bench's business)."""
     sizes = dataclasses.replace(Sizes.fast(), partitions_n=3_000, pipeline_box_s=15.0)
     results = run_bench(
         sizes,
@@ -152,9 +152,11 @@ def test_quick_partitions_section(kafka: str, tmp_path: Path) -> None:
     section = results["sections"]["partitions"]
     assert "error" not in section, section
     (run,) = section["runs"]
-    for name in ("p12", "p96", "p96_paced"):
+    for name in ("p12", "p96", "p12_worker", "p96_worker"):
         assert run[name]["complete"] is True, run[name]
         assert positive(run[name]["ready_s"])
     assert positive(section["ratio_ready_96_vs_12"])
+    assert positive(section["ratio_ready_96_vs_12_worker"])
     names = {t["name"] for t in results["targets"]}
-    assert "one worker's events/s over 96 partitions / over 12 (same records)" in names
+    for mode in ("a producer per partition", "one per worker"):
+        assert f"one worker's events/s over 96 partitions / over 12 ({mode})" in names
