@@ -203,6 +203,8 @@ class Engine:
         self.tasks: dict[int, Task] = {}
         self.shared: Txn | None = None  # the worker's one transaction (CFN_TRANSACTIONS=worker)
         self._generation = -2  # the group generation of the current assignment
+        # Reads high watermarks for `_settle` (CFN_TRANSACTIONS=worker), from start to close.
+        self._probe: AIOKafkaConsumer | None = None
         self.metrics = pipeline.metrics
         self.ready = False
         self.processed = 0
@@ -235,9 +237,29 @@ class Engine:
             heartbeat_interval_ms=max(1000, session_ms // 5),
             rebalance_timeout_ms=max(session_ms, 60_000),
         )
-        await self._consumer.start()
+        starts = [self._consumer.start()]
+        if s.transactions == "worker":
+            self._probe = AIOKafkaConsumer(
+                bootstrap_servers=s.bootstrap,
+                **self._client_options,
+                group_id=None,
+                enable_auto_commit=False,
+                isolation_level="read_uncommitted",
+            )
+            starts.append(self._probe.start())  # its start is ~1 s: not on the ready path
+        await asyncio.gather(*starts)
         internals.check_consumer(self._consumer)
         self.copartitioned = await self._copartitioned()
+        if self._probe is not None:
+            # Assigned (and paused: it never fetches) so that its client keeps the changelogs'
+            # metadata; an ask for the offsets of a topic it does not track took ~0.6 s.
+            changelogs = [
+                TopicPartition(table.topic, p)
+                for table in self.tables.values()
+                for p in range(s.partitions)
+            ]
+            self._probe.assign(changelogs)
+            self._probe.pause(*changelogs)
         self.pipeline.flap_marks = self.copartitioned
         self._consumer.subscribe([self.raw_topic, self.rate_topic], listener=_Listener(self))
 
@@ -342,6 +364,8 @@ class Engine:
             await self._commit_all()
         if self._consumer is not None:
             await self._consumer.stop()
+        if self._probe is not None:
+            await self._probe.stop()
         txns = {t.txn for t in self.tasks.values()} | ({self.shared} if self.shared else set())
         await asyncio.gather(*(self._stop_producer(txn.producer) for txn in txns))
         self.tasks.clear()
@@ -710,7 +734,13 @@ class Engine:
         return {tp: committed.get(tp, -1) for tp in tps}
 
     async def _seek(self, tasks: dict[int, Task], committed: dict[TopicPartition, int]) -> None:
-        """Position the consumer at the group's committed offsets of the new tasks."""
+        """Position the consumer at the group's committed offsets of the new tasks.
+
+        The partitions without any go to their beginning in one call: each call waits for a
+        round of the consumer's fetcher, which on empty partitions is a 0.5 s long poll (one
+        call per partition made a first start over 12 empty partitions take 12 s to ready).
+        """
+        beginning: list[TopicPartition] = []
         for tp, offset in committed.items():
             if offset >= 0:
                 self.consumer.seek(tp, offset)
@@ -719,7 +749,9 @@ class Engine:
                 else:
                     tasks[tp.partition].next_rate = offset
             else:
-                await self.consumer.seek_to_beginning(tp)
+                beginning.append(tp)
+        if beginning:
+            await self.consumer.seek_to_beginning(*beginning)
 
     async def _restore(self, partitions: list[int]) -> None:
         """Load the partitions' state from the changelogs, up to their last stable offset."""
@@ -732,6 +764,9 @@ class Engine:
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",
+            # A seek waits for the fetcher's round, which on an empty partition is a long poll
+            # of this; a restore reads what is there and stops, so it need not wait for more.
+            fetch_max_wait_ms=50,
         )
         await reader.start()
         try:
@@ -766,18 +801,8 @@ class Engine:
         last stable offset before them would miss state its committed offsets account for.
         Bounded by SETTLE_TIMEOUT (the broker aborts a dead worker's transaction by then).
         """
-        probe = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap,
-            **self._client_options,
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_uncommitted",
-        )
-        await probe.start()
-        try:
-            high = await probe.end_offsets(tps)
-        finally:
-            await probe.stop()
+        assert self._probe is not None, "started with CFN_TRANSACTIONS=worker"
+        high = await self._probe.end_offsets(tps)
         deadline = time.monotonic() + SETTLE_TIMEOUT
         while True:
             stable = await reader.end_offsets(tps)
