@@ -38,25 +38,27 @@ STALE_MEMBER = frozenset({22, 25, 82})  # ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID,
 NO_LEADER_EPOCH = -1
 
 
+def _topics(*partition: tuple[str, Any]) -> tuple[str, Any]:
+    """The `topics` field all three flexible schemas share: per topic its name and, per
+    partition, the given fields, each level ending in its tagged fields."""
+    return (
+        "topics",
+        CompactArray(
+            ("name", CompactString("utf-8")),
+            ("partitions", CompactArray(*partition, ("tags", TaggedFields))),
+            ("tags", TaggedFields),
+        ),
+    )
+
+
 class TxnOffsetCommitResponse_v3(Response):  # type: ignore[misc]
     API_KEY = 28
     API_VERSION = 3
     SCHEMA = Schema(
         ("throttle_time_ms", Int32),
-        (
-            "topics",
-            CompactArray(
-                ("name", CompactString("utf-8")),
-                (
-                    "partitions",
-                    CompactArray(
-                        ("partition_index", Int32),
-                        ("error_code", Int16),
-                        ("tags", TaggedFields),
-                    ),
-                ),
-                ("tags", TaggedFields),
-            ),
+        _topics(
+            ("partition_index", Int32),
+            ("error_code", Int16),
         ),
         ("tags", TaggedFields),
     )
@@ -75,22 +77,11 @@ class TxnOffsetCommitRequest_v3(RequestStruct):  # type: ignore[misc]
         ("generation_id", Int32),
         ("member_id", CompactString("utf-8")),
         ("group_instance_id", CompactString("utf-8")),
-        (
-            "topics",
-            CompactArray(
-                ("name", CompactString("utf-8")),
-                (
-                    "partitions",
-                    CompactArray(
-                        ("partition_index", Int32),
-                        ("committed_offset", Int64),
-                        ("committed_leader_epoch", Int32),
-                        ("committed_metadata", CompactString("utf-8")),
-                        ("tags", TaggedFields),
-                    ),
-                ),
-                ("tags", TaggedFields),
-            ),
+        _topics(
+            ("partition_index", Int32),
+            ("committed_offset", Int64),
+            ("committed_leader_epoch", Int32),
+            ("committed_metadata", CompactString("utf-8")),
         ),
         ("tags", TaggedFields),
     )
@@ -141,23 +132,12 @@ class OffsetFetchResponse_v7(Response):  # type: ignore[misc]
     API_VERSION = 7
     SCHEMA = Schema(
         ("throttle_time_ms", Int32),
-        (
-            "topics",
-            CompactArray(
-                ("name", CompactString("utf-8")),
-                (
-                    "partitions",
-                    CompactArray(
-                        ("partition_index", Int32),
-                        ("committed_offset", Int64),
-                        ("committed_leader_epoch", Int32),
-                        ("metadata", CompactString("utf-8")),
-                        ("error_code", Int16),
-                        ("tags", TaggedFields),
-                    ),
-                ),
-                ("tags", TaggedFields),
-            ),
+        _topics(
+            ("partition_index", Int32),
+            ("committed_offset", Int64),
+            ("committed_leader_epoch", Int32),
+            ("metadata", CompactString("utf-8")),
+            ("error_code", Int16),
         ),
         ("error_code", Int16),
         ("tags", TaggedFields),

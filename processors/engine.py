@@ -159,7 +159,6 @@ class Txn:
 
     producer: AIOKafkaProducer
     open: bool = False  # a transaction is open
-    started: bool = False  # init_transactions has run
 
 
 @dataclass
@@ -239,13 +238,7 @@ class Engine:
         )
         starts = [self._consumer.start()]
         if s.transactions == "worker":
-            self._probe = AIOKafkaConsumer(
-                bootstrap_servers=s.bootstrap,
-                **self._client_options,
-                group_id=None,
-                enable_auto_commit=False,
-                isolation_level="read_uncommitted",
-            )
+            self._probe = self._reader("read_uncommitted")
             starts.append(self._probe.start())  # its start is ~1 s: not on the ready path
         await asyncio.gather(*starts)
         internals.check_consumer(self._consumer)
@@ -290,6 +283,17 @@ class Engine:
             )
             return False
         return True
+
+    def _reader(self, isolation_level: str, **options: Any) -> AIOKafkaConsumer:
+        """A consumer outside the group, for the changelogs (restore, high watermarks)."""
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            **self._client_options,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level=isolation_level,
+            **options,
+        )
 
     def _producer(self, name: str) -> AIOKafkaProducer:
         """A transactional producer whose id is `<app id>-<name>`."""
@@ -570,13 +574,10 @@ class Engine:
                 return
             failed = sorted(p for p, t in self.tasks.items() if t.txn is task.txn)
             for p in failed:
-                for future in self.tasks.pop(p).pending:  # their errors are this one's
+                for future in self.tasks[p].pending:  # their errors are this one's
                     future.add_done_callback(_consume_exception)
-                self.pipeline.forget_rate_inputs(p)
             if self.shared is task.txn:
-                self.shared = None
-            self.metrics.task_failures.labels(type(exc).__name__).inc()
-            self.metrics.partitions.set(len(self.tasks))
+                self.shared = None  # not kept: `_release` closes it
             log.error(
                 "%s failed (%s: %s); dropping %s and rejoining the group",
                 f"task {partition}" if len(failed) == 1 else "the worker's transaction",
@@ -584,12 +585,12 @@ class Engine:
                 exc,
                 "its state" if len(failed) == 1 else f"the state of partitions {failed}",
             )
-            for table in self.tables.values():
-                table.drop(set(failed))
+            # Its producer is closed without committing: the broker aborts the open transaction
+            # when the next owner (maybe this worker again) calls init_transactions.
+            await self._release(set(failed))
+            self.metrics.task_failures.labels(type(exc).__name__).inc()
+            self.metrics.partitions.set(len(self.tasks))
             self._rebuild_indexes()
-            # Closing without committing: the broker aborts the open transaction when the
-            # next owner (maybe this worker again) calls init_transactions.
-            await self._stop_producer(task.producer)
             internals.request_rejoin(self.consumer)
 
     # ---- rebalancing ------------------------------------------------------------------------
@@ -638,14 +639,15 @@ class Engine:
             )
 
     async def _release(self, partitions: set[int]) -> None:
-        """Forget the tasks of `partitions` and their state (committed or not theirs)."""
-        for partition in sorted(partitions):
-            task = self.tasks.pop(partition)
+        """Forget the tasks of `partitions` and their state (committed, failed or not theirs),
+        and close their producers unless the worker's shared one."""
+        txns = {self.tasks.pop(partition).txn for partition in partitions}
+        for partition in partitions:
             self.pipeline.forget_rate_inputs(partition)
-            if task.txn is not self.shared:
-                await self._stop_producer(task.producer)
         for table in self.tables.values():
             table.drop(partitions)
+        txns.discard(self.shared)
+        await asyncio.gather(*(self._stop_producer(txn.producer) for txn in txns))
 
     async def _open_tasks_retrying(self, partitions: list[int]) -> bool:
         """Open new tasks, retrying while Kafka does not answer (a broker restart can hand out
@@ -686,15 +688,16 @@ class Engine:
         return True
 
     def _txns_for(self, partitions: list[int]) -> tuple[dict[int, Txn], list[Txn]]:
-        """The transaction of each new task, and those among them still to start."""
+        """The transaction of each new task, and those among them still to start (a shared one
+        is started once: it is dropped, not kept, when its start or its tasks fail)."""
         if self.settings.transactions == "worker":
-            if self.shared is None:
-                producer = self._producer(f"worker-{self.settings.worker_id}")
-                internals.check_group_transactions(producer, self.consumer)
-                internals.commit_offsets_as_member(producer, self.consumer)
-                self.shared = Txn(producer)
-            txn = self.shared
-            return {p: txn for p in partitions}, [] if txn.started else [txn]
+            if self.shared is not None:
+                return {p: self.shared for p in partitions}, []
+            producer = self._producer(f"worker-{self.settings.worker_id}")
+            internals.check_group_transactions(producer, self.consumer)
+            internals.commit_offsets_as_member(producer, self.consumer)
+            self.shared = Txn(producer)
+            return {p: self.shared for p in partitions}, [self.shared]
         txns = {p: Txn(self._producer(f"task-{p}")) for p in partitions}
         return txns, list(txns.values())
 
@@ -708,8 +711,6 @@ class Engine:
             # same id is aborted (its offsets and changelog writes with it) and it is fenced.
             async with asyncio.timeout(COMMIT_TIMEOUT):
                 await asyncio.gather(*(txn.producer.start() for txn in fresh))
-                for txn in fresh:
-                    txn.started = True
                 # Stable offsets: a transaction of the previous owner that holds offsets of
                 # these partitions has ended (one producer per worker is fenced only by the
                 # group generation, so its last transaction may still be under way).
@@ -754,17 +755,9 @@ class Engine:
         """Load the partitions' state from the changelogs, up to their last stable offset."""
         by_topic = {table.topic: table for table in self.tables.values()}
         tps = [TopicPartition(topic, p) for topic in by_topic for p in partitions]
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap,
-            **self._client_options,
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-            # A seek waits for the fetcher's round, which on an empty partition is a long poll
-            # of this; a restore reads what is there and stops, so it need not wait for more.
-            fetch_max_wait_ms=50,
-        )
+        # A seek waits for the fetcher's round, which on an empty partition is a long poll of
+        # fetch_max_wait_ms; a restore reads what is there and stops, so it need not wait long.
+        reader = self._reader("read_committed", auto_offset_reset="earliest", fetch_max_wait_ms=50)
         await reader.start()
         try:
             reader.assign(tps)
