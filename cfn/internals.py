@@ -38,6 +38,8 @@ from aiokafka.errors import (
     UnknownMemberIdError,
     for_code,
 )
+from aiokafka.producer.sender import TxnOffsetCommitHandler
+from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.structs import TopicPartition
 
 from cfn.protocol import STALE_MEMBER, UNSTABLE_OFFSET_COMMIT, StableOffsetFetch, TxnOffsetCommitV3
@@ -193,56 +195,56 @@ def commit_offsets_as_member(producer: Any, consumer: Any) -> None:
         except GroupAuthorizationFailedError as exc:
             sender._txn_manager.error_transaction(exc)
             return
-        await _member_offset_commit(sender, offsets, group_id, coordinator).do(node_id)
+        await MemberTxnOffsetCommit(sender, offsets, group_id, coordinator).do(node_id)
 
     sender._do_txn_offset_commit = txn_offset_commit
 
 
-def _member_offset_commit(sender: Any, offsets: Any, group_id: str, coordinator: Any) -> Any:
-    from aiokafka.producer.sender import TxnOffsetCommitHandler
+class MemberTxnOffsetCommit(TxnOffsetCommitHandler):  # type: ignore[misc]
+    """aiokafka's handler, with the v3 request and its stale-member answers. One class (a class
+    made per commit was a reference cycle per commit round for the full collections)."""
 
-    class MemberTxnOffsetCommit(TxnOffsetCommitHandler):  # type: ignore[misc]
-        """aiokafka's handler, with the v3 request and its stale-member answers."""
+    def __init__(self, sender: Any, offsets: Any, group_id: str, coordinator: Any) -> None:
+        super().__init__(sender, offsets, group_id)
+        self._coordinator = coordinator
 
-        def create_request(self) -> TxnOffsetCommitV3:
-            txn = self._sender._txn_manager
-            by_topic: dict[str, list[tuple[int, int, str]]] = {}
-            for tp, meta in sorted(self._offsets.items()):
-                by_topic.setdefault(tp.topic, []).append((tp.partition, meta.offset, meta.metadata))
-            return TxnOffsetCommitV3(
-                txn.transactional_id,
-                self._group_id,
-                txn.producer_id,
-                txn.producer_epoch,
-                coordinator.generation,
-                coordinator.member_id,
-                list(by_topic.items()),
-            )
+    def create_request(self) -> TxnOffsetCommitV3:
+        txn = self._sender._txn_manager
+        by_topic: dict[str, list[tuple[int, int, str]]] = {}
+        for tp, meta in sorted(self._offsets.items()):
+            by_topic.setdefault(tp.topic, []).append((tp.partition, meta.offset, meta.metadata))
+        return TxnOffsetCommitV3(
+            txn.transactional_id,
+            self._group_id,
+            txn.producer_id,
+            txn.producer_epoch,
+            self._coordinator.generation,
+            self._coordinator.member_id,
+            list(by_topic.items()),
+        )
 
-        def handle_response(self, resp: Any) -> float | None:
-            txn = self._sender._txn_manager
-            for topic, partitions, _tags in resp.topics:
-                for partition, code, _tags in partitions:
-                    tp = TopicPartition(topic, partition)
-                    if code == 0:
-                        txn.offset_committed(tp, self._offsets[tp].offset, self._group_id)
-                    elif code in STALE_MEMBER:
-                        txn.error_transaction(
-                            for_code(code)(
-                                f"the group refused the offsets of generation "
-                                f"{coordinator.generation}: its partitions have moved on"
-                            )
+    def handle_response(self, resp: Any) -> float | None:
+        txn = self._sender._txn_manager
+        for topic, partitions, _tags in resp.topics:
+            for partition, code, _tags in partitions:
+                tp = TopicPartition(topic, partition)
+                if code == 0:
+                    txn.offset_committed(tp, self._offsets[tp].offset, self._group_id)
+                elif code in STALE_MEMBER:
+                    txn.error_transaction(
+                        for_code(code)(
+                            f"the group refused the offsets of generation "
+                            f"{self._coordinator.generation}: its partitions have moved on"
                         )
-                        return None
-                    else:  # every other code means what it means for v0: aiokafka's handling
-                        backoff: float | None = super().handle_response(
-                            _V0Answer([(topic, [(partition, code)])])
-                        )
-                        if backoff is not None:
-                            return backoff
-            return None
-
-    return MemberTxnOffsetCommit(sender, offsets, group_id)
+                    )
+                    return None
+                else:  # every other code means what it means for v0: aiokafka's handling
+                    backoff: float | None = super().handle_response(
+                        _V0Answer([(topic, [(partition, code)])])
+                    )
+                    if backoff is not None:
+                        return backoff
+        return None
 
 
 class _V0Answer:
@@ -258,6 +260,21 @@ class _V0Answer:
 async def fetch_metadata(client_owner: Any) -> Any:
     """A fresh metadata round trip through a consumer's or admin client's own connections."""
     return await client_owner._client.fetch_all_metadata()
+
+
+async def list_offsets_errors(client_owner: Any, node_id: int, partitions: list[Any]) -> list[Any]:
+    """The partitions whose leader `node_id` cannot answer a ListOffsets for them yet (a new
+    topic's partitions, before the broker has made itself their leader)."""
+    topics: dict[str, list[tuple[int, int]]] = {}
+    for tp in partitions:
+        topics.setdefault(tp.topic, []).append((tp.partition, -1))
+    response = await client_owner._client.send(node_id, OffsetRequest(-1, 0, list(topics.items())))
+    return [
+        TopicPartition(topic, partition)
+        for topic, answers in response.topics
+        for partition, error_code, *_ in answers
+        if error_code != 0
+    ]
 
 
 def group_generation(consumer: Any) -> int:

@@ -42,7 +42,7 @@ class WorkerSettings:
     topic_prefix: str = "cfn."
     partitions: int = 12
     replication: int = 1
-    commit_interval: float = 0.2
+    commit_interval: float = 0.1
     # When set (> 0), commit rounds are spaced so that they write at most this many
     # transactions a second. Off by default: measured over 96 partitions it did not raise
     # throughput (make bench, partitions section) and it stretches visibility latency.

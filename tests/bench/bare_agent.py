@@ -30,7 +30,7 @@ def main() -> None:
         store="memory://",
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
-        broker_commit_interval=0.2,  # as cfn's default CFN_COMMIT_INTERVAL
+        broker_commit_interval=0.1,  # as cfn's default CFN_COMMIT_INTERVAL
         datadir=os.environ.get("BENCH_AGENT_DATA_DIR", ".local/bare-agent"),
         stream_wait_empty=False,
     )

@@ -336,7 +336,7 @@ def _start_bare(ctx: Context, topic: str, app_id: str) -> Process:
     return process
 
 
-def _start_cfn(
+def start_cfn(
     ctx: Context, pre: Prefilled, app_id: str, env: dict[str, str] | None = None
 ) -> Process:
     return start_worker(
@@ -454,14 +454,14 @@ def run_one(
     bootstrap and security settings) its environment."""
     _fresh_group(ctx, pre, app_id)
     started = time.monotonic()
-    process = _start_cfn(ctx, pre, app_id, env)
+    process = start_cfn(ctx, pre, app_id, env)
     return _measured(ctx, pre, app_id, process, started)
 
 
 def run_two(ctx: Context, pre: Prefilled, app_id: str) -> dict[str, Any]:
     _fresh_group(ctx, pre, app_id)
     started = time.monotonic()
-    processes = [_start_cfn(ctx, pre, app_id), _start_cfn(ctx, pre, app_id)]
+    processes = [start_cfn(ctx, pre, app_id), start_cfn(ctx, pre, app_id)]
     box = ctx.sizes.pipeline_box_s
     try:
         samples = asyncio.run(
@@ -565,7 +565,7 @@ def _time_to_ready(ctx: Context, pre: Prefilled, app_id: str) -> dict[str, Any]:
     """Start a worker, time it to /readyz 200, note its RSS and its "state rebuilt" line."""
     _fresh_group(ctx, pre, app_id)
     started = time.monotonic()
-    process = _start_cfn(ctx, pre, app_id, {"CFN_LOG_LEVEL": "INFO"})
+    process = start_cfn(ctx, pre, app_id, {"CFN_LOG_LEVEL": "INFO"})
     try:
         wait_ready(process, process.port, "/readyz", timeout=300)
         ready_s = time.monotonic() - started
@@ -702,7 +702,7 @@ def profile_worker(ctx: Context, pre: Prefilled, seconds: float) -> dict[str, An
         return {"skipped": "py-spy is not installed (pip install py-spy into the venv)"}
     app_id = f"bench-profile-{uuid.uuid4().hex[:8]}"
     _fresh_group(ctx, pre, app_id)
-    process = _start_cfn(ctx, pre, app_id)
+    process = start_cfn(ctx, pre, app_id)
     out = ctx.tmp / "worker-profile.txt"
     try:
         asyncio.run(

@@ -4,7 +4,7 @@ What a user might run instead of `cfn worker` for its first step: read the raw t
 notification whose fingerprint its RocksDB state has seen (the same fingerprint as cfn's: sha256
 over the tenant and the canonical JSON of the body, tools of the same kind: orjson), write the rest
 to one topic, with quixstreams' exactly-once processing guarantee (a transaction per commit, the
-state's changelog in it) and a 0.2 s commit interval like cfn's default. It answers
+state's changelog in it) and a 0.1 s commit interval like cfn's default. It answers
 `GET /readyz` with `{"status": "ready", "processed": N}` like the worker, from a thread.
 
 Runs under its own interpreter (quixstreams pins confluent-kafka, rocksdict, pydantic...; it is a
@@ -57,7 +57,7 @@ def main() -> None:
         broker_address=os.environ["QUIX_PEER_BOOTSTRAP"],
         consumer_group=os.environ["QUIX_PEER_GROUP"],
         auto_offset_reset="earliest",
-        commit_interval=0.2,
+        commit_interval=0.1,
         processing_guarantee="exactly-once",
         state_dir=os.environ["QUIX_PEER_STATE"],
         loglevel="WARNING",

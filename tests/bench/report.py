@@ -111,17 +111,26 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             )
             value = parts[f"ratio_ready_96_vs_12{suffix}"]
             add(
-                f"one worker's time to ready over 96 partitions / over 12 ({mode})",
+                f"one worker's time to ready over 96 partitions / over 12, first start ({mode})",
                 value,
                 "<= 1.5",
                 None if value is None else value <= 1.5,
             )
+            value = parts.get(f"ratio_restart_96_vs_12{suffix}")
+            if value is not None:
+                add(
+                    f"one worker's time to ready over 96 partitions / over 12, restart ({mode})",
+                    value,
+                    "<= 1.5",
+                    value <= 1.5,
+                )
     e2e = sections.get("e2e")
     if e2e:
         value = e2e["p99_ms"]
-        ok = None if value is None else value < 1000 and e2e["missing"] == 0
+        missing = e2e.get("missing_all_runs", e2e["missing"])
+        ok = None if value is None else value < 1000 and missing == 0
         add("end to end p99 (ms), webhook 202 -> incident record", value, "< 1000", ok)
-        ok = None if value is None else value < 300 and e2e["missing"] == 0
+        ok = None if value is None else value < 300 and missing == 0
         add("end to end p99 (ms) at 25% of peak (#18)", value, "< 300", ok)
     memory = sections.get("memory")
     if memory:
@@ -306,26 +315,46 @@ def _summary_rows(sections: dict[str, Any]) -> list[str]:
             )
             r = parts[f"ratio_ready_96_vs_12{name}"]
             rows.append(
-                f"| Time to ready (s), 96 partitions vs 12, {mode} "
+                f"| Time to ready (s) on a first start (it creates 5 changelogs of 96 or 12 "
+                f"partitions), 96 partitions vs 12, {mode} "
                 f"| {_num(parts[f'p96{name}_ready_s'], 1)} "
                 f"| {_num(parts[f'p12{name}_ready_s'], 1)} "
                 f"| {_num(r, 2)} | <= 1.5 | {_met(r, None if r is None else r <= 1.5)} |"
             )
+            r = parts.get(f"ratio_restart_96_vs_12{name}")
+            if r is not None:
+                rows.append(
+                    f"| Time to ready (s) on a restart after the run (restoring its "
+                    f"changelogs), 96 partitions vs 12, {mode} "
+                    f"| {_num(parts[f'p96{name}_restart_s'], 1)} "
+                    f"| {_num(parts[f'p12{name}_restart_s'], 1)} "
+                    f"| {_num(r, 2)} | <= 1.5 | {_met(r, r <= 1.5)} |"
+                )
         r = parts["ratio_96_worker_vs_12"]
         rows.append(
             f"| Events/s over 96 partitions with one producer per worker vs 12 with a producer "
             f"per partition (the default) | {_num(parts['p96_worker_eps'])} "
             f"| {_num(parts['p12_eps'])} | {_num(r, 2)} | | |"
         )
+        r = parts.get("ratio_96_interval_01_vs_02")
+        if r is not None:
+            rows.append(
+                f"| Cost of the 0.1 s commit interval over 96 partitions (a producer per "
+                f"partition): events/s at 0.1 s vs 0.2 s | {_num(parts['p96_eps'])} "
+                f"| {_num(parts['p96_slow_eps'])} (0.2 s) | {_num(r, 2)} | | |"
+            )
     e2e = sections.get("e2e")
     if e2e:
         p99 = e2e["p99_ms"]
-        ok = None if p99 is None else p99 < 1000 and e2e["missing"] == 0
+        missing = e2e.get("missing_all_runs", e2e["missing"])
+        ok = None if p99 is None else p99 < 1000 and missing == 0
+        runs = e2e.get("run_p99_ms") or []
         rows.append(
             f"| End to end ms (202 -> incident record), p50 / p99 at "
-            f"{_num(e2e['rate'])} POST/s "
-            f"| {_num(e2e['p50_ms'])} / {_num(p99)} | | | p99 < 1000; < 300 (#18) "
-            f"| {_met(p99, ok)}; {_met(p99, None if p99 is None else p99 < 300)} |"
+            f"{_num(e2e['rate'])} POST/s"
+            + (f" (the median of {len(runs)} runs by p99)" if len(runs) > 1 else "")
+            + f" | {_num(e2e['p50_ms'])} / {_num(p99)} | | | p99 < 1000; < 300 (#18) "
+            f"| {_met(p99, ok)}; {_met(p99, None if p99 is None or missing else p99 < 300)} |"
         )
         light = e2e.get("light") or {}
         if light:
@@ -493,6 +522,7 @@ def _e2e_detail(e2e: dict[str, Any] | None) -> list[str]:
     if not e2e:
         return []
     light = e2e.get("light") or {}
+    warmup = e2e.get("warmup") or {}
     return [
         "### End to end detail",
         "",
@@ -511,14 +541,31 @@ def _e2e_detail(e2e: dict[str, Any] | None) -> list[str]:
             else "steady, so the worker kept up. "
         )
         + "With exactly-once, records become visible "
-        "only when the worker's transaction commits (CFN_COMMIT_INTERVAL, 0.2 s by default), "
+        "only when the worker's transaction commits (CFN_COMMIT_INTERVAL, 0.1 s by default), "
         "which sets the floor of these figures.",
         "",
-        f"At a light {_num(light.get('rate'))} POST/s (a tenth of that, measured first): p50 "
-        f"{_num(light.get('p50_ms'))} ms, p99 {_num(light.get('p99_ms'))} ms over "
-        f"{light.get('incident_versions_seen', 0)} incident versions "
+        f"At a light {_num(light.get('rate'))} POST/s (a tenth of that, measured before the "
+        f"loaded runs): p50 {_num(light.get('p50_ms'))} ms, p99 {_num(light.get('p99_ms'))} ms "
+        f"over {light.get('incident_versions_seen', 0)} incident versions "
         f"({light.get('missing', 0)} missing).",
         "",
+        *(
+            [
+                "Each loaded run's p50 / p99 (ms): "
+                + ", ".join(
+                    f"{_num(a)} / {_num(b)}"
+                    for a, b in zip(e2e.get("run_p50_ms") or [], e2e["run_p99_ms"], strict=False)
+                )
+                + f"; {e2e.get('missing_all_runs', 0)} incident versions missing over all runs. "
+                f"Before any of them, a {_num(warmup.get('seconds'))} s warm-up at the light rate "
+                f"(not counted) had p50 {_num(warmup.get('p50_ms'))} ms, p99 "
+                f"{_num(warmup.get('p99_ms'))} ms: a fresh worker's first traffic over new "
+                "topics.",
+                "",
+            ]
+            if e2e.get("run_p99_ms")
+            else []
+        ),
     ]
 
 
