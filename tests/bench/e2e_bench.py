@@ -20,6 +20,7 @@ import asyncio
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -65,7 +66,7 @@ def choose_rate(ctx: Context, override: float | None) -> tuple[float, str]:
 
 
 async def _measure(
-    bootstrap: str, ingest_port: int, incidents_topic: str, rate: float, seconds: float
+    bootstrap: str, ingest_port: int, incidents_topic: str, rate: float, seconds: float, out: Path
 ) -> dict[str, Any]:
     consumer = AIOKafkaConsumer(
         incidents_topic,
@@ -111,14 +112,14 @@ async def _measure(
             f"{rate:.3f}",
             f"{seconds:.3f}",
             token,
-            stdout=asyncio.subprocess.PIPE,
+            str(out),
             stderr=asyncio.subprocess.PIPE,
             env=bench_env(),
         )
-        out, err = await client.communicate()
+        _, err = await client.communicate()
         if client.returncode != 0:
             raise RuntimeError(f"e2e client failed:\n{err.decode()[-3000:]}")
-        answer = jsonio.loads(out.decode().strip().splitlines()[-1])
+        answer = jsonio.loads(await asyncio.to_thread(out.read_bytes))
         sent: dict[str, float] = answer["sent"]
         answered: dict[str, float] = answer["answered"]
         failures: dict[str, int] = answer["failures"]
@@ -192,6 +193,7 @@ def run_e2e(ctx: Context, rate_override: float | None = None) -> dict[str, Any]:
                         f"{prefix}incidents",
                         point_rate,
                         point_seconds,
+                        ctx.tmp / f"e2e-client-{len(points)}.json",
                     )
                 )
                 point.update(rate=point_rate, seconds=point_seconds)

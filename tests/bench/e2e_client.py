@@ -3,10 +3,11 @@
 Runs as its own process, apart from the consumer that notes when each incident record appears
 (tests/bench/e2e_bench.py): in one event loop, sending ~3,000 POST/s and reading as many records
 saturated the loop, whose lag then counted as latency. Times are wall-clock (time.time()), so the
-two processes' times compare on one machine. Prints one JSON object on stdout:
+two processes' times compare on one machine. Writes one JSON object to OUT (over a megabyte at
+the loaded rate: a file, as a pipe once cut it short):
 {"sent": {"<i>:<state>": t}, "answered": {...}, "failures": {"<status or error>": n}}.
 
-Run: python -m tests.bench.e2e_client URL RATE SECONDS TOKEN [--connections 64]
+Run: python -m tests.bench.e2e_client URL RATE SECONDS TOKEN OUT [--connections 64]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -86,10 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("rate", type=float)
     parser.add_argument("seconds", type=float)
     parser.add_argument("token")
+    parser.add_argument("out", type=Path)
     parser.add_argument("--connections", type=int, default=64)
     args = parser.parse_args(argv)
     result = uvloop.run(run(args.url, args.rate, args.seconds, args.token, args.connections))
-    sys.stdout.write(jsonio.dumps(result).decode() + "\n")
+    args.out.write_bytes(jsonio.dumps(result))
     return 0
 
 
