@@ -101,7 +101,9 @@ async def ensure_topics(
                     for role, name in missing
                 ]
             )
-            verdicts = response.topic_errors
+            order = {name: i for i, (_role, name) in enumerate(missing)}
+            # In request order: the first refused topic named is the first asked for.
+            verdicts = sorted(response.topic_errors, key=lambda v: order.get(v[0], len(order)))
         # The admin client returns the broker's verdict per topic; it raises nothing.
         for verdict in verdicts:
             name, code = verdict[0], verdict[1]
