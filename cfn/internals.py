@@ -38,11 +38,18 @@ from aiokafka.errors import (
     UnknownMemberIdError,
     for_code,
 )
-from aiokafka.producer.sender import TxnOffsetCommitHandler
 from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.structs import TopicPartition
 
 from cfn.protocol import STALE_MEMBER, UNSTABLE_OFFSET_COMMIT, StableOffsetFetch, TxnOffsetCommitV3
+
+try:  # subclassed below, so needed at import: named like every other internal if it moved
+    from aiokafka.producer.sender import TxnOffsetCommitHandler
+except ImportError as exc:  # pragma: no cover - only with an untested aiokafka
+    raise ImportError(
+        "aiokafka.producer.sender has no `TxnOffsetCommitHandler` (an internal cfn uses: see "
+        "cfn/internals.py for the aiokafka version it is tested with)"
+    ) from exc
 
 RETRY_BACKOFF = 0.1  # seconds between two asks of a group coordinator that is not ready
 
@@ -103,6 +110,12 @@ def check_group_transactions(producer: Any, consumer: Any) -> None:
     _need(sender, "CoordinationType.GROUP", "aiokafka.producer.sender")
     for name in ("generation", "member_id"):
         _need(consumer, f"_coordinator.{name}", "AIOKafkaConsumer")
+
+
+def check_admin(admin: Any) -> None:
+    """The admin client internals `ensure_topics` uses exist on `admin`."""
+    _need(admin, "_client.fetch_all_metadata", "AIOKafkaAdminClient")
+    _need(admin, "_client.send", "AIOKafkaAdminClient")
 
 
 def check_consumer(consumer: Any) -> None:

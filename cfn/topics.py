@@ -85,6 +85,7 @@ async def ensure_topics(
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **security.client_options()
     )
+    internals.check_admin(admin)
     await admin.start()
     created: list[str] = []
     try:

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import IllegalGenerationError
 from aiokafka.structs import TopicPartition
 
@@ -51,6 +52,19 @@ def test_transactional_producer_internals_exist() -> None:
 
 def test_uvicorn_protocol_internals_exist() -> None:
     internals.check_protocol(GuardedHttpToolsProtocol)
+
+
+def test_admin_internals_exist() -> None:
+    async def scenario() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers="127.0.0.1:1")
+        try:
+            internals.check_admin(admin)
+        finally:
+            await admin.close()
+
+    asyncio.run(scenario())
+    with pytest.raises(internals.InternalsError, match=r"AIOKafkaAdminClient has no `_client\."):
+        internals.check_admin(object())
 
 
 def test_a_missing_internal_is_named() -> None:

@@ -526,7 +526,8 @@ def _e2e_detail(e2e: dict[str, Any] | None) -> list[str]:
     return [
         "### End to end detail",
         "",
-        f"START/END pairs POSTed through `cfn ingest` to one `cfn worker` at {_num(e2e['rate'])} "
+        f"START/END pairs POSTed by a Go sender (tests/bench/e2e_sender, its own process) "
+        f"through `cfn ingest` to one `cfn worker` at {_num(e2e['rate'])} "
         f"POST/s ({e2e['rate_source']}) for {e2e['seconds']:.0f} s; a read_committed consumer "
         f"of the incidents topic saw {e2e['incident_versions_seen']} of {e2e['accepted']} "
         f"expected incident versions ({e2e['missing']} missing, failures {e2e['failures']}). "

@@ -1,0 +1,3 @@
+module cfn.dev/bench/e2esender
+
+go 1.26.0
