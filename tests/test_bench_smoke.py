@@ -170,3 +170,27 @@ def test_quick_partitions_section(kafka: str, tmp_path: Path) -> None:
                 f"one worker's time to ready over 96 partitions / over 12, {start} ({mode})"
                 in names
             )
+
+
+def test_quick_e2e_section(kafka: str, tmp_path: Path) -> None:
+    """The Go sender (tests/bench/e2e_sender) posts every pair through a real ingest and worker,
+    and the bench's consumer sees every incident version it was answered 202 for."""
+    sizes = dataclasses.replace(Sizes.fast(), e2e_duration=2.0)
+    results = run_bench(
+        sizes,
+        ["e2e"],
+        out_dir=tmp_path,
+        command="pytest tests/test_bench_smoke.py",
+        bootstrap=kafka,
+        e2e_rate=40.0,
+    )
+    section = results["sections"]["e2e"]
+    assert "error" not in section, section
+    for point in (section, section["light"], section["warmup"]):
+        assert point["failures"] == {}, point
+        assert point["posts"] == point["accepted"] > 0, point
+        assert point["missing"] == 0 and point["incident_versions_seen"] == point["accepted"]
+        assert positive(point["p99_ms"]) and positive(point["from_send_p99_ms"])
+        assert point["from_send_p50_ms"] >= point["p50_ms"]
+    assert section["rate"] == 40.0 and section["rate_source"] == "set with --e2e-rate"
+    assert "### End to end detail" in (tmp_path / "results.md").read_text()
