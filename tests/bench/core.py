@@ -255,3 +255,17 @@ def machine() -> dict[str, Any]:
         "wrk": _run_text(["wrk", "-v"]).splitlines()[0] if shutil.which("wrk") else "none",
         "packages": packages,
     }
+
+
+def go_build(ctx: Context, source: Path) -> Path:
+    """The binary of the Go program in `source` (a folder of tests/bench), built into the
+    scratch folder; modules, if it has any, come from the Go proxy."""
+    binary = ctx.tmp / source.name
+    subprocess.run(
+        ["go", "build", "-o", str(binary), "."],
+        cwd=source,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return binary

@@ -19,7 +19,6 @@ beside it.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +32,7 @@ from tests.bench.core import (
     SECRET,
     Context,
     finite_or_none,
+    go_build,
     percentile,
     progress,
 )
@@ -49,19 +49,6 @@ EVENTS = (("ALERT_STATE_EVENT_START", 0), ("ALERT_STATE_EVENT_END", 120))  # (ev
 
 def correlation_id(token: str, i: int | str) -> str:
     return f"e2e-{token}-{i}"
-
-
-def build_sender(ctx: Context) -> Path:
-    """The Go sender's binary, built from tests/bench/e2e_sender (standard library only)."""
-    binary = ctx.tmp / "e2e-sender"
-    subprocess.run(
-        ["go", "build", "-o", str(binary), "."],
-        cwd=SENDER,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    return binary
 
 
 def choose_rate(ctx: Context, override: float | None) -> tuple[float, str]:
@@ -197,7 +184,7 @@ def run_e2e(ctx: Context, rate_override: float | None = None) -> dict[str, Any]:
     rate, why = choose_rate(ctx, rate_override)
     light = max(4.0, rate / 10)
     progress("e2e: building the sender (tests/bench/e2e_sender)")
-    sender = build_sender(ctx)
+    sender = go_build(ctx, SENDER)
     prefix = f"bench-e2e-{uuid.uuid4().hex[:6]}."
     app_id = f"bench-e2e-{uuid.uuid4().hex[:6]}"
     progress(f"e2e: starting a worker and cfn ingest on {prefix}*")

@@ -31,6 +31,7 @@ from tests.bench.core import (
     bench_env,
     cpu_seconds,
     finite_or_none,
+    go_build,
     median,
     progress,
     ratio,
@@ -44,19 +45,6 @@ CONTENDERS = ("cfn", "bare_kafka", "bare_http", "go_peer")
 BARE_TOPIC = "bench.bare-raw"
 GO_TOPIC = "bench.go-raw"
 GO_PEER = Path(__file__).parent / "go_peer"
-
-
-def build_go_peer(ctx: Context) -> Path:
-    """The Go peer's binary, built from tests/bench/go_peer (modules from the Go proxy)."""
-    binary = ctx.tmp / "go-peer"
-    subprocess.run(
-        ["go", "build", "-o", str(binary), "."],
-        cwd=GO_PEER,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    return binary
 
 
 def _start_go(ctx: Context, binary: Path) -> Process:
@@ -280,7 +268,7 @@ def run_ingest(ctx: Context) -> dict[str, Any]:
     run(create_topics(ctx.bootstrap, [BARE_TOPIC, GO_TOPIC], 12))
     script = lua_script(ctx.tmp / "post.lua")
     progress("ingest: building the Go peer (tests/bench/go_peer)")
-    go_binary = build_go_peer(ctx)
+    go_binary = go_build(ctx, GO_PEER)
     sizes = ctx.sizes
     return {
         "wrk": {
