@@ -2,11 +2,8 @@
 
 cfn reaches past the public APIs where they lack what it needs:
 
-* aiokafka's record accumulator (`AIOKafkaProducer._message_accumulator`): the ingest's sends
-  skip `send()`'s per-record metadata wait and size estimate, and a replaced producer's pending
-  records are failed at once instead of retried forever;
-* the producer's sender task (`_sender.sender_task`): when it has died the producer is dead for
-  good, and nothing public says so;
+* aiokafka's record accumulator (`AIOKafkaProducer._message_accumulator`): a closed task's
+  producer fails its pending records at once instead of retrying them forever;
 * a transactional producer's transaction manager (`_txn_manager._transaction_waiter`): the
   error that broke the transaction (a refused topic), which later steps report only as
   IllegalOperation;
@@ -87,17 +84,11 @@ def _need(obj: Any, path: str, owner: str) -> Any:
     return value
 
 
-def check_producer(producer: Any) -> None:
-    """Every producer internal cfn uses exists on `producer` (not started yet is fine)."""
-    _need(producer, "_message_accumulator.add_message", "AIOKafkaProducer")
-    _need(producer, "_message_accumulator.fail_all", "AIOKafkaProducer")
-    _need(producer, "_sender.sender_task", "AIOKafkaProducer")
-    _need(producer, "client.cluster.add_listener", "AIOKafkaProducer")
-
-
 def check_transactional(producer: Any) -> None:
-    """The transaction manager internal the worker reads exists on a transactional producer."""
+    """The internals the worker uses exist on a transactional producer: the transaction
+    manager it reads, and the accumulator `abandon` empties."""
     _need(producer, "_txn_manager._transaction_waiter", "AIOKafkaProducer (transactional)")
+    _need(producer, "_message_accumulator.fail_all", "AIOKafkaProducer (transactional)")
 
 
 def check_group_transactions(producer: Any, consumer: Any) -> None:
@@ -150,17 +141,6 @@ def check_protocol(protocol_class: type) -> None:
 
 
 # ---- producer ---------------------------------------------------------------------------------
-
-
-def accumulator(producer: Any) -> Any:
-    """The producer's record accumulator (`send()` ends in its `add_message`)."""
-    return producer._message_accumulator
-
-
-def sender_alive(producer: Any) -> bool:
-    """False once the producer's background sender has stopped (it never restarts)."""
-    task = getattr(producer._sender, "sender_task", None)
-    return task is None or not task.done()
 
 
 def transaction_error(producer: Any) -> BaseException | None:

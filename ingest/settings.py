@@ -35,7 +35,7 @@ class IngestSettings:
     body_timeout: float = 10.0
     max_header_bytes: int = 32 * 1024
     header_timeout: float = 5.0
-    linger_ms: int = 0
+    linger_ms: int = 1
     compression: str = "lz4"
     partitions: int = 12
     replication: int = 1

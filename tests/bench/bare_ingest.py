@@ -1,9 +1,10 @@
 """The ingest baselines: a bare raw-ASGI handler on the same uvicorn stack as `cfn ingest`.
 
 With BENCH_BARE_BOOTSTRAP set it does only what any durable webhook receiver must: read the
-body, send it with the same idempotent acks=all lz4 aiokafka producer cfn uses, await the ack,
-answer 202. Without it, it reads the body and answers 202 (the HTTP stack's own ceiling).
-No auth, no parsing, no key, no headers, no metrics.
+body, send it through the same sink cfn's ingest uses (cfn.ingest.sink.KafkaSink, its defaults:
+librdkafka's idempotent acks=all lz4 producer, a 1 ms linger), await the ack, answer 202.
+Without it, it reads the body and answers 202 (the HTTP stack's own ceiling). No auth, no
+parsing, no key, no headers, no metrics.
 
 Run: BENCH_BARE_PORT=8081 BENCH_BARE_BOOTSTRAP=127.0.0.1:9092 BENCH_BARE_TOPIC=t \
      python -m tests.bench.bare_ingest [--workers N]
@@ -16,7 +17,7 @@ import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from cfn.ingest.sink import KafkaSink, Outcome
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -33,7 +34,7 @@ class BareIngest:
     def __init__(self, bootstrap: str | None, topic: str) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
-        self.producer: Any = None
+        self.sink: KafkaSink | None = None
         self.ready = bootstrap is None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -53,10 +54,11 @@ class BareIngest:
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
-        if self.producer is not None:
-            future = await self.producer.send(self.topic, value=b"".join(chunks))
-            await future
-        await send({"type": "http.response.start", "status": 202, "headers": _HEADERS})
+        status = 202
+        if self.sink is not None:
+            result = await self.sink.send(self.topic, None, b"".join(chunks), [])
+            status = 202 if result.outcome is Outcome.ACKED else 503
+        await send({"type": "http.response.start", "status": status, "headers": _HEADERS})
         await send({"type": "http.response.body", "body": ACCEPTED})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -64,23 +66,14 @@ class BareIngest:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 if self.bootstrap is not None:
-                    # The same producer settings as ingest.sink.KafkaSink's defaults.
-                    self.producer = AIOKafkaProducer(
-                        bootstrap_servers=self.bootstrap,
-                        acks="all",
-                        enable_idempotence=True,
-                        compression_type="lz4",
-                        linger_ms=0,
-                        max_request_size=2 * 1024 * 1024,
-                        request_timeout_ms=3000,
-                        client_id="bench-bare-ingest",
-                    )
-                    await self.producer.start()
+                    # cfn's sink with its defaults and the ingest's default ack timeout.
+                    self.sink = KafkaSink(self.bootstrap, ack_timeout=3.0)
+                    await self.sink.start()
                     self.ready = True
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self.producer is not None:
-                    await self.producer.stop()
+                if self.sink is not None:
+                    await self.sink.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
