@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 Headers = list[tuple[str, bytes]]
 _RdHeaders = list[tuple[str, str | bytes | None]]  # what librdkafka's stubs say it takes
 
+# How long librdkafka keeps trying to write a record (message.timeout.ms), whatever the ack
+# timeout: longer than a leader's failover, so that none times out in flight (see
+# producer_config). A record answered 503 may still be written meanwhile: it is then in cfn.raw
+# under the request id of an answer that was not 2xx, which the worker's dedup absorbs as it does
+# the client's retry.
+MESSAGE_TIMEOUT_S = 30.0
+
 # How long the delivery thread waits in one poll; also how soon it notices it should close.
 _POLL_SECONDS = 0.1
 
@@ -174,8 +181,11 @@ def producer_config(
         "enable.idempotence": True,
         "compression.type": compression,
         "linger.ms": linger_ms,
-        # librdkafka gives up on a record when the client has been answered 503 anyway.
-        "message.timeout.ms": timeout_ms,
+        # Far longer than the ack timeout (the sweeper answers 503 then): a record librdkafka
+        # times out while in flight makes it bump the producer's epoch, and records it then
+        # retries under the new epoch are not deduplicated by the broker. Measured: at 3 s, a
+        # SIGKILLed leader left 24 acknowledged records twice in cfn.raw; see MESSAGE_TIMEOUT_S.
+        "message.timeout.ms": int(max(MESSAGE_TIMEOUT_S, ack_timeout) * 1000),
         "request.timeout.ms": timeout_ms,
         "message.max.bytes": max_request_size,
         # Kafka's own (Java) placement of keys, as cfn.partition computes it; librdkafka's

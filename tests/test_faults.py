@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import queue
 import re
 import resource
 import select
@@ -187,23 +188,43 @@ def post_one(port: int, index: int, body: bytes) -> Answer:
 
 
 def run_load(
-    port: int, bodies: list[bytes], rate: float, at: dict[int, Callable[[], None]]
+    port: int,
+    bodies: list[bytes],
+    rate: float,
+    at: dict[int, Callable[[], None]],
+    until: Callable[[], bool] | None = None,
 ) -> list[Answer]:
-    """Post every body at a steady `rate` from a thread pool large enough that slow answers
-    (up to the ack timeout) do not slow the offered load; `at[i]` runs (in its own thread)
-    when request i is sent."""
-    with ThreadPoolExecutor(max_workers=256) as pool:
-        start = time.monotonic()
-        futures = []
-        for i, body in enumerate(bodies):
-            delay = start + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            futures.append(pool.submit(post_one, port, i, body))
-            action = at.get(i)
-            if action is not None:
-                threading.Thread(target=action, daemon=True).start()
-        return [f.result() for f in futures]
+    """Post the bodies at a steady `rate` from a thread pool large enough that slow answers
+    (up to the ack timeout) do not slow the offered load; `at[i]` runs when request i is sent,
+    on one thread beside the load, after any earlier action has finished (a rolling restart
+    restarts the next node only once the last one is back, however long that took). Stops
+    early once `until()` is true. Returns once every answer is in and every action has run."""
+    actions: queue.Queue[Callable[[], None] | None] = queue.Queue()
+
+    def act() -> None:
+        while (action := actions.get()) is not None:
+            action()
+
+    actor = threading.Thread(target=act, daemon=True)
+    actor.start()
+    try:
+        with ThreadPoolExecutor(max_workers=256) as pool:
+            start = time.monotonic()
+            futures = []
+            for i, body in enumerate(bodies):
+                if until is not None and until():
+                    break
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                futures.append(pool.submit(post_one, port, i, body))
+                action = at.get(i)
+                if action is not None:
+                    actions.put(action)
+            return [f.result() for f in futures]
+    finally:
+        actions.put(None)
+        actor.join(timeout=300)
 
 
 def longest_gap(times: list[float], start: float, end: float) -> float:

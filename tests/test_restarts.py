@@ -54,6 +54,7 @@ class Restart:
     stopped: float = 0.0
     started: float = 0.0
     back: float = 0.0
+    failed: str = ""  # why it did not come back, if it did not
 
 
 class ReadySampler:
@@ -86,15 +87,22 @@ class ReadySampler:
         return [status for t, status in self.samples if start <= t <= end]
 
 
+TAIL_S = 10.0  # load after the last restart is back
+
+
 def restart_action(cluster: LocalKafka, restart: Restart, down_for: float) -> Callable[[], None]:
     def act() -> None:
         restart.begun = time.monotonic()
-        cluster.stop_node(restart.node, kill=restart.kill)
-        restart.stopped = time.monotonic()
-        time.sleep(down_for)
-        restart.started = time.monotonic()
-        cluster.start_node(cluster.members[restart.node - 1])
-        cluster.wait_ready(120)
+        try:
+            cluster.stop_node(restart.node, kill=restart.kill)
+            restart.stopped = time.monotonic()
+            time.sleep(down_for)
+            restart.started = time.monotonic()
+            cluster.start_node(cluster.members[restart.node - 1])
+            cluster.wait_ready(120)
+        except Exception as exc:  # the test says so; the load stops
+            restart.failed = f"{type(exc).__name__}: {exc}"
+            return
         restart.back = time.monotonic()
 
     return act
@@ -144,15 +152,27 @@ def run_restarts(
             {**env, **FAST_FAILOVER},
             partitions=partitions,
         )
-        n = int(rate * seconds)
-        bodies, _pairs = load_bodies(n, token, lag=40)
+        # Restarts run one after another, each once the previous node is back (under load a
+        # node took 15-30 s here from SIGTERM to registered again), and the load goes on for
+        # at least `seconds` and until TAIL_S after the last node is back: every restart is
+        # under load, however slow the machine.
+        bodies, _pairs = load_bodies(int(rate * (seconds + 240)), token, lag=40)
         actions = {int(rate * at): restart_action(cluster, r, down_for) for at, r in restarts}
+
+        def done() -> bool:
+            now = time.monotonic()
+            if any(r.failed for _, r in restarts):
+                return True
+            return now - load_started >= seconds and all(
+                r.back > 0 and now - r.back >= TAIL_S for _, r in restarts
+            )
+
         with ReadySampler(ingest.port) as ready:
             load_started = time.monotonic()
-            answers = run_load(ingest.port, bodies, rate, actions)
+            answers = run_load(ingest.port, bodies, rate, actions, until=done)
             load_ended = time.monotonic()
         for _at, r in restarts:
-            assert r.back > 0, f"node {r.node} did not come back"
+            assert r.back > 0, f"node {r.node} did not come back: {r.failed}"
         run(wait_caught_up(cluster.bootstrap, app_id, f"{prefix}raw", timeout=240))
         raw = [
             (dict(r.headers)["cfn-request-id"].decode(), r.value)
@@ -224,6 +244,14 @@ def check(name: str, out: Outcome, restarts: list[Restart]) -> tuple[str, Counte
                 ", ".join(f"node {r.node} {'SIGKILL' if r.kill else 'SIGTERM'}" for r in restarts),
             ),
             ("load_duration_s", f"{out.load_ended - out.load_started:.1f}"),
+            (
+                "restart_at_s_stop_s_start_to_back_s",
+                ", ".join(
+                    f"t+{r.begun - out.load_started:.1f} {r.stopped - r.begun:.1f} "
+                    f"{r.back - r.started:.1f}"
+                    for r in restarts
+                ),
+            ),
             ("requests_sent", len(answers)),
             ("answers", dict(sorted(codes.items()))),
             ("slowest_answer_s", f"{slowest:.2f}"),
