@@ -235,7 +235,15 @@ def machine() -> dict[str, Any]:
     ]
     model_names = [m for m in models if not m.isdigit()]
     packages = {}
-    for name in ("faust-streaming", "aiokafka", "uvicorn", "uvloop", "httptools", "orjson"):
+    for name in (
+        "faust-streaming",
+        "aiokafka",
+        "confluent-kafka",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "orjson",
+    ):
         try:
             packages[name] = version(name)
         except Exception:  # a missing package is a fact to report, not an error

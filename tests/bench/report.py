@@ -398,8 +398,10 @@ def _ingest_detail(ingest: dict[str, Any] | None) -> list[str]:
         "",
         f"POST of a {ingest['wrk']['body_bytes']}-byte health-check notification with a fresh "
         "correlation id each time and the `cf-webhook-auth` header; medians over runs. "
-        "`bare+Kafka` is tests/bench/bare_ingest.py (same uvicorn options, same idempotent "
-        "acks=all lz4 producer, no key); `bare HTTP` is the same handler with no Kafka. "
+        "`bare+Kafka` is tests/bench/bare_ingest.py (same uvicorn options, cfn's own sink with "
+        "its defaults: librdkafka's idempotent acks=all lz4 producer, a 1 ms linger; no key, so "
+        "librdkafka's sticky partitioner fills one partition's batch at a time); `bare HTTP` "
+        "is the same handler with no Kafka. "
         f"Latency at {LOAD_FRACTION:.0%} of cfn's peak comes from tests/bench/rate_client.py "
         "(open loop, measured from the scheduled send time, as wrk2 would; wrk2 is not "
         "installed); cfn and bare alternate, one run per round, and each side's run with the "
