@@ -2,7 +2,8 @@
 
 The ingest's producer, the worker's consumer and producers, the admin client that creates
 topics, the changelog reader, `replay` and `tail` all take their connection options from
-`KafkaSecurity.client_options()`, built once from CFN_KAFKA_* variables:
+`KafkaSecurity.client_options()` (the ingest's librdkafka producer from
+`KafkaSecurity.librdkafka_options()`), built once from CFN_KAFKA_* variables:
 
 | variable | meaning |
 |---|---|
@@ -165,6 +166,25 @@ class KafkaSecurity:
             options["sasl_mechanism"] = self.sasl_mechanism
             options["sasl_plain_username"] = self.username
             options["sasl_plain_password"] = self.password.reveal()
+        return options
+
+    def librdkafka_options(self) -> dict[str, Any]:
+        """The same settings for a librdkafka client (the ingest's producer)."""
+        options: dict[str, Any] = {"security.protocol": self.protocol.lower()}
+        if self.tls:
+            # "probe": librdkafka looks for the system's trust store, as ssl_context() uses it.
+            options["ssl.ca.location"] = "probe" if self.cafile is None else str(self.cafile)
+            if self.certfile is not None and self.keyfile is not None:
+                options["ssl.certificate.location"] = str(self.certfile)
+                options["ssl.key.location"] = str(self.keyfile)
+            options["ssl.endpoint.identification.algorithm"] = (
+                "https" if self.check_hostname else "none"
+            )
+        if self.sasl:
+            assert self.password is not None  # checked at start
+            options["sasl.mechanism"] = self.sasl_mechanism
+            options["sasl.username"] = self.username
+            options["sasl.password"] = self.password.reveal()
         return options
 
 

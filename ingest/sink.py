@@ -201,21 +201,8 @@ def producer_config(
         # per retry by librdkafka; its errors still reach the error callback.
         "log_level": 0,
         "log.connection.close": False,
-        "security.protocol": security.protocol.lower(),
+        **security.librdkafka_options(),
     }
-    if security.tls:
-        config["ssl.ca.location"] = "probe" if security.cafile is None else str(security.cafile)
-        if security.certfile is not None and security.keyfile is not None:
-            config["ssl.certificate.location"] = str(security.certfile)
-            config["ssl.key.location"] = str(security.keyfile)
-        config["ssl.endpoint.identification.algorithm"] = (
-            "https" if security.check_hostname else "none"
-        )
-    if security.sasl:
-        assert security.password is not None  # checked at start
-        config["sasl.mechanism"] = security.sasl_mechanism
-        config["sasl.username"] = security.username
-        config["sasl.password"] = security.password.reveal()
     return config
 
 

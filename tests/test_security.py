@@ -63,6 +63,35 @@ def test_sasl_ssl_with_scram_gives_a_verifying_tls_context_and_the_login(
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
 
 
+def test_librdkafka_gets_the_same_settings_in_its_names(pki: dict[str, Path]) -> None:
+    """The ingest's producer (librdkafka) connects as the aiokafka clients do."""
+    assert KafkaSecurity.from_env({}).librdkafka_options() == {"security.protocol": "plaintext"}
+    scram_tls = KafkaSecurity.from_env(scram(CFN_KAFKA_SSL_CAFILE=str(pki["ca"])))
+    assert scram_tls.librdkafka_options() == {
+        "security.protocol": "sasl_ssl",
+        "ssl.ca.location": str(pki["ca"]),
+        "ssl.endpoint.identification.algorithm": "https",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "worker",
+        "sasl.password": PASSWORD,
+    }
+    mtls = KafkaSecurity.from_env(
+        {
+            "CFN_KAFKA_SECURITY_PROTOCOL": "SSL",
+            "CFN_KAFKA_SSL_CERTFILE": str(pki["cert"]),
+            "CFN_KAFKA_SSL_KEYFILE": str(pki["key"]),
+            "CFN_KAFKA_SSL_CHECK_HOSTNAME": "false",
+        }
+    ).librdkafka_options()
+    assert mtls == {
+        "security.protocol": "ssl",
+        "ssl.ca.location": "probe",  # the system's trust store
+        "ssl.certificate.location": str(pki["cert"]),
+        "ssl.key.location": str(pki["key"]),
+        "ssl.endpoint.identification.algorithm": "none",
+    }
+
+
 def test_without_a_ca_file_the_system_trust_store_is_used() -> None:
     security = KafkaSecurity.from_env({"CFN_KAFKA_SECURITY_PROTOCOL": "SSL"})
     context = security.ssl_context()
