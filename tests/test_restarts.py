@@ -281,14 +281,21 @@ def check(name: str, out: Outcome, restarts: list[Restart]) -> tuple[str, Counte
     return figures, codes
 
 
-def start_cluster(path: Path, nodes: int) -> LocalKafka:
-    cluster = LocalKafka(path, port=free_port_block(nodes), nodes=nodes, heap="384m")
-    try:
-        cluster.start(timeout=150)
-    except BrokerError as exc:
-        cluster.stop()
-        pytest.fail(f"the {nodes}-node cluster could not start: {exc}", pytrace=False)
-    return cluster
+def start_cluster(path: Path, nodes: int, attempts: int = 3) -> LocalKafka:
+    """A started cluster; a start that fails (a free port taken by another process before the
+    broker bound it, as seen once in CI) is retried on new ports and fresh storage."""
+    failures: list[str] = []
+    for attempt in range(attempts):
+        where = path if attempt == 0 else path.with_name(f"{path.name}-{attempt}")
+        cluster = LocalKafka(where, port=free_port_block(nodes), nodes=nodes, heap="384m")
+        try:
+            cluster.start(timeout=150)
+        except BrokerError as exc:
+            cluster.stop()
+            failures.append(str(exc))
+            continue
+        return cluster
+    pytest.fail(f"the {nodes}-node cluster could not start: {failures}", pytrace=False)
 
 
 def test_one_broker_restarted_three_times_and_crashed_once(tmp_path: Path) -> None:
