@@ -129,16 +129,10 @@ def classify(exc: BaseException | KafkaError) -> Outcome:
     """
     if isinstance(exc, AckTimeout | asyncio.TimeoutError):
         return Outcome.TIMEOUT
-    error: KafkaError | None = None
-    if isinstance(exc, KafkaError):
-        error = exc
-    elif isinstance(exc, DeliveryFailed):
-        error = exc.error
-    elif isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
-        error = exc.args[0]
-    elif isinstance(exc, BufferError | OSError | KafkaUnavailable):
-        return Outcome.RETRIABLE  # librdkafka's queue is full, or Kafka cannot be reached now
+    error = _kafka_error(exc)
     if error is None:
+        if isinstance(exc, BufferError | OSError | KafkaUnavailable):
+            return Outcome.RETRIABLE  # librdkafka's queue is full, or Kafka is unreachable now
         return Outcome.PERMANENT  # not Kafka's: a bug to look at, named in the 500
     code = error.code()
     if error.fatal() or code in _RECOVERING_CODES:
@@ -152,14 +146,20 @@ def classify(exc: BaseException | KafkaError) -> Outcome:
     return Outcome.RETRIABLE  # an outage, a leader moving, not enough replicas
 
 
-def _error_name(exc: BaseException | KafkaError) -> str:
+def _kafka_error(exc: BaseException | KafkaError) -> KafkaError | None:
+    """The librdkafka error `exc` is or carries, if any."""
     if isinstance(exc, KafkaError):
-        return exc.name()
+        return exc
     if isinstance(exc, DeliveryFailed):
-        return exc.error.name()
+        return exc.error
     if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
-        return str(exc.args[0].name())
-    return type(exc).__name__
+        return exc.args[0]
+    return None
+
+
+def _error_name(exc: BaseException | KafkaError) -> str:
+    error = _kafka_error(exc)
+    return type(exc).__name__ if error is None else str(error.name())
 
 
 def producer_config(
@@ -170,13 +170,12 @@ def producer_config(
     compression: str,
     max_request_size: int,
     security: KafkaSecurity,
-    client_id: str = "cfn-ingest",
 ) -> dict[str, Any]:
     """librdkafka's settings for the ingest's producer (and the bench's bare baseline)."""
     timeout_ms = max(1000, int(ack_timeout * 1000))
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
-        "client.id": client_id,
+        "client.id": "cfn-ingest",
         "acks": "all",
         "enable.idempotence": True,
         "compression.type": compression,
