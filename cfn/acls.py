@@ -16,7 +16,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from cfn.config import OUTPUT_ROLES, TABLES, changelog_topic, topic_names
+from cfn.config import OUTPUT_ROLES, changelog_topic, topic_names
 
 RESOURCE_TYPES = ("TOPIC", "GROUP", "TRANSACTIONAL_ID", "CLUSTER")
 PATTERNS = ("LITERAL", "PREFIXED")
@@ -83,7 +83,7 @@ def role_acls(
         ValueError: an unknown role, or a principal that is not `User:NAME`.
     """
     topics = topic_names(prefix)
-    changelogs = [changelog_topic(app_id, table) for table in TABLES]
+    changelog = changelog_topic(app_id)
 
     def topic(name: str, *operations: str) -> list[Acl]:
         return [Acl("TOPIC", name, "LITERAL", op, principal) for op in operations]
@@ -96,16 +96,14 @@ def role_acls(
         acls += topic(topics["rate-input"], "READ", "WRITE")
         for output in OUTPUT_ROLES:
             acls += topic(topics[output], "WRITE")
-        for name in changelogs:
-            acls += topic(name, "READ", "WRITE")
+        acls += topic(changelog, "READ", "WRITE")
         owner = "worker" if transactions == "worker" else "task"
         acls.append(Acl("TRANSACTIONAL_ID", f"{app_id}-{owner}-", "PREFIXED", "WRITE", principal))
         return acls
     if role == "provisioner":
         # CREATE alone would create blind: DESCRIBE lets it see which topics already exist.
         acls = [Acl("TOPIC", prefix, "PREFIXED", op, principal) for op in ("CREATE", "DESCRIBE")]
-        for name in changelogs:
-            acls += topic(name, "CREATE", "DESCRIBE")
+        acls += topic(changelog, "CREATE", "DESCRIBE")
         return acls
     raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
 

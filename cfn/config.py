@@ -105,12 +105,19 @@ class Env:
 COMPRESSIONS = ("lz4", "zstd", "snappy", "gzip", "none")
 
 
-# The worker's changelog-backed tables, one changelog topic each (processors/engine.py).
+# The worker's changelog-backed tables (processors/engine.py). They share one changelog topic,
+# each record keyed `<table>:<key>`.
 TABLES = ("dedup", "incidents", "rates", "state-retention", "anomalies", "flaps")
 
 
-def changelog_topic(app_id: str, table: str) -> str:
-    """The changelog topic of one of the worker's tables (CFN_APP_ID is its prefix)."""
+def changelog_topic(app_id: str) -> str:
+    """The changelog topic of the worker's tables (CFN_APP_ID is its prefix)."""
+    return f"{app_id}-changelog"
+
+
+def legacy_changelog_topic(app_id: str, table: str) -> str:
+    """A table's own changelog topic, as workers before the shared one wrote them: read once,
+    to migrate their state (processors/engine.py)."""
     return f"{app_id}-{table}-changelog"
 
 

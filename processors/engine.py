@@ -20,6 +20,13 @@ at all. Who writes the transactions is CFN_TRANSACTIONS:
   then restores the changelogs once no transaction is open on them, and a worker that comes
   back after generations without it restores everything it holds.
 
+Every table writes to the app's one changelog topic, `<app id>-changelog`, keyed
+`<table>:<key>`: its partition p holds task p's state, and a transaction of task p writes one
+partition of it whatever the number of tables (one topic a table multiplied the partitions the
+broker creates, and each transaction's markers, by six). Workers of earlier versions wrote one
+changelog per table: a partition whose shared changelog does not say it was migrated is restored
+from those once and written whole to the shared one with a marker, in its first commit.
+
 A rebalance commits every open transaction before the partitions are handed back; a task
 that is new to this worker fences, reads the group's committed offsets, restores its state from
 the changelogs (read_committed, to the last stable offset) and seeks, in that order. A task
@@ -48,7 +55,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from cfn import internals
 from cfn.access import AccessDenied, denial
-from cfn.config import OUTPUT_ROLES
+from cfn.config import OUTPUT_ROLES, changelog_topic, legacy_changelog_topic
 from cfn.partition import partition_for
 from cfn.processors.dedup import partition_of_seen
 from cfn.processors.pipeline import Output, Pipeline, header_map
@@ -74,6 +81,10 @@ SETTLE_TIMEOUT = 25.0  # seconds: that timeout, the broker's 10 s check interval
 RESTORE_TIMEOUT = 600.0  # seconds for the changelogs of the partitions assigned at once
 ASSIGN_RETRY = 1.0  # seconds between two attempts to open newly assigned tasks
 METADATA_WAIT = 30.0  # seconds for new topics to reach every broker's metadata
+# The shared changelog's record saying that its partition holds everything the per-table
+# changelogs of an earlier version held: from then on they are not read for that partition.
+MIGRATED_KEY = b"cfn:migrated"
+MIGRATED_VALUE = b'{"from":"per-table changelogs","format":1}'
 _NO_HEADERS: list[tuple[str, bytes]] = []  # BatchBuilder.append wants a list; never mutated
 
 
@@ -97,21 +108,23 @@ class ChangelogTable(dict[str, Any]):
 
     The pipeline reads and writes it like any mapping; the engine drains the changed keys into
     the changelog inside the partition's transaction (one record per key per commit, however
-    often the key changed), and loads it back from the changelog on restore. Reads are plain
-    dict reads (a MutableMapping's Python-level `get` was ~4% of the worker's CPU); writes go
-    through `__setitem__`/`__delitem__`, and the bulk writers that would bypass them refuse.
+    often the key changed), and loads it back from the changelog on restore. Every table shares
+    the app's one changelog topic, its records keyed `<name>:<key>` (`prefix` + key). Reads are
+    plain dict reads (a MutableMapping's Python-level `get` was ~4% of the worker's CPU); writes
+    go through `__setitem__`/`__delitem__`, and the bulk writers that would bypass them refuse.
     """
 
     def __init__(
         self,
         name: str,
-        topic: str,
         encode: Callable[[Any], bytes] = jsonio.dumps,
         decode: Callable[[bytes], Any] = _decode_json,
     ) -> None:
         super().__init__()
+        if ":" in name:
+            raise ValueError(f"a table name cannot hold ':' (it ends the key prefix): {name!r}")
         self.name = name
-        self.topic = topic
+        self.prefix = f"{name}:".encode()
         # The changelog format of this table's values: `decode` reads every format it ever had.
         self.encode = encode
         self.decode = decode
@@ -150,6 +163,17 @@ class ChangelogTable(dict[str, Any]):
             dict.pop(self, key, None)
         else:
             dict.__setitem__(self, key, value)
+
+    def touch(self, partitions: set[int]) -> None:
+        """Mark every key of `partitions` changed, so that the next drains write them all (a
+        partition migrated from the per-table changelogs is written whole to the shared one)."""
+        for key, value in self.items():
+            partition = _partition_of(value)
+            if partition in partitions:
+                changed = self._changed.get(partition)
+                if changed is None:
+                    changed = self._changed[partition] = set()
+                changed.add(key)
 
     def drop(self, partitions: set[int]) -> None:
         """Forget the state of partitions this worker no longer owns (or must restore)."""
@@ -203,6 +227,11 @@ class Engine:
         self.raw_topic = settings.topic("raw")
         self.rate_topic = settings.topic("rate-input")
         self.topics = {role: settings.topic(role) for role in (*OUTPUT_ROLES, "rate-input")}
+        self.changelog = changelog_topic(settings.app_id)
+        # The per-table changelogs of an earlier version still in the cluster, found at start:
+        # table -> (topic, partition count). Empty unless upgrading.
+        self._legacy: dict[str, tuple[str, int]] = {}
+        self._migrating: set[int] = set()  # partitions restored from them, not yet committed
         self.denied: AccessDenied | None = None  # Kafka refused a permission: the worker stops
         self._stop: asyncio.Event | None = None
         self._client_options = settings.security.client_options()  # one TLS context for all
@@ -251,14 +280,11 @@ class Engine:
         await asyncio.gather(*starts)
         internals.check_consumer(self._consumer)
         self.copartitioned = await self._copartitioned()
+        self._legacy = await self._legacy_changelogs()
         if self._probe is not None:
-            # Assigned (and paused: it never fetches) so that its client keeps the changelogs'
+            # Assigned (and paused: it never fetches) so that its client keeps the changelog's
             # metadata; an ask for the offsets of a topic it does not track took ~0.6 s.
-            changelogs = [
-                TopicPartition(table.topic, p)
-                for table in self.tables.values()
-                for p in range(s.partitions)
-            ]
+            changelogs = [TopicPartition(self.changelog, p) for p in range(s.partitions)]
             self._probe.assign(changelogs)
             self._probe.pause(*changelogs)
         self.pipeline.flap_marks = self.copartitioned
@@ -291,6 +317,24 @@ class Engine:
             )
             return False
         return True
+
+    async def _legacy_changelogs(self) -> dict[str, tuple[str, int]]:
+        """The per-table changelogs of an earlier version that this worker can see."""
+        cluster = await internals.fetch_metadata(self.consumer)
+        found = {}
+        for table in self.tables:
+            topic = legacy_changelog_topic(self.settings.app_id, table)
+            count = len(cluster.partitions_for_topic(topic) or ())
+            if count:
+                found[table] = (topic, count)
+        if found:
+            log.warning(
+                "changelogs of an earlier version found (%s): each partition's state is read "
+                "from them once and moved to %s in its first commit",
+                ", ".join(topic for topic, _count in found.values()),
+                self.changelog,
+            )
+        return found
 
     def _reader(self, isolation_level: str, **options: Any) -> AIOKafkaConsumer:
         """A consumer outside the group, for the changelogs (restore, high watermarks)."""
@@ -537,12 +581,17 @@ class Engine:
             await self._commit_steps(tasks)
 
     async def _commit_steps(self, tasks: list[Task]) -> None:
+        changelog = self.changelog
         for task in tasks:
-            await self._send(task, self.pipeline.drain_rate_inputs(task.partition))
+            p = task.partition
+            await self._send(task, self.pipeline.drain_rate_inputs(p))
             for table in self.tables.values():
-                for key, value in table.drain(task.partition):
+                prefix = table.prefix
+                for key, value in table.drain(p):
                     encoded = None if value is None else table.encode(value)
-                    await self._append(task, table.topic, task.partition, key.encode(), encoded)
+                    await self._append(task, changelog, p, prefix + key.encode(), encoded)
+            if p in self._migrating:
+                await self._append(task, changelog, p, MIGRATED_KEY, MIGRATED_VALUE)
             builders, task.builders = task.builders, {}
             for slot, builder in builders.items():
                 await self._submit(task, slot, builder)
@@ -563,6 +612,9 @@ class Engine:
         for task in tasks:
             task.pending = []
             task.offsets = {}
+            if task.partition in self._migrating:
+                self._migrating.discard(task.partition)
+                log.info("partition %d migrated to %s", task.partition, self.changelog)
         txn.open = False
 
     async def _guarded(self, partition: int, step: Any, *args: Any) -> None:
@@ -650,6 +702,7 @@ class Engine:
         """Forget the tasks of `partitions` and their state (committed, failed or not theirs),
         and close their producers unless the worker's shared one."""
         txns = {self.tasks.pop(partition).txn for partition in partitions}
+        self._migrating -= partitions
         for partition in partitions:
             self.pipeline.forget_rate_inputs(partition)
         for table in self.tables.values():
@@ -734,6 +787,7 @@ class Engine:
                 self.shared = None
             for table in self.tables.values():
                 table.drop(set(partitions))
+            self._migrating.difference_update(partitions)
             raise
         self.tasks.update(tasks)
 
@@ -760,35 +814,85 @@ class Engine:
                     tasks[tp.partition].next_rate = offset
 
     async def _restore(self, partitions: list[int]) -> None:
-        """Load the partitions' state from the changelogs, up to their last stable offset."""
-        by_topic = {table.topic: table for table in self.tables.values()}
-        tps = [TopicPartition(topic, p) for topic in by_topic for p in partitions]
+        """Load the partitions' state from the changelog, up to its last stable offset (and,
+        for a partition not migrated yet, from an earlier version's per-table changelogs)."""
+        by_name = {table.name.encode(): table for table in self.tables.values()}
+        tps = [TopicPartition(self.changelog, p) for p in partitions]
+        migrated: set[int] = set()
+        written: set[int] = set()
+        unknown = 0
+
+        def load(record: ConsumerRecord[Any, Any]) -> None:
+            nonlocal unknown
+            name, _, key = record.key.partition(b":")
+            table = by_name.get(name)
+            written.add(record.partition)
+            if table is not None:
+                value = None if record.value is None else table.decode(record.value)
+                table.load(key.decode(), value)
+            elif record.key == MIGRATED_KEY:
+                migrated.add(record.partition)
+            else:  # a table of a later version: not this one's state
+                unknown += 1
+
         # A seek waits for the fetcher's round, which on an empty partition is a long poll of
         # fetch_max_wait_ms; a restore reads what is there and stops, so it need not wait long.
         reader = self._reader("read_committed", auto_offset_reset="earliest", fetch_max_wait_ms=50)
         await reader.start()
         try:
-            reader.assign(tps)
             if self.settings.transactions == "worker":
                 ends = await self._settle(reader, tps)
             else:
                 ends = await reader.end_offsets(tps)
-            await reader.seek_to_beginning(*tps)
-            pending = {tp for tp in tps if await reader.position(tp) < ends[tp]}
-            loaded = 0
-            while pending:
-                batch = await reader.getmany(*pending, timeout_ms=500, max_records=10_000)
-                for tp, records in batch.items():
-                    table = by_topic[tp.topic]
-                    for record in records:
-                        if record.offset < ends[tp] and record.key is not None:
-                            value = None if record.value is None else table.decode(record.value)
-                            table.load(record.key.decode(), value)
-                            loaded += 1
-                pending = {tp for tp in pending if await reader.position(tp) < ends[tp]}
-            log.info("restored %d changelog records for partitions %s", loaded, partitions)
+            loaded = await _read_to_ends(reader, ends, load)
+            if self._legacy:
+                loaded += await self._restore_legacy(reader, partitions, migrated, written)
         finally:
             await reader.stop()
+        if unknown:
+            log.warning("%d changelog records of unknown tables ignored", unknown)
+        log.info("restored %d changelog records for partitions %s", loaded, partitions)
+
+    async def _restore_legacy(
+        self,
+        reader: AIOKafkaConsumer,
+        partitions: list[int],
+        migrated: set[int],
+        written: set[int],
+    ) -> int:
+        """Load the partitions not migrated yet from the per-table changelogs, and mark all
+        their state changed so that their first commit writes it, and the marker, to the
+        shared changelog. Returns the records read."""
+        # A partition is migrated in the transaction of its first write to the shared
+        # changelog, so one written without the marker was never migrated: nothing to read.
+        todo = [p for p in partitions if p not in migrated and p not in written]
+        if not todo:
+            return 0
+        by_topic = {topic: self.tables[table] for table, (topic, _n) in self._legacy.items()}
+        tps = [
+            TopicPartition(topic, p)
+            for topic, count in self._legacy.values()
+            for p in todo
+            if p < count
+        ]
+
+        def load(record: ConsumerRecord[Any, Any]) -> None:
+            table = by_topic[record.topic]
+            table.load(
+                record.key.decode(), None if record.value is None else table.decode(record.value)
+            )
+
+        loaded = await _read_to_ends(reader, await reader.end_offsets(tps), load) if tps else 0
+        for table in self.tables.values():
+            table.touch(set(todo))
+        self._migrating.update(todo)
+        log.info(
+            "read %d records of the per-table changelogs for partitions %s, to be moved to %s",
+            loaded,
+            todo,
+            self.changelog,
+        )
+        return loaded
 
     async def _settle(
         self, reader: AIOKafkaConsumer, tps: list[TopicPartition]
@@ -829,6 +933,31 @@ class Engine:
             t["anomalies"].items(),
             t["flaps"].items(),
         )
+
+
+async def _read_to_ends(
+    reader: AIOKafkaConsumer,
+    ends: dict[TopicPartition, int],
+    load: Callable[[ConsumerRecord[Any, Any]], None],
+) -> int:
+    """Hand every keyed record of the partitions below their `ends` to `load`, from the
+    beginning; returns how many. The last offset is often a transaction marker that no
+    consumer receives: a partition is done when its position reaches its end, not a record."""
+    tps = list(ends)
+    reader.assign(tps)
+    await reader.seek_to_beginning(*tps)
+    pending = {tp for tp in tps if await reader.position(tp) < ends[tp]}
+    loaded = 0
+    while pending:
+        batch = await reader.getmany(*pending, timeout_ms=500, max_records=10_000)
+        for tp, records in batch.items():
+            end = ends[tp]
+            for record in records:
+                if record.offset < end and record.key is not None:
+                    load(record)
+                    loaded += 1
+        pending = {tp for tp in pending if await reader.position(tp) < ends[tp]}
+    return loaded
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:

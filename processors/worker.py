@@ -30,7 +30,7 @@ log = logging.getLogger("cfn.worker")
 
 def build(settings: WorkerSettings, registry: CollectorRegistry) -> Engine:
     """The engine with a pipeline over its changelog-backed tables."""
-    tables = changelog_tables(settings.app_id)
+    tables = changelog_tables()
     pipeline = Pipeline(
         settings,
         tables["dedup"],
@@ -45,16 +45,15 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Engine:
     return Engine(settings, pipeline, tables)
 
 
-def changelog_tables(app_id: str) -> dict[str, ChangelogTable]:
+def changelog_tables() -> dict[str, ChangelogTable]:
     """The worker's tables by name. The incidents table has a changelog format of its own
     (processors/incident.py); the others write their values as JSON."""
     tables = {}
     for name in TABLES:
-        topic = changelog_topic(app_id, name)
         if name == "incidents":
-            tables[name] = ChangelogTable(name, topic, incident.encode, incident.decode)
+            tables[name] = ChangelogTable(name, incident.encode, incident.decode)
         else:
-            tables[name] = ChangelogTable(name, topic)
+            tables[name] = ChangelogTable(name)
     return tables
 
 
@@ -170,9 +169,9 @@ async def watch_kafka(engine: Engine, reachability: Reachability, stop: asyncio.
 
 
 async def _ensure(settings: WorkerSettings) -> None:
-    """Create cfn's topics and the changelogs, waiting for Kafka if it is not up yet."""
+    """Create cfn's topics and the changelog, waiting for Kafka if it is not up yet."""
     roles = list(topic_names(settings.topic_prefix).items())
-    roles += [("changelog", changelog_topic(settings.app_id, table)) for table in TABLES]
+    roles.append(("changelog", changelog_topic(settings.app_id)))
     for attempt in range(120):
         try:
             await ensure_topics(

@@ -16,7 +16,7 @@ from aiokafka.structs import TopicPartition
 from cfn.acls import Acl, kafka_acls_command, parse_kafka_acls_command, role_acls
 from cfn.broker import LocalKafka
 from cfn.cli import main
-from cfn.config import OUTPUT_ROLES, TABLES, changelog_topic, topic_names
+from cfn.config import OUTPUT_ROLES, changelog_topic, topic_names
 from tests.kafka_util import run
 
 TOPIC_AUTHORIZATION_FAILED = 29  # Kafka's error codes for a refusal
@@ -75,7 +75,8 @@ def test_role_acls_are_exact() -> None:
     assert ("TRANSACTIONAL_ID", "cfn-worker-", "PREFIXED", "WRITE") in [
         (a.resource_type, a.name, a.pattern, a.operation) for a in per_worker
     ]
-    assert ("TOPIC", "cfn-dedup-changelog", "LITERAL", "READ") in worker
+    assert ("TOPIC", "cfn-changelog", "LITERAL", "READ") in worker
+    assert ("TOPIC", "cfn-changelog", "LITERAL", "WRITE") in worker
     assert not any(a[0] == "CLUSTER" for a in worker)
     assert all(a.allow and a.host == "*" for a in role_acls("worker", "User:w"))
     with pytest.raises(ValueError):
@@ -132,7 +133,7 @@ async def worker_work(options: dict[str, Any], prefix: str, app_id: str) -> None
     write every output and changelog in a transaction of `<app_id>-task-0` that also commits
     the consumed offsets, read the committed offsets back, and restore the changelogs."""
     topics = topic_names(prefix)
-    changelogs = [changelog_topic(app_id, t) for t in TABLES]
+    changelogs = [changelog_topic(app_id)]
     inputs = [topics["raw"], topics["rate-input"]]
     consumer = AIOKafkaConsumer(
         *inputs,
@@ -183,7 +184,7 @@ async def worker_work(options: dict[str, Any], prefix: str, app_id: str) -> None
 
 async def provisioner_work(options: dict[str, Any], prefix: str, app_id: str) -> None:
     """What a provisioner does: create every topic and changelog, then see them in metadata."""
-    names = list(topic_names(prefix).values()) + [changelog_topic(app_id, t) for t in TABLES]
+    names = [*topic_names(prefix).values(), changelog_topic(app_id)]
     admin = AIOKafkaAdminClient(**options)
     await admin.start()
     try:
@@ -279,7 +280,7 @@ def test_role_acls_are_sufficient_and_each_is_needed(
         topics = topic_names(shared_prefix)
         names = list(topics.values())
         for app_id in [full_name, full_mtls, *variants]:
-            names += [changelog_topic(app_id, t) for t in TABLES]
+            names.append(changelog_topic(app_id))
         run(_admin_create(secure_kafka, names))
         run(_admin_produce(secure_kafka, [topics["raw"], topics["rate-input"]]))
     secure_kafka.apply_acls(granted)

@@ -11,7 +11,7 @@ from cfn.processors.engine import ChangelogTable
 
 
 def table() -> ChangelogTable:
-    return ChangelogTable("incidents", "app-incidents-changelog")
+    return ChangelogTable("incidents")
 
 
 def test_drain_gives_each_changed_key_once_with_its_latest_value() -> None:
@@ -75,3 +75,20 @@ def test_writers_that_would_bypass_the_change_tracking_refuse() -> None:
             write()
     assert dict(t) == {"a": {"p": 0}}
     assert t.get("a") == {"p": 0} and "a" in t and len(t) == 1
+
+
+def test_touch_marks_every_key_of_the_given_partitions_changed() -> None:
+    """A partition migrated from the per-table changelogs is written whole at its next commit."""
+    t = table()
+    t.load("a", {"p": 1, "v": 1})
+    t.load("b", {"p": 1, "v": 2})
+    t.load("c", {"p": 2, "v": 3})
+    t.touch({1})
+    assert t.drain(1) == [("a", {"p": 1, "v": 1}), ("b", {"p": 1, "v": 2})]
+    assert t.drain(2) == []
+
+
+def test_the_key_prefix_names_the_table_in_the_shared_changelog() -> None:
+    assert ChangelogTable("state-retention").prefix == b"state-retention:"
+    with pytest.raises(ValueError, match="':'"):
+        ChangelogTable("a:b")

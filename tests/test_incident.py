@@ -49,7 +49,7 @@ def commit(table: ChangelogTable, partitions: range) -> dict[str, bytes]:
 
 
 def test_the_worker_writes_the_incidents_table_in_its_own_format() -> None:
-    tables = changelog_tables("app")
+    tables = changelog_tables()
     assert (tables["incidents"].encode, tables["incidents"].decode) == (encode, decode)
     assert tables["dedup"].encode is not encode
 
@@ -68,7 +68,7 @@ def test_a_format_1_changelog_restores_and_goes_on_as_the_previous_version_did()
     records after the restore are those the previous version emitted (tests/data), and what it
     writes back is format 2."""
     data = jsonio.loads(FORMAT_1.read_bytes())
-    table = changelog_tables("app")["incidents"]
+    table = changelog_tables()["incidents"]
     restore(table, {key: value.encode() for key, value in data["changelog"].items()})
     c = Correlator(
         table, stale_after=lambda _t: 3600.0, orphan_hold_s=300, closed_retention_s=86400
@@ -120,11 +120,11 @@ def test_a_worker_restored_from_its_format_2_changelog_goes_on_exactly_as_before
     """Round trip through the worker's own table: every committed value encodes, decodes to the
     same fields, and a correlator rebuilt from the decoded table emits what the original does."""
     clock = FakeClock(T0)
-    live = changelog_tables("app")["incidents"]
+    live = changelog_tables()["incidents"]
     c = correlator(live)
     run_ops(c, ops[: len(ops) // 2], clock, 0)
     written = commit(live, range(2))
-    restored_table = changelog_tables("app")["incidents"]
+    restored_table = changelog_tables()["incidents"]
     restore(restored_table, written)
     assert set(restored_table) == set(live)
     for key, state in restored_table.items():

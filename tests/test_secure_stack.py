@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from cfn.acls import role_acls
 from cfn.broker import LocalKafka
-from cfn.config import TABLES, changelog_topic, topic_names
+from cfn.config import changelog_topic, topic_names
 from cfn.security import KafkaSecurity, Secret
 from cfn.topics import ensure_topics
 from tests.kafka_util import run
@@ -48,7 +48,7 @@ def provision(secure: LocalKafka, prefix: str, app_id: str) -> None:
         cafile=secure.ca_file,
     )
     roles = list(topic_names(prefix).items())
-    roles += [("changelog", changelog_topic(app_id, table)) for table in TABLES]
+    roles.append(("changelog", changelog_topic(app_id)))
     run(ensure_topics(secure.bootstrap, roles, PARTITIONS, 1, security=admin))
 
 

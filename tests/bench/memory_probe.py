@@ -67,7 +67,7 @@ def fill_dedup(n: int, now: int) -> Any:
     from cfn.processors.dedup import Deduplicator
     from cfn.processors.worker import changelog_tables
 
-    table = changelog_tables("probe")["dedup"]
+    table = changelog_tables()["dedup"]
     dedup = Deduplicator(table, 24 * 3600.0)
     for i in range(n):
         assert not dedup.is_duplicate(event_id(i), now + i // 1000, i % PARTITIONS)
@@ -82,7 +82,7 @@ def fill_correlate(n: int, now: int) -> Any:
     from cfn.processors.worker import changelog_tables
     from cfn.schemas.payload import Notification
 
-    table = changelog_tables("probe")["incidents"]
+    table = changelog_tables()["incidents"]
     correlator = Correlator(
         table, stale_after=lambda _t: 24 * 3600.0, orphan_hold_s=600.0, closed_retention_s=86400.0
     )

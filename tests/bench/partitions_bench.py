@@ -17,8 +17,8 @@ unpaced in an earlier run and are no longer a contender: docs/design.md.)
 
 Reported: events/s from the first record processed to the last (or the end of the time box), the
 same counted by committed offsets, the time from start to /readyz 200 (a first start: the worker
-creates its five changelogs, 5 x 12 or 5 x 96 partitions), and the time to /readyz 200 of a
-restart of the same worker right after its run (the topics exist; it restores the changelogs the
+creates its changelog, one topic of 12 or 96 partitions), and the time to /readyz 200 of a
+restart of the same worker right after its run (the topics exist; it restores the changelog the
 run wrote); the ratios are the medians of the rounds' ratios.
 """
 

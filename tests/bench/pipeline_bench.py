@@ -40,7 +40,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
-from cfn.config import topic_names
+from cfn.config import changelog_topic, topic_names
 from cfn.topics import ensure_topics
 from tests.bench.core import (
     Context,
@@ -586,13 +586,17 @@ def measure_restore(ctx: Context, pre: Prefilled, empties: list[dict[str, Any]])
     keys = ctx.sizes.restore_keys
     state = synthetic_state(keys, int(time.time()))
     app_id = f"bench-restore-{uuid.uuid4().hex[:6]}"
-    changelogs = {table: f"{app_id}-{table}-changelog" for table in ("dedup", "incidents", "rates")}
+    # The worker's changelog layout: one topic, each record keyed `<table>:<key>`.
+    records = [
+        (f"{table}:".encode() + key, value, partition)
+        for table in ("dedup", "incidents")
+        for key, value, partition in state[table]
+    ]
     asyncio.run(
-        ensure_topics(ctx.bootstrap, [("changelog", t) for t in changelogs.values()], PARTITIONS, 1)
+        ensure_topics(ctx.bootstrap, [("changelog", changelog_topic(app_id))], PARTITIONS, 1)
     )
     started = time.monotonic()
-    for table in ("dedup", "incidents"):
-        asyncio.run(_produce_changelog(ctx.bootstrap, changelogs[table], state[table]))
+    asyncio.run(_produce_changelog(ctx.bootstrap, changelog_topic(app_id), records))
     progress(
         f"pipeline: restore: {len(state['dedup'])} dedup ids and {len(state['incidents'])} "
         f"incidents written to {app_id}'s changelogs in {time.monotonic() - started:.1f}s"
@@ -608,18 +612,9 @@ def measure_restore(ctx: Context, pre: Prefilled, empties: list[dict[str, Any]])
         # A fresh group each time: the state comes from the changelog, not from the offsets.
         full_id = app_id if r == 0 else f"{app_id}-{r}"
         if r > 0:
-            asyncio.run(
-                ensure_topics(
-                    ctx.bootstrap,
-                    [("changelog", f"{full_id}-{t}-changelog") for t in ("dedup", "incidents")],
-                    PARTITIONS,
-                    1,
-                )
-            )
-            for table in ("dedup", "incidents"):
-                asyncio.run(
-                    _produce_changelog(ctx.bootstrap, f"{full_id}-{table}-changelog", state[table])
-                )
+            topic = changelog_topic(full_id)
+            asyncio.run(ensure_topics(ctx.bootstrap, [("changelog", topic)], PARTITIONS, 1))
+            asyncio.run(_produce_changelog(ctx.bootstrap, topic, records))
         full = _time_to_ready(ctx, pre, full_id)
         progress(
             f"pipeline: restore run {r + 1}: ready in {full['ready_s']:.1f}s with state, "

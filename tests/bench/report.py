@@ -315,7 +315,7 @@ def _summary_rows(sections: dict[str, Any]) -> list[str]:
             )
             r = parts[f"ratio_ready_96_vs_12{name}"]
             rows.append(
-                f"| Time to ready (s) on a first start (it creates 5 changelogs of 96 or 12 "
+                f"| Time to ready (s) on a first start (it creates its changelog of 96 or 12 "
                 f"partitions), 96 partitions vs 12, {mode} "
                 f"| {_num(parts[f'p96{name}_ready_s'], 1)} "
                 f"| {_num(parts[f'p12{name}_ready_s'], 1)} "
