@@ -121,7 +121,7 @@ def legacy_changelog_topic(app_id: str, table: str) -> str:
     return f"{app_id}-{table}-changelog"
 
 
-# The topics the worker writes for subscribers (beside its internal rate-input and changelogs).
+# The topics the worker writes for subscribers (beside its internal rate-input and changelog).
 OUTPUT_ROLES = ("events", "incidents", "incident-state", "rates", "anomalies", "flaps", "dlq")
 
 

@@ -39,11 +39,20 @@ async def produce_at(bootstrap: str, records: list[tuple[str, int, bytes, bytes 
         await producer.stop()
 
 
-def wait_processed(worker: Process, count: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while int(request(worker.port, "GET", "/readyz", timeout=2).json()["processed"]) < count:
-        assert time.monotonic() < deadline, f"the worker did not process {count} records"
-        time.sleep(0.2)
+def run_worker(kafka: str, tmp: Path, prefix: str, app_id: str, mode: str, count: int) -> Process:
+    """Start a worker, wait until it has processed `count` records and committed them, stop it."""
+    env = {"CFN_TRANSACTIONS": mode, "CFN_LOG_LEVEL": "INFO"}
+    worker = start_worker(tmp, kafka, prefix, app_id, env, partitions=PARTITIONS)
+    try:
+        deadline = time.monotonic() + 60
+        while int(request(worker.port, "GET", "/readyz", timeout=2).json()["processed"]) < count:
+            assert time.monotonic() < deadline, f"the worker did not process {count} records"
+            time.sleep(0.2)
+        run(wait_caught_up(kafka, app_id, f"{prefix}raw", timeout=60))
+    finally:
+        worker.stop()
+    assert "Traceback" not in worker.output
+    return worker
 
 
 def values(bootstrap: str, topic: str, correlation: str) -> list[dict[str, object]]:
@@ -93,13 +102,7 @@ def test_an_upgrade_moves_the_per_table_changelogs_into_the_shared_one(
 
     # The stream goes on after the upgrade: `other` delivered again, and the END of `start`.
     run(produce_at(kafka, [(raw, p, KEY, other), (raw, p, KEY, end)]))
-    env = {"CFN_TRANSACTIONS": mode, "CFN_LOG_LEVEL": "INFO"}
-    worker = start_worker(tmp_path, kafka, prefix, app_id, env, partitions=PARTITIONS)
-    try:
-        wait_processed(worker, 2)
-        run(wait_caught_up(kafka, app_id, raw, timeout=60))
-    finally:
-        worker.stop()
+    worker = run_worker(kafka, tmp_path, prefix, app_id, mode, 2)
     # The END found its START in the moved state, and the redelivery its dedup id.
     [resolved] = values(kafka, f"{prefix}incidents", incident)
     assert (resolved["state"], resolved["version"], resolved["duration_s"]) == ("resolved", 2, 420)
@@ -121,12 +124,6 @@ def test_an_upgrade_moves_the_per_table_changelogs_into_the_shared_one(
         )
     )
     run(produce_at(kafka, [(raw, p, KEY, other)]))
-    again = start_worker(tmp_path, kafka, prefix, app_id, env, partitions=PARTITIONS)
-    try:
-        wait_processed(again, 1)
-        run(wait_caught_up(kafka, app_id, raw, timeout=60))
-    finally:
-        again.stop()
+    again = run_worker(kafka, tmp_path, prefix, app_id, mode, 1)
     assert values(kafka, f"{prefix}events", one_off) == [], "the old changelog was read again"
     assert "records of the per-table changelogs" not in again.output
-    assert "Traceback" not in worker.output + again.output

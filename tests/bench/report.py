@@ -325,7 +325,7 @@ def _summary_rows(sections: dict[str, Any]) -> list[str]:
             if r is not None:
                 rows.append(
                     f"| Time to ready (s) on a restart after the run (restoring its "
-                    f"changelogs), 96 partitions vs 12, {mode} "
+                    f"changelog), 96 partitions vs 12, {mode} "
                     f"| {_num(parts[f'p96{name}_restart_s'], 1)} "
                     f"| {_num(parts[f'p12{name}_restart_s'], 1)} "
                     f"| {_num(r, 2)} | <= 1.5 | {_met(r, r <= 1.5)} |"
