@@ -16,7 +16,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from cfn.config import OUTPUT_ROLES, changelog_topic, topic_names
+from cfn.config import OUTPUT_ROLES, TABLES, changelog_topic, legacy_changelog_topic, topic_names
 
 RESOURCE_TYPES = ("TOPIC", "GROUP", "TRANSACTIONAL_ID", "CLUSTER")
 PATTERNS = ("LITERAL", "PREFIXED")
@@ -63,6 +63,7 @@ def role_acls(
     prefix: str = "cfn.",
     app_id: str = "cfn",
     transactions: str = "partition",
+    upgrading: bool = False,
 ) -> list[Acl]:
     """The ACLs a principal needs, and no more, to act as one of cfn's roles.
 
@@ -75,6 +76,8 @@ def role_acls(
         app_id: CFN_APP_ID: the worker's group, transactional id prefix and changelog prefix.
         transactions: CFN_TRANSACTIONS: the worker's transactional ids are `<app_id>-task-<p>`
             (partition) or `<app_id>-worker-<CFN_WORKER_ID>` (worker).
+        upgrading: the worker also reads the per-table changelogs of earlier versions, whose
+            state it moves into the shared changelog (a topic it may not see is not moved).
 
     Returns:
         The bindings, all ALLOW, in a stable order.
@@ -97,6 +100,9 @@ def role_acls(
         for output in OUTPUT_ROLES:
             acls += topic(topics[output], "WRITE")
         acls += topic(changelog, "READ", "WRITE")
+        if upgrading:
+            for table in TABLES:
+                acls += topic(legacy_changelog_topic(app_id, table), "READ")
         owner = "worker" if transactions == "worker" else "task"
         acls.append(Acl("TRANSACTIONAL_ID", f"{app_id}-{owner}-", "PREFIXED", "WRITE", principal))
         return acls
@@ -178,8 +184,9 @@ def render_role(
     bootstrap: str = "127.0.0.1:9092",
     command_config: str = "admin.properties",
     transactions: str = "partition",
+    upgrading: bool = False,
 ) -> str:
     """`cfn acls`'s output: one kafka-acls command per binding, after a comment line."""
-    acls = role_acls(role, principal, prefix, app_id, transactions)
+    acls = role_acls(role, principal, prefix, app_id, transactions, upgrading)
     head = f"# {role} as {principal}: {len(acls)} ACLs (prefix {prefix!r}, app id {app_id!r})"
     return "\n".join([head, *(kafka_acls_command(a, bootstrap, command_config) for a in acls)])

@@ -34,6 +34,7 @@ def _acls(args: argparse.Namespace) -> int:
                 bootstrap=args.bootstrap,
                 command_config=args.command_config,
                 transactions=os.environ.get("CFN_TRANSACTIONS", "partition"),
+                upgrading=args.upgrading,
             )
         )
     except ValueError as exc:
@@ -162,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--command-config",
         default="admin.properties",
         help="the admin's client properties file, for --command-config",
+    )
+    acls.add_argument(
+        "--upgrading",
+        action="store_true",
+        help="worker: also READ the per-table changelogs of earlier versions, to migrate them",
     )
     acls.set_defaults(func=_acls)
 

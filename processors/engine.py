@@ -882,7 +882,15 @@ class Engine:
                 record.key.decode(), None if record.value is None else table.decode(record.value)
             )
 
-        loaded = await _read_to_ends(reader, await reader.end_offsets(tps), load) if tps else 0
+        loaded = 0
+        if tps:
+            # With one producer per worker, the old worker's last markers may still be on
+            # their way, as on the shared changelog (`_settle`).
+            if self.settings.transactions == "worker":
+                ends = await self._settle(reader, tps)
+            else:
+                ends = await reader.end_offsets(tps)
+            loaded = await _read_to_ends(reader, ends, load)
         for table in self.tables.values():
             table.touch(set(todo))
         self._migrating.update(todo)

@@ -16,7 +16,7 @@ from aiokafka.structs import TopicPartition
 from cfn.acls import Acl, kafka_acls_command, parse_kafka_acls_command, role_acls
 from cfn.broker import LocalKafka
 from cfn.cli import main
-from cfn.config import OUTPUT_ROLES, changelog_topic, topic_names
+from cfn.config import OUTPUT_ROLES, TABLES, changelog_topic, topic_names
 from tests.kafka_util import run
 
 TOPIC_AUTHORIZATION_FAILED = 29  # Kafka's error codes for a refusal
@@ -77,6 +77,14 @@ def test_role_acls_are_exact() -> None:
     ]
     assert ("TOPIC", "cfn-changelog", "LITERAL", "READ") in worker
     assert ("TOPIC", "cfn-changelog", "LITERAL", "WRITE") in worker
+    assert not any(a[1].endswith("-dedup-changelog") for a in worker)
+    upgrading = {
+        (a.resource_type, a.name, a.pattern, a.operation)
+        for a in role_acls("worker", "User:w", upgrading=True)
+    }
+    assert upgrading - worker == {
+        ("TOPIC", f"cfn-{table}-changelog", "LITERAL", "READ") for table in TABLES
+    }
     assert not any(a[0] == "CLUSTER" for a in worker)
     assert all(a.allow and a.host == "*" for a in role_acls("worker", "User:w"))
     with pytest.raises(ValueError):
