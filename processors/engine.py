@@ -80,6 +80,12 @@ WORKER_TXN_TIMEOUT_MS = 10_000
 SETTLE_TIMEOUT = 25.0  # seconds: that timeout, the broker's 10 s check interval, and a margin
 RESTORE_TIMEOUT = 600.0  # seconds for the changelogs of the partitions assigned at once
 ASSIGN_RETRY = 1.0  # seconds between two attempts to open newly assigned tasks
+# Producers started at once when tasks open. Each opens two connections to the broker (the
+# bootstrap and its node), and a broker's accept queue holds 50 (socket.listen.backlog.size):
+# 96 producers starting together overflowed it here (TcpExtListenOverflows), and the kernel
+# retries a dropped SYN after 1 s, which a start over 96 partitions then waited for. 24 at a
+# time started 96 in 0.13-0.17 s; all at once took 0.10-0.25 s, or over 1 s on an overflow.
+PRODUCER_STARTS = 24
 METADATA_WAIT = 30.0  # seconds for new topics to reach every broker's metadata
 # The shared changelog's record saying that its partition holds everything the per-table
 # changelogs of an earlier version held: from then on they are not read for that partition.
@@ -771,7 +777,7 @@ class Engine:
             # start() runs init_transactions: the previous owner's open transaction under the
             # same id is aborted (its offsets and changelog writes with it) and it is fenced.
             async with asyncio.timeout(COMMIT_TIMEOUT):
-                await asyncio.gather(*(txn.producer.start() for txn in fresh))
+                await _start_all([txn.producer for txn in fresh])
                 # Stable offsets: a transaction of the previous owner that holds offsets of
                 # these partitions has ended (one producer per worker is fenced only by the
                 # group generation, so its last transaction may still be under way).
@@ -941,6 +947,17 @@ class Engine:
             t["anomalies"].items(),
             t["flaps"].items(),
         )
+
+
+async def _start_all(producers: list[AIOKafkaProducer]) -> None:
+    """Start the producers, PRODUCER_STARTS at a time."""
+    slots = asyncio.Semaphore(PRODUCER_STARTS)
+
+    async def start(producer: AIOKafkaProducer) -> None:
+        async with slots:
+            await producer.start()
+
+    await asyncio.gather(*(start(producer) for producer in producers))
 
 
 async def _read_to_ends(
