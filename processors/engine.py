@@ -824,8 +824,7 @@ class Engine:
         for a partition not migrated yet, from an earlier version's per-table changelogs)."""
         by_name = {table.name.encode(): table for table in self.tables.values()}
         tps = [TopicPartition(self.changelog, p) for p in partitions]
-        migrated: set[int] = set()
-        written: set[int] = set()
+        written: set[int] = set()  # partitions with a record in the shared changelog
         unknown = 0
 
         def load(record: ConsumerRecord[Any, Any]) -> None:
@@ -836,9 +835,7 @@ class Engine:
             if table is not None:
                 value = None if record.value is None else table.decode(record.value)
                 table.load(key.decode(), value)
-            elif record.key == MIGRATED_KEY:
-                migrated.add(record.partition)
-            else:  # a table of a later version: not this one's state
+            elif record.key != MIGRATED_KEY:  # a table of a later version: not this one's state
                 unknown += 1
 
         # A seek waits for the fetcher's round, which on an empty partition is a long poll of
@@ -846,13 +843,9 @@ class Engine:
         reader = self._reader("read_committed", auto_offset_reset="earliest", fetch_max_wait_ms=50)
         await reader.start()
         try:
-            if self.settings.transactions == "worker":
-                ends = await self._settle(reader, tps)
-            else:
-                ends = await reader.end_offsets(tps)
-            loaded = await _read_to_ends(reader, ends, load)
+            loaded = await _read_to_ends(reader, await self._stable_ends(reader, tps), load)
             if self._legacy:
-                loaded += await self._restore_legacy(reader, partitions, migrated, written)
+                loaded += await self._restore_legacy(reader, partitions, written)
         finally:
             await reader.stop()
         if unknown:
@@ -863,15 +856,14 @@ class Engine:
         self,
         reader: AIOKafkaConsumer,
         partitions: list[int],
-        migrated: set[int],
         written: set[int],
     ) -> int:
         """Load the partitions not migrated yet from the per-table changelogs, and mark all
         their state changed so that their first commit writes it, and the marker, to the
         shared changelog. Returns the records read."""
         # A partition is migrated in the transaction of its first write to the shared
-        # changelog, so one written without the marker was never migrated: nothing to read.
-        todo = [p for p in partitions if p not in migrated and p not in written]
+        # changelog (the marker with it): one with any record there has nothing to read here.
+        todo = [p for p in partitions if p not in written]
         if not todo:
             return 0
         by_topic = {topic: self.tables[table] for table, (topic, _n) in self._legacy.items()}
@@ -888,17 +880,12 @@ class Engine:
                 record.key.decode(), None if record.value is None else table.decode(record.value)
             )
 
-        loaded = 0
-        if tps:
-            # With one producer per worker, the old worker's last markers may still be on
-            # their way, as on the shared changelog (`_settle`).
-            if self.settings.transactions == "worker":
-                ends = await self._settle(reader, tps)
-            else:
-                ends = await reader.end_offsets(tps)
-            loaded = await _read_to_ends(reader, ends, load)
+        loaded = (
+            await _read_to_ends(reader, await self._stable_ends(reader, tps), load) if tps else 0
+        )
+        moved = set(todo)
         for table in self.tables.values():
-            table.touch(set(todo))
+            table.touch(moved)
         self._migrating.update(todo)
         log.info(
             "read %d records of the per-table changelogs for partitions %s, to be moved to %s",
@@ -907,6 +894,15 @@ class Engine:
             self.changelog,
         )
         return loaded
+
+    async def _stable_ends(
+        self, reader: AIOKafkaConsumer, tps: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """Where a restore of `tps` stops: their last stable offsets, once no transaction is
+        open on them with one producer per worker (`_settle`), the old topics' included."""
+        if self.settings.transactions == "worker":
+            return await self._settle(reader, tps)
+        return dict(await reader.end_offsets(tps))
 
     async def _settle(
         self, reader: AIOKafkaConsumer, tps: list[TopicPartition]
