@@ -14,7 +14,7 @@ cfn reaches past the public APIs where they lack what it needs:
   which has no require_stable), its generation and member id, and asking for a rebalance;
 * a transactional producer's sender (`_sender._do_txn_offset_commit`): one producer per worker
   commits offsets with TxnOffsetCommit v3 and the group metadata (KIP-447, cfn/protocol.py);
-* uvicorn's httptools protocol (ingest/protocol.py subclasses it).
+* uvicorn's server state and protocol construction (ingest/http.py plugs into them).
 
 aiokafka and uvicorn are pinned to the minor versions the tests cover (pyproject.toml). `check`
 runs when a process starts and fails it with a message naming what moved, rather than a request
@@ -118,26 +118,28 @@ def check_consumer(consumer: Any) -> None:
             _need(consumer, f"_coordinator.{name}", "AIOKafkaConsumer")
 
 
-def check_protocol(protocol_class: type) -> None:
-    """The uvicorn protocol ingest/protocol.py subclasses has every method it overrides or
-    calls (checked on the uvicorn class itself, not on cfn's subclass)."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+def check_server() -> None:
+    """What ingest/http.py takes from uvicorn's server: the state its protocols share (the
+    open connections, their shutdown, the date header) and the settings it reads."""
+    import inspect
 
-    if not issubclass(protocol_class, HttpToolsProtocol):
-        raise InternalsError(f"{protocol_class.__name__} is not uvicorn's HttpToolsProtocol")
-    for name in (
-        "data_received",
-        "connection_lost",
-        "on_message_begin",
-        "on_url",
-        "on_header",
-        "on_headers_complete",
-        "on_body",
-        "on_message_complete",
-        "on_response_complete",
-        "send_400_response",
-    ):
-        _need(HttpToolsProtocol, name, "uvicorn's HttpToolsProtocol")
+    from uvicorn.config import Config
+    from uvicorn.server import Server, ServerState
+
+    state = ServerState()
+    for name in ("connections", "tasks", "default_headers", "total_requests"):
+        _need(state, name, "uvicorn's ServerState")
+    config = Config(app=_no_app)
+    for name in ("timeout_keep_alive", "load"):
+        _need(config, name, "uvicorn's Config")
+    source = inspect.getsource(Server.startup)
+    for argument in ("config=config", "server_state=self.server_state"):
+        if argument not in source:
+            raise InternalsError(f"uvicorn's Server no longer builds protocols with {argument}")
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    """A placeholder ASGI app for check_server's Config."""
 
 
 # ---- producer ---------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""The ingest ASGI application: a hand-written router over four endpoints, no framework.
+"""The ingest application: a hand-written router over four endpoints, no framework.
 
-Measured here, a raw ASGI app on uvicorn (httptools + uvloop) answers about twice as many
-requests per second as Starlette; the handler is short enough that a framework buys nothing.
+ingest.http calls it directly (`check` with a request's head, `handle` with its body); it is also
+an ASGI app, for uvicorn's lifespan and for tests, through the same two methods. Measured here, a
+raw ASGI app on uvicorn answered about twice as many requests per second as Starlette, and the
+direct calls about twice as many again (ingest/http.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import random
 import signal
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -21,6 +24,7 @@ from cfn.access import AccessDenied, diagnose
 from cfn.health import Reachability
 from cfn.ingest.auth import DEFAULT_TENANT, SecretIndex, SecretsError
 from cfn.ingest.fairness import REASONS, Admission, TenantLimits, TenantSlots
+from cfn.ingest.http import Connection, Reply, Request
 from cfn.ingest.metrics import IngestMetrics
 from cfn.ingest.openapi import openapi_document
 from cfn.ingest.settings import IngestSettings
@@ -41,12 +45,7 @@ WEBHOOK_PATH = "/webhooks/cloudflare"
 PROBE_INTERVAL = 1.0  # seconds between two checks that Kafka takes writes
 SWEEP_INTERVAL = 1.0  # seconds between two looks for tenants no longer throttled
 AUTH_HEADER = b"cf-webhook-auth"
-# The 202's start message: its body is always 61 bytes (a 32-hex-digit id).
-_ACCEPTED_START: Message = {
-    "type": "http.response.start",
-    "status": 202,
-    "headers": [(b"content-type", b"application/json"), (b"content-length", b"61")],
-}
+_JSON = b"content-type: application/json\r\n"
 
 
 # The answer to a write before the first producer has started.
@@ -58,7 +57,7 @@ class BodyTooLarge(Exception):
 
 
 class BodyIncomplete(Exception):
-    """The connection closed before the whole body arrived (ingest.protocol's body timeout)."""
+    """The connection closed before the whole body arrived (ASGI's http.disconnect)."""
 
 
 class _Tenant:
@@ -97,6 +96,7 @@ class IngestApp:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.max_body = settings.max_body
         self.secrets = secrets
         self.sink = sink
         self.registry = registry
@@ -114,6 +114,7 @@ class IngestApp:
         self._tenants: dict[str, _Tenant] = {}
         self._configure_tenants()
         self._tasks: list[asyncio.Task[None]] = []
+        self._rejecting: set[asyncio.Task[None]] = set()  # dead-letter writes in flight
         self._openapi = jsonio.dumps(openapi_document(settings))
         # Request ids: 128 random bits each, like uuid4, from a generator seeded by os.urandom
         # per process. Unique, not secret; os.urandom per request cost a syscall (measured at
@@ -149,67 +150,138 @@ class IngestApp:
             for slots in self._admission
         }
 
-    # ---- ASGI entry -------------------------------------------------------------------------
+    # ---- the HTTP interface (ingest.http calls these directly) ------------------------------
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            if scope["path"] == WEBHOOK_PATH and scope["method"] == "POST":
-                await self._webhook(scope, receive, send)  # the hot path, one call shorter
-            else:
-                await self._http(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"]
-        method: str = scope["method"]
+    def check(self, request: Request) -> Reply | None:
+        """The answer `request` gets from its head alone, or None to read its body: only an
+        authenticated webhook POST with an acceptable declared length gets None."""
+        path = request.path
         if path == WEBHOOK_PATH:
-            if method != "POST":
-                await self._error(send, 405, "method_not_allowed", "use POST", allow=b"POST")
-                return
-            await self._webhook(scope, receive, send)
-            return
+            if request.method != "POST":
+                return self._error(405, "method_not_allowed", "use POST", allow=b"POST")
+            request.started = time.perf_counter()
+            # Authentication first (a header and one SHA-256): slots are shared out by tenant,
+            # and a request that is no tenant's takes none.
+            presented, declared = _auth_and_length(request.headers)
+            name = self._authenticate(presented)
+            if name is None:
+                reply = self._unauthorized(presented)
+                self._observe_request(time.perf_counter() - request.started)
+                return reply
+            request.tenant = name
+            if declared is not None and declared > self.max_body:
+                return self.too_large(request)
+            return None
         route = _GET_ROUTES.get(path)
         if route is None:
-            await self._error(send, 404, "not_found", f"no endpoint at {path}")
+            return self._error(404, "not_found", f"no endpoint at {path}")
+        if request.method not in ("GET", "HEAD"):
+            return self._error(405, "method_not_allowed", "use GET", allow=b"GET, HEAD")
+        return route(self)
+
+    def handle(self, request: Request, body: bytes, connection: Connection) -> None:
+        """Admit, parse and write the body of a webhook `check` passed; the answer goes to
+        `connection` once Kafka has acknowledged (or refused) the write."""
+        tenant = self._tenants.get(request.tenant)
+        if tenant is None:  # its tenant was removed by a reload since its head was checked
+            connection.answer(request, self._unauthorized(b"removed"))
             return
-        if method not in ("GET", "HEAD"):
-            await self._error(send, 405, "method_not_allowed", "use GET", allow=b"GET, HEAD")
+        refused = self._admission.admit(tenant.slots, time.perf_counter())
+        if refused is not None:
+            self._throttled(request, connection, tenant, refused)
             return
-        await route(self, send)
+        self._observe_body(len(body))
+        received_at = int(self.clock() * 1000)
+        request_id_b = b"%032x" % self._random_bits(128)
+        parsed, reason, detail = _json_object(body)
+        if parsed is None:
+            task = asyncio.create_task(
+                self._reject(
+                    request, connection, tenant, body, received_at, request_id_b, reason, detail
+                )
+            )
+            self._rejecting.add(task)
+            task.add_done_callback(self._rejecting.discard)
+            return
+        if not self._connected:
+            self._finish(request, connection, tenant, self._kafka_failed(self._unconnected))
+            return
+        headers = [
+            ("cfn-tenant", tenant.slots.name.encode()),
+            ("cfn-received-at", b"%d" % received_at),
+            ("cfn-request-id", request_id_b),
+        ]
+        self.sink.submit(
+            self._raw_topic,
+            incident_key(tenant.slots.name, parsed),
+            body,
+            headers,
+            partial(self._written, request, connection, tenant, request_id_b, time.perf_counter()),
+        )
+
+    def too_large(self, request: Request) -> Reply:
+        """The answer to a body over CFN_INGEST_MAX_BODY (declared, or as it arrives)."""
+        self._count_tenant(request.tenant, 413)
+        limit = self.max_body
+        return self._error(
+            413, "payload_too_large", f"body over {limit} bytes (CFN_INGEST_MAX_BODY)"
+        )
+
+    def body_timed_out(self, request: Request) -> Reply:
+        """The answer to a body not complete within CFN_INGEST_BODY_TIMEOUT."""
+        self._count_tenant(request.tenant, 408)
+        return self._error(
+            408,
+            "request_timeout",
+            f"the body did not arrive within {self.settings.body_timeout:g}s "
+            "(CFN_INGEST_BODY_TIMEOUT)",
+        )
 
     # ---- the webhook --------------------------------------------------------------------------
 
-    async def _webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        # Authentication first (a header and one SHA-256): slots are shared out by tenant, and
-        # a request that is no tenant's takes none.
-        presented, declared = _auth_and_length(scope["headers"])
-        name = self._authenticate(presented)
-        if name is None:
-            await self._unauthorized(send, presented)
-            self._observe_request(time.perf_counter() - started)
-            return
-        tenant = self._tenants[name]  # the index and the tenants are replaced together
-        refused = self._admission.admit(tenant.slots, started)
-        if refused is not None:
-            await self._throttled(send, tenant, refused)
-            return
-        try:
-            status = await self._accept(name, receive, send, declared)
-        finally:
-            self._admission.release(tenant.slots)
+    def _written(
+        self,
+        request: Request,
+        connection: Connection,
+        tenant: _Tenant,
+        request_id_b: bytes,
+        ack_started: float,
+        result: SendResult,
+    ) -> None:
+        self._observe_ack(time.perf_counter() - ack_started)
+        if result.outcome is Outcome.ACKED:
+            # request_id is hex: no JSON escaping needed.
+            reply: Reply = (202, _JSON, b'{"status":"accepted","id":"%s"}' % request_id_b)
+            self._accepted.inc()
+        else:
+            reply = self._kafka_failed(result)
+        self._finish(request, connection, tenant, reply)
+
+    def _finish(
+        self, request: Request, connection: Connection, tenant: _Tenant, reply: Reply
+    ) -> None:
+        """Give back the slot, count the answer by tenant, and send it."""
+        self._admission.release(tenant.slots)
+        status = reply[0]
         if status == 202:
             tenant.accepted.inc()
         else:
-            counter = tenant.codes.get(status)
-            if counter is None:  # a status this tenant has not had yet: its child, once
-                counter = tenant.codes[status] = self.metrics.tenant_requests.labels(name, status)
-            counter.inc()
-        self._observe_request(time.perf_counter() - started)
+            self._count_tenant(tenant.slots.name, status)
+        self._observe_request(time.perf_counter() - request.started)
+        connection.answer(request, reply)
 
-    async def _throttled(self, send: Send, tenant: _Tenant, reason: str) -> None:
+    def _count_tenant(self, name: str, status: int) -> None:
+        tenant = self._tenants.get(name)
+        if tenant is None:  # no tenant (a head refused before its secret was checked)
+            return
+        counter = tenant.codes.get(status)
+        if counter is None:  # a status this tenant has not had yet: its child, once
+            counter = tenant.codes[status] = self.metrics.tenant_requests.labels(name, status)
+        counter.inc()
+
+    def _throttled(
+        self, request: Request, connection: Connection, tenant: _Tenant, reason: str
+    ) -> None:
         """Answer 429 for a tenant over its limits, after a hold of 0.5 to 1.5 times
         CFN_INGEST_THROTTLE_DELAY that takes no slot.
 
@@ -221,93 +293,23 @@ class IngestApp:
         """
         tenant.throttled[reason].inc()
         tenant.codes[429].inc()
-        if self._throttle_delay:
-            await asyncio.sleep(self._throttle_delay * (0.5 + self._random()))
-        await self._error(
-            send,
+        reply = self._error(
             429,
             "too_many_requests",
             self._admission.describe(tenant.slots, reason),
             retry=True,
         )
-
-    async def _accept(self, tenant: str, receive: Receive, send: Send, declared: int | None) -> int:
-        """Read the body, keep it, answer; each step answers its own refusals. Returns the
-        status answered."""
-        body = await self._read(receive, send, declared)
-        if isinstance(body, int):
-            return body
-        self._observe_body(len(body))
-        received_at = int(self.clock() * 1000)
-        request_id_b = b"%032x" % self._random_bits(128)
-        parsed, reason, detail = _json_object(body)
-        if parsed is None:
-            return await self._reject(
-                send, tenant, body, received_at, request_id_b.decode(), reason, detail
+        if self._throttle_delay:
+            asyncio.get_running_loop().call_later(
+                self._throttle_delay * (0.5 + self._random()), connection.answer, request, reply
             )
-        result = await self._write(tenant, parsed, body, received_at, request_id_b)
-        if result.outcome is not Outcome.ACKED:
-            return await self._kafka_failed(send, result)
-        await send(_ACCEPTED_START)
-        # request_id is hex: no JSON escaping needed.
-        await send(
-            {
-                "type": "http.response.body",
-                "body": b'{"status":"accepted","id":"%s"}' % request_id_b,
-            }
-        )
-        self._accepted.inc()
-        return 202
+        else:
+            connection.answer(request, reply)
 
-    async def _unauthorized(self, send: Send, presented: bytes | None) -> None:
+    def _unauthorized(self, presented: bytes | None) -> Reply:
         reason = "missing" if not presented else "mismatch"
         self.metrics.auth_failures.labels(reason).inc()
-        await self._error(send, 401, "unauthorized", _UNAUTHORIZED[reason])
-
-    async def _read(self, receive: Receive, send: Send, declared: int | None) -> bytes | int:
-        """The whole body, or the status (413 or 408) once it has been answered."""
-        limit = self.settings.max_body
-        if declared is not None and declared > limit:
-            return await self._too_large(send)
-        first = await receive()
-        if not first.get("more_body", False) and first["type"] == "http.request":
-            body: bytes = first.get("body", b"")  # the whole body in one message: the usual case
-            if len(body) <= limit:
-                return body
-            return await self._too_large(send)
-        try:
-            return await _read_body(receive, limit, first)
-        except BodyTooLarge:
-            return await self._too_large(send)
-        except BodyIncomplete:
-            # The connection closed before the body was complete: the protocol's body timeout
-            # (which has already answered 408) or the client leaving. Nothing is written; the
-            # answer below goes nowhere but counts the request as a 408.
-            await self._error(
-                send, 408, "request_timeout", "the body did not arrive in CFN_INGEST_BODY_TIMEOUT"
-            )
-        return 408
-
-    async def _write(
-        self,
-        tenant: str,
-        parsed: dict[str, Any],
-        body: bytes,
-        received_at: int,
-        request_id_b: bytes,
-    ) -> SendResult:
-        """Keep the exact bytes in the raw topic, keyed by incident; ACKED once Kafka has them."""
-        if not self._connected:
-            return self._unconnected
-        headers = [
-            ("cfn-tenant", tenant.encode()),
-            ("cfn-received-at", b"%d" % received_at),
-            ("cfn-request-id", request_id_b),
-        ]
-        ack_started = time.perf_counter()
-        result = await self.sink.send(self._raw_topic, incident_key(tenant, parsed), body, headers)
-        self._observe_ack(time.perf_counter() - ack_started)
-        return result
+        return self._error(401, "unauthorized", _UNAUTHORIZED[reason])
 
     def _authenticate(self, presented: bytes | None) -> str | None:
         if self.secrets is None:
@@ -318,93 +320,85 @@ class IngestApp:
 
     async def _reject(
         self,
-        send: Send,
-        tenant: str,
+        request: Request,
+        connection: Connection,
+        tenant: _Tenant,
         body: bytes,
         received_at: int,
-        request_id: str,
+        request_id_b: bytes,
         reason: str,
         detail: str,
-    ) -> int:
-        """Dead-letter an authenticated but unusable body, then answer 400 (returned).
+    ) -> None:
+        """Dead-letter an authenticated but unusable body, then answer 400.
 
         The 400 is sent only after the dead letter is acknowledged: Cloudflare does not retry a
         4xx, so the dead letter is the only copy. If it cannot be written, answer 503 instead
         and let Cloudflare retry.
         """
+        name = tenant.slots.name
+        request_id = request_id_b.decode()
         record = DlqRecord(
             dlq_id=f"dlq_{request_id}",
             reason=reason,
             detail=detail,
             stage="ingest",
-            tenant=tenant,
+            tenant=name,
             received_at=received_at,
             source=None,
             raw_b64=DlqRecord.encode_raw(body),
             raw_size=len(body),
         )
         if not self._connected:
-            return await self._kafka_failed(send, self._unconnected)
-        result = await self.sink.send(
-            self.settings.dlq_topic,
-            tenant.encode(),
-            jsonio.dumps(record),
-            [("cfn-tenant", tenant.encode()), ("cfn-reason", reason.encode())],
-        )
-        if result.outcome is not Outcome.ACKED:
-            return await self._kafka_failed(send, result)
-        self.metrics.dead_letters.labels(reason).inc()
-        await self._error(send, 400, reason, detail, request_id=request_id)
-        return 400
+            reply = self._kafka_failed(self._unconnected)
+        else:
+            result = await self.sink.send(
+                self.settings.dlq_topic,
+                name.encode(),
+                jsonio.dumps(record),
+                [("cfn-tenant", name.encode()), ("cfn-reason", reason.encode())],
+            )
+            if result.outcome is not Outcome.ACKED:
+                reply = self._kafka_failed(result)
+            else:
+                self.metrics.dead_letters.labels(reason).inc()
+                reply = self._error(400, reason, detail, request_id=request_id)
+        self._finish(request, connection, tenant, reply)
 
-    async def _too_large(self, send: Send) -> int:
-        limit = self.settings.max_body
-        await self._error(
-            send, 413, "payload_too_large", f"body over {limit} bytes (CFN_INGEST_MAX_BODY)"
-        )
-        return 413
-
-    async def _kafka_failed(self, send: Send, result: SendResult) -> int:
-        """Answer a failed write; returns the status answered."""
+    def _kafka_failed(self, result: SendResult) -> Reply:
+        """The answer to a failed write."""
         cause = result.error or "unknown"
         self.metrics.kafka_errors.labels(result.outcome.value, cause).inc()
         status, error, message, retry = _KAFKA_ANSWERS[result.outcome]
-        await self._error(send, status, error, message.format(cause=cause), retry=retry)
-        return status
+        return self._error(status, error, message.format(cause=cause), retry=retry)
 
     # ---- GET endpoints ----------------------------------------------------------------------
 
-    async def _healthz(self, send: Send) -> None:
-        await self._respond(send, 200, b'{"status":"ok"}', count=False)
+    def _healthz(self) -> Reply:
+        return (200, _JSON, b'{"status":"ok"}')
 
-    async def _readyz(self, send: Send) -> None:
+    def _readyz(self) -> Reply:
         if self.kafka_ready:
-            await self._respond(send, 200, b'{"status":"ready"}', count=False)
-        else:
-            await self._respond(
-                send,
-                503,
-                b'{"status":"not_ready","message":"Kafka or the raw topic is not reachable"}',
-                count=False,
-            )
-
-    async def _metrics(self, send: Send) -> None:
-        await self._respond(
-            send,
-            200,
-            generate_latest(self.registry),
-            content_type=CONTENT_TYPE_LATEST.encode(),
-            count=False,
+            return (200, _JSON, b'{"status":"ready"}')
+        return (
+            503,
+            _JSON,
+            b'{"status":"not_ready","message":"Kafka or the raw topic is not reachable"}',
         )
 
-    async def _openapi_json(self, send: Send) -> None:
-        await self._respond(send, 200, self._openapi, count=False)
+    def _metrics(self) -> Reply:
+        return (
+            200,
+            b"content-type: %s\r\n" % CONTENT_TYPE_LATEST.encode(),
+            generate_latest(self.registry),
+        )
 
-    # ---- responses --------------------------------------------------------------------------
+    def _openapi_json(self) -> Reply:
+        return (200, _JSON, self._openapi)
 
-    async def _error(
+    # ---- answers ----------------------------------------------------------------------------
+
+    def _error(
         self,
-        send: Send,
         status: int,
         error: str,
         message: str,
@@ -412,34 +406,56 @@ class IngestApp:
         retry: bool = False,
         allow: bytes | None = None,
         request_id: str | None = None,
-    ) -> None:
+    ) -> Reply:
+        """A JSON error answer, counted by status."""
         payload: dict[str, str] = {"error": error, "message": message}
         if request_id is not None:
             payload["id"] = request_id
-        extra: list[tuple[bytes, bytes]] = []
+        head = _JSON
         if retry:
-            extra.append((b"retry-after", str(self.settings.retry_after).encode()))
+            head += b"retry-after: %d\r\n" % self.settings.retry_after
         if allow is not None:
-            extra.append((b"allow", allow))
-        await self._respond(send, status, jsonio.dumps(payload), extra=extra)
+            head += b"allow: %s\r\n" % allow
+        self.metrics.requests.labels(status).inc()
+        return (status, head, jsonio.dumps(payload))
 
-    async def _respond(
-        self,
-        send: Send,
-        status: int,
-        body: bytes,
-        *,
-        content_type: bytes = b"application/json",
-        extra: list[tuple[bytes, bytes]] | None = None,
-        count: bool = True,
-    ) -> None:
-        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-        if extra:
-            headers.extend(extra)
+    # ---- ASGI (uvicorn's lifespan; any ASGI server or test can also serve the app) ------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._asgi_http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _asgi_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One request over ASGI messages, through `check` and `handle` as ingest.http does."""
+        request = Request()
+        request.method = scope["method"]
+        request.path = scope["path"]
+        request.headers = [(name.lower(), value) for name, value in scope["headers"]]
+        reply = self.check(request)
+        if reply is None:
+            try:
+                body = await _read_body(receive, self.max_body)
+            except BodyTooLarge:
+                reply = self.too_large(request)
+            except BodyIncomplete:
+                # The connection closed before the body was complete: nothing is written; the
+                # answer goes nowhere but counts the request as a 408.
+                reply = self.body_timed_out(request)
+            else:
+                answered: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+                self.handle(request, body, _FutureConnection(answered))
+                reply = await answered
+        status, head, body = reply
+        headers = [
+            (name.lower(), value)
+            for name, _, value in (line.partition(b": ") for line in head.split(b"\r\n") if line)
+        ]
+        headers.append((b"content-length", b"%d" % len(body)))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        if count:
-            self.metrics.requests.labels(status).inc()
 
     # ---- lifespan ---------------------------------------------------------------------------
 
@@ -600,11 +616,12 @@ def _json_object(body: bytes) -> tuple[dict[str, Any] | None, str, str]:
     return parsed, "", ""
 
 
-async def _read_body(receive: Receive, limit: int, message: Message) -> bytes:
-    """The body whose first ASGI message is `message`, read up to `limit` bytes."""
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """A body from ASGI messages, read up to `limit` bytes."""
     chunks: list[bytes] = []
     size = 0
     while True:
+        message = await receive()
         if message["type"] == "http.disconnect":
             raise BodyIncomplete
         chunk: bytes = message.get("body", b"")
@@ -613,12 +630,23 @@ async def _read_body(receive: Receive, limit: int, message: Message) -> bytes:
             raise BodyTooLarge
         chunks.append(chunk)
         if not message.get("more_body", False):
-            break
-        message = await receive()
-    return b"".join(chunks)
+            return b"".join(chunks)
 
 
-_GET_ROUTES: dict[str, Callable[[IngestApp, Send], Awaitable[None]]] = {
+class _FutureConnection:
+    """The connection of a request served over ASGI: its answer resolves a future."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[Reply]) -> None:
+        self.future = future
+
+    def answer(self, request: Request, reply: Reply) -> None:
+        if not self.future.done():
+            self.future.set_result(reply)
+
+
+_GET_ROUTES: dict[str, Callable[[IngestApp], Reply]] = {
     "/healthz": IngestApp._healthz,
     "/readyz": IngestApp._readyz,
     "/metrics": IngestApp._metrics,

@@ -13,7 +13,7 @@ from cfn.config import ConfigError
 from cfn.health import quiet_client_logs
 from cfn.ingest.app import IngestApp
 from cfn.ingest.auth import SecretIndex, SecretsError
-from cfn.ingest.protocol import GuardedHttpToolsProtocol
+from cfn.ingest.http import IngestProtocol
 from cfn.ingest.settings import IngestSettings
 from cfn.ingest.sink import KafkaSink
 from cfn.runtime import tune_gc
@@ -71,7 +71,7 @@ def serve(workers: int = 1, allow_unauthenticated: bool = False) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         internals.check_versions()
-        internals.check_protocol(GuardedHttpToolsProtocol)
+        internals.check_server()
         settings = IngestSettings.from_env()
         secrets = load_secrets(settings, allow_unauthenticated)
     except (ConfigError, StartupError, internals.InternalsError) as exc:
@@ -93,14 +93,17 @@ def serve(workers: int = 1, allow_unauthenticated: bool = False) -> int:
         port=settings.port,
         workers=workers,
         loop="uvloop",
-        http=GuardedHttpToolsProtocol,  # head size, head and body time limits (ingest/protocol.py)
+        # cfn's own HTTP/1.1 protocol (ingest/http.py): the app called directly, no ASGI per
+        # request; head size, head and body time limits.
+        http=IngestProtocol,
+        proxy_headers=False,  # nothing reads the client address: no middleware in front
         lifespan="on",
         access_log=False,
         log_level="warning",
         timeout_keep_alive=15,
         # No connection cap: it counted idle and unfinished connections, so a few thousand
         # silent sockets locked every client out. In-flight requests are capped by the app
-        # (429), heads by size and time (ingest/protocol.py), bodies by CFN_INGEST_BODY_TIMEOUT.
+        # (429), heads by size and time (ingest/http.py), bodies by CFN_INGEST_BODY_TIMEOUT.
         limit_concurrency=None,
         # HTTPS when CFN_INGEST_TLS_CERTFILE/_KEYFILE are set: TLS is the transport's, so the
         # protocol's head and body guards apply to the decrypted stream unchanged.

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from functools import partial
@@ -447,17 +448,20 @@ class KafkaSink:
 
     # ---- writing ------------------------------------------------------------------------------
 
-    async def send(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers
-    ) -> SendResult:
-        """Write one record and wait for the acks=all acknowledgement.
-
-        Returns:
-            ACKED only when the broker acknowledged; otherwise the failure's classification.
-        """
+    def submit(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers,
+        done: Callable[[SendResult], None],
+    ) -> None:
+        """Write one record; `done` gets ACKED once the broker has acknowledged it (acks=all),
+        otherwise the failure's classification. No task: the ingest's hot path."""
         client = self._client
         if client is None:
-            return REPLACING
+            done(REPLACING)
+            return
         generation = self.generation
         future: asyncio.Future[None] = client.loop.create_future()
         try:
@@ -468,11 +472,34 @@ class KafkaSink:
                 headers=cast(_RdHeaders, headers),
                 on_delivery=partial(client.deliver, future),
             )
-            self._pending.append((time.monotonic() + self.ack_timeout, future))
-            await future
         except Exception as exc:
-            return self._failed(topic, exc, generation)
-        return ACKED
+            done(self._failed(topic, exc, generation))
+            return
+        self._pending.append((time.monotonic() + self.ack_timeout, future))
+        future.add_done_callback(partial(self._settled, topic, generation, done))
+
+    def _settled(
+        self,
+        topic: str,
+        generation: int,
+        done: Callable[[SendResult], None],
+        future: asyncio.Future[None],
+    ) -> None:
+        exc = None if future.cancelled() else future.exception()
+        if exc is None and not future.cancelled():
+            done(ACKED)
+        else:
+            done(
+                self._failed(topic, exc if isinstance(exc, Exception) else AckTimeout(), generation)
+            )
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers
+    ) -> SendResult:
+        """`submit`, awaited."""
+        answered: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
+        self.submit(topic, key, value, headers, answered.set_result)
+        return await answered
 
     def _failed(self, topic: str, exc: Exception, generation: int) -> SendResult:
         outcome = classify(exc)

@@ -43,6 +43,7 @@ from cfn.ingest.fairness import (
 from cfn.ingest.settings import IngestSettings
 from cfn.ingest.sink import Outcome, SendResult
 from cfn.schemas import jsonio
+from tests.fake_sinks import SubmitBySend
 from tests.payloads import alert, encode
 from tests.services import Process, metric_value, start_ingest
 
@@ -374,7 +375,7 @@ def test_bad_tenant_defaults_name_the_variable(environ: dict[str, str], name: st
 # ---- the app: 429s, 401s, metrics, reloads (ASGI messages, a sink that waits for a gate) ------
 
 
-class GatedSink:
+class GatedSink(SubmitBySend):
     """Holds every write until `gate` is set, counting how many wait at once."""
 
     def __init__(self) -> None:
@@ -384,7 +385,7 @@ class GatedSink:
         self.sent = 0
 
     async def send(
-        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
     ) -> SendResult:
         self.waiting += 1
         self.peak = max(self.peak, self.waiting)

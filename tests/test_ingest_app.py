@@ -12,17 +12,18 @@ from cfn.ingest.app import IngestApp
 from cfn.ingest.auth import SecretIndex
 from cfn.ingest.settings import IngestSettings
 from cfn.ingest.sink import Outcome, SendResult
+from tests.fake_sinks import SubmitBySend
 from tests.payloads import alert, encode
 
 SECRET = "app-test-secret"
 
 
-class RecordingSink:
+class RecordingSink(SubmitBySend):
     def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, bytes]] = []
+        self.sent: list[tuple[str, bytes | None, bytes]] = []
 
     async def send(
-        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
     ) -> SendResult:
         self.sent.append((topic, key, value))
         return SendResult(Outcome.ACKED)

@@ -210,10 +210,20 @@ def test_a_fatal_producer_is_replaced_and_writes_resume(
             first = await _send_all(sink, topic, [b"before-%d" % i for i in range(5)])
             old = sink._client
             assert old is not None
+            # The new producer starts only when the test says: "during" is during the switch.
+            switch = asyncio.Event()
+            connect = sink._connect
+
+            async def held_connect() -> Any:
+                await switch.wait()
+                return await connect()
+
+            sink._connect = held_connect  # type: ignore[method-assign]
             # librdkafka's error callback, as its thread calls it.
             await asyncio.to_thread(old._error, _error("OUT_OF_ORDER_SEQUENCE_NUMBER", fatal=True))
             await asyncio.sleep(0.05)
             during = (await sink.send(topic, b"during", b"v", HEADERS)).outcome
+            switch.set()
             for _ in range(100):
                 if sink._client is not None and sink._client is not old:
                     break

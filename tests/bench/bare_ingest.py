@@ -1,8 +1,9 @@
-"""The ingest baselines: a bare raw-ASGI handler on the same uvicorn stack as `cfn ingest`.
+"""The ingest baselines: a bare handler on the same HTTP stack as `cfn ingest` (uvicorn running
+ingest/http.py's protocol, which calls the handler directly).
 
 With BENCH_BARE_BOOTSTRAP set it does only what any durable webhook receiver must: read the
 body, send it through the same sink cfn's ingest uses (cfn.ingest.sink.KafkaSink, its defaults:
-librdkafka's idempotent acks=all lz4 producer, a 1 ms linger), await the ack, answer 202.
+librdkafka's idempotent acks=all lz4 producer, a 1 ms linger), wait for the ack, answer 202.
 Without it, it reads the body and answers 202 (the HTTP stack's own ceiling). No auth, no
 parsing, no key, no headers, no metrics.
 
@@ -17,19 +18,23 @@ import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from cfn.ingest.sink import KafkaSink, Outcome
+from cfn.ingest.http import Connection, Reply, Request
+from cfn.ingest.sink import KafkaSink, Outcome, SendResult
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-ACCEPTED = b'{"status":"accepted"}'
-_HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"21")]
+_JSON = b"content-type: application/json\r\n"
+ACCEPTED: Reply = (202, _JSON, b'{"status":"accepted"}')
+UNAVAILABLE: Reply = (503, _JSON, b'{"status":"unavailable"}')
 
 
 class BareIngest:
     """POST anything -> (optionally) Kafka -> 202; GET /readyz -> 200 once the producer runs."""
+
+    max_body = 1024 * 1024
 
     def __init__(self, bootstrap: str | None, topic: str) -> None:
         self.bootstrap = bootstrap
@@ -37,29 +42,30 @@ class BareIngest:
         self.sink: KafkaSink | None = None
         self.ready = bootstrap is None
 
+    def check(self, request: Request) -> Reply | None:
+        if request.method == "POST":
+            return None
+        return (200 if self.ready else 503, _JSON, b'{"status":"ready"}')
+
+    def handle(self, request: Request, body: bytes, connection: Connection) -> None:
+        if self.sink is None:
+            connection.answer(request, ACCEPTED)
+            return
+
+        def written(result: SendResult) -> None:
+            connection.answer(request, ACCEPTED if result.outcome is Outcome.ACKED else UNAVAILABLE)
+
+        self.sink.submit(self.topic, None, body, [], written)
+
+    def too_large(self, request: Request) -> Reply:
+        return (413, _JSON, b'{"status":"too_large"}')
+
+    def body_timed_out(self, request: Request) -> Reply:
+        return (408, _JSON, b'{"status":"timeout"}')
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        if scope["method"] != "POST":
-            status = 200 if self.ready else 503
-            await send({"type": "http.response.start", "status": status, "headers": _HEADERS})
-            await send({"type": "http.response.body", "body": ACCEPTED})
-            return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        status = 202
-        if self.sink is not None:
-            result = await self.sink.send(self.topic, None, b"".join(chunks), [])
-            status = 202 if result.outcome is Outcome.ACKED else 503
-        await send({"type": "http.response.start", "status": status, "headers": _HEADERS})
-        await send({"type": "http.response.body", "body": ACCEPTED})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -89,7 +95,7 @@ def create_app() -> BareIngest:
 def main() -> None:
     import uvicorn
 
-    from cfn.ingest.protocol import GuardedHttpToolsProtocol
+    from cfn.ingest.http import IngestProtocol
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=1)
@@ -102,7 +108,8 @@ def main() -> None:
         port=int(os.environ["BENCH_BARE_PORT"]),
         workers=args.workers,
         loop="uvloop",
-        http=GuardedHttpToolsProtocol,
+        http=IngestProtocol,
+        proxy_headers=False,
         lifespan="on",
         access_log=False,
         log_level="warning",

@@ -1,0 +1,326 @@
+"""ingest.http.IngestProtocol over a recording transport and an app that answers when told."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from cfn.ingest import http
+from cfn.ingest.http import Connection, IngestProtocol, Reply, Request
+
+JSON = b"content-type: application/json\r\n"
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "written after close"
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def statuses(self) -> list[int]:
+        return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3})", self.written)]
+
+
+class App:
+    """POST /w is handed over and answered by `release`; `deny` is answered from its head."""
+
+    max_body = 64
+
+    def __init__(self) -> None:
+        self.handed: list[tuple[Request, bytes, Connection]] = []
+        self.refused: list[int] = []
+
+    def check(self, request: Request) -> Reply | None:
+        if request.path == "/deny":
+            return (401, JSON, b"{}")
+        if request.method == "POST":
+            return None
+        return (200, JSON, b'{"path":"%s"}' % request.path.encode())
+
+    def handle(self, request: Request, body: bytes, connection: Connection) -> None:
+        self.handed.append((request, body, connection))
+
+    def release(self, status: int = 202) -> None:
+        request, body, connection = self.handed.pop(0)
+        connection.answer(request, (status, JSON, body))
+
+    def too_large(self, request: Request) -> Reply:
+        self.refused.append(413)
+        return (413, JSON, b"{}")
+
+    def body_timed_out(self, request: Request) -> Reply:
+        self.refused.append(408)
+        return (408, JSON, b"{}")
+
+
+class State:
+    def __init__(self) -> None:
+        self.connections: set[Any] = set()
+        self.tasks: set[Any] = set()
+        self.default_headers = [(b"server", b"test")]
+        self.total_requests = 0
+
+
+class Config:
+    def __init__(self, app: App) -> None:
+        self.loaded_app = app
+        self.timeout_keep_alive = 5.0
+
+
+@pytest.fixture(autouse=True)
+def limits() -> Iterator[None]:
+    http._limits = (1024, 0.2, 0.2)  # max head bytes, head timeout, body timeout
+    yield
+    http._limits = None
+
+
+def post(path: str, body: bytes, *extra: str) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+    return (head + "".join(f"{line}\r\n" for line in extra) + "\r\n").encode() + body
+
+
+def connect(app: App) -> tuple[IngestProtocol, Transport, State]:
+    state = State()
+    protocol = IngestProtocol(Config(app), state, _loop=asyncio.get_running_loop())
+    transport = Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport, state
+
+
+def run(scenario: Any) -> None:
+    asyncio.run(scenario())
+
+
+def test_pipelined_requests_are_answered_in_order_one_at_a_time() -> None:
+    async def scenario() -> None:
+        app = App()
+        protocol, transport, _ = connect(app)
+        protocol.data_received(
+            post("/w", b"one") + post("/w", b"two") + b"GET /x?q=1 HTTP/1.1\r\n\r\n"
+        )
+        assert [body for _, body, _ in app.handed] == [b"one"]  # the second waits its turn
+        app.release()
+        assert [body for _, body, _ in app.handed] == [b"two"]
+        app.release(503)
+        assert transport.statuses() == [202, 503, 200]
+        assert transport.written.endswith(b'{"path":"/x"}')
+        assert b"server: test\r\n" in transport.written
+        assert not transport.closed
+
+    run(scenario)
+
+
+def test_an_answer_from_the_head_ends_the_request_and_its_body_is_dropped() -> None:
+    async def scenario() -> None:
+        app = App()
+        protocol, transport, _ = connect(app)
+        whole = post("/deny", b"x" * 40)
+        protocol.data_received(whole[:-30])  # the head and part of the body
+        assert transport.statuses() == [401]
+        protocol.data_received(whole[-30:] + post("/w", b"next"))
+        assert [body for _, body, _ in app.handed] == [b"next"]
+        await asyncio.sleep(0.3)  # past the body timeout: the 401's request is not timed
+        assert app.refused == [] and transport.statuses() == [401]
+
+    run(scenario)
+
+
+def test_a_body_that_stops_gets_408_at_the_body_timeout_and_the_connection_closes() -> None:
+    async def scenario() -> None:
+        app = App()
+        protocol, transport, _ = connect(app)
+        protocol.data_received(post("/w", b"whole") + post("/w", b"0123456789")[:-5])
+        app.release()  # the second request runs now: its time starts here
+        await asyncio.sleep(0.1)
+        assert transport.statuses() == [202]
+        await asyncio.sleep(0.2)
+        assert transport.statuses() == [202, 408] and app.refused == [408]
+        assert transport.closed and b"connection: close" in transport.written
+
+    run(scenario)
+
+
+def test_a_head_that_stops_gets_408_after_the_answers_owed() -> None:
+    async def scenario() -> None:
+        app = App()
+        protocol, transport, _ = connect(app)
+        protocol.data_received(post("/w", b"first") + b"POST /w HTTP/1.1\r\nHo")
+        await asyncio.sleep(0.3)
+        assert transport.statuses() == [] and not transport.closed  # 202 is owed first
+        app.release()
+        assert transport.statuses() == [202, 408] and transport.closed
+
+    run(scenario)
+
+
+def test_garbage_gets_400_after_the_whole_requests_before_it() -> None:
+    async def scenario() -> None:
+        app = App()
+        protocol, transport, _ = connect(app)
+        protocol.data_received(post("/w", b"ok") + b"garbage\r\n\r\n")
+        assert transport.statuses() == []
+        app.release()
+        assert transport.statuses() == [202, 400] and transport.closed
+        assert b'"error":"bad_request"' in transport.written
+
+    run(scenario)
+
+
+def test_heads_over_the_limit_get_431_whether_split_or_whole() -> None:
+    async def scenario() -> None:
+        app = App()
+        protocol, endless, _ = connect(app)
+        protocol.data_received(b"POST /w HTTP/1.1\r\nx-long: " + b"a" * 2000)
+        assert endless.statuses() == [431] and endless.closed
+        protocol, many, _ = connect(app)
+        protocol.data_received(post("/w", b"{}", *(f"x-h{i}: v" for i in range(200))))
+        assert many.statuses() == [431] and app.handed == []
+
+    run(scenario)
+
+
+def test_bodies_over_the_limit_get_413_declared_or_streamed() -> None:
+    async def scenario() -> None:
+        app = App()
+        protocol, transport, _ = connect(app)
+        chunked = (
+            b"POST /w HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"40\r\n"
+            + b"a" * 64
+            + b"\r\n"
+            + b"1\r\nb\r\n0\r\n\r\n"
+        )
+        protocol.data_received(chunked + post("/w", b"after"))
+        assert transport.statuses() == [413] and app.refused == [413]
+        assert [body for _, body, _ in app.handed] == [b"after"]
+
+    run(scenario)
+
+
+def test_head_answers_carry_no_body_and_connection_close_is_honoured() -> None:
+    async def scenario() -> None:
+        app = App()
+        protocol, transport, _ = connect(app)
+        protocol.data_received(
+            b"HEAD /x HTTP/1.1\r\n\r\nGET /y HTTP/1.1\r\nConnection: close\r\n\r\n"
+        )
+        assert transport.statuses() == [200, 200]
+        first, second = transport.written.split(b"HTTP/1.1 200 OK")[1:]
+        assert b"content-length: 13\r\n" in first and first.endswith(b"\r\n\r\n")
+        assert second.endswith(b'{"path":"/y"}') and transport.closed
+
+    run(scenario)
+
+
+def test_expect_continue_is_answered_when_the_request_runs() -> None:
+    async def scenario() -> None:
+        app = App()
+        protocol, transport, _ = connect(app)
+        head = b"POST /w HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+        protocol.data_received(head)
+        assert transport.written == http.CONTINUE
+        protocol.data_received(b"body")
+        app.release()
+        assert transport.statuses() == [100, 202]
+
+    run(scenario)
+
+
+def test_shutdown_waits_for_the_answer_owed_then_closes() -> None:
+    async def scenario() -> None:
+        app = App()
+        protocol, transport, state = connect(app)
+        protocol.data_received(post("/w", b"held"))
+        protocol.shutdown()
+        assert not transport.closed
+        app.release()
+        assert transport.statuses() == [202] and transport.closed
+        assert b"connection: close" in transport.written
+        idle, idle_transport, _ = connect(app)
+        idle.shutdown()
+        assert idle_transport.closed
+        idle.connection_lost(None)
+        protocol.connection_lost(None)
+        assert state.connections == set()
+
+    run(scenario)
+
+
+def test_reading_pauses_while_requests_queue_up_and_resumes_as_they_are_answered() -> None:
+    async def scenario() -> None:
+        app = App()
+        protocol, transport, _ = connect(app)
+        protocol.data_received(b"".join(post("/w", b"%d" % i) for i in range(http.PIPELINE_DEPTH)))
+        assert not transport.reading
+        app.release()
+        assert transport.reading
+        while app.handed:
+            app.release()
+        assert transport.statuses() == [202] * http.PIPELINE_DEPTH
+
+    run(scenario)
+
+
+def test_an_answer_after_the_client_left_is_dropped() -> None:
+    async def scenario() -> None:
+        app = App()
+        protocol, transport, _ = connect(app)
+        protocol.data_received(post("/w", b"gone"))
+        protocol.connection_lost(None)
+        app.release()
+        assert transport.written == b""
+
+    run(scenario)
+
+
+def test_paths_are_decoded_and_absolute_urls_routed_by_their_path() -> None:
+    async def scenario() -> None:
+        app = App()
+        protocol, transport, _ = connect(app)
+        protocol.data_received(b"GET /a%20b HTTP/1.1\r\n\r\nGET http://h:1/c?x HTTP/1.1\r\n\r\n")
+        assert transport.written.count(b'{"path":"/a b"}') == 1
+        assert transport.written.endswith(b'{"path":"/c"}')
+
+    run(scenario)
+
+
+def test_idle_and_stalled_connections_close_at_the_keep_alive_timeout() -> None:
+    async def scenario() -> None:
+        app = App()
+        config = Config(app)
+        config.timeout_keep_alive = 0.2
+        loop = asyncio.get_running_loop()
+        idle = IngestProtocol(config, State(), _loop=loop)
+        stalled = IngestProtocol(config, State(), _loop=loop)
+        idle_transport, stalled_transport = Transport(), Transport()
+        idle.connection_made(idle_transport)  # type: ignore[arg-type]
+        stalled.connection_made(stalled_transport)  # type: ignore[arg-type]
+        idle.data_received(b"GET /x HTTP/1.1\r\n\r\n")
+        stalled.data_received(post("/deny", b"x" * 40)[:-10])  # answered, then its body stops
+        await asyncio.sleep(0.1)
+        assert not idle_transport.closed and not stalled_transport.closed
+        await asyncio.sleep(0.2)
+        assert idle_transport.closed and idle_transport.statuses() == [200]
+        assert stalled_transport.closed and stalled_transport.statuses() == [401]
+
+    run(scenario)
