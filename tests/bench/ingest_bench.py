@@ -1,4 +1,4 @@
-"""Section 1: `cfn ingest` against a bare handler on the same uvicorn stack, with and without Kafka.
+"""Section 1: `cfn ingest` against a bare handler on the same HTTP stack, with and without Kafka.
 
 For each process count (1 and 2), three servers run side by side on one broker:
 

@@ -398,7 +398,8 @@ def _ingest_detail(ingest: dict[str, Any] | None) -> list[str]:
         "",
         f"POST of a {ingest['wrk']['body_bytes']}-byte health-check notification with a fresh "
         "correlation id each time and the `cf-webhook-auth` header; medians over runs. "
-        "`bare+Kafka` is tests/bench/bare_ingest.py (same uvicorn options, cfn's own sink with "
+        "`bare+Kafka` is tests/bench/bare_ingest.py (the same HTTP stack: uvicorn with the same "
+        "options running ingest/http.py's protocol; cfn's own sink with "
         "its defaults: librdkafka's idempotent acks=all lz4 producer, a 1 ms linger; no key, so "
         "librdkafka's sticky partitioner fills one partition's batch at a time); `bare HTTP` "
         "is the same handler with no Kafka. "
