@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from functools import cache
@@ -53,3 +54,36 @@ def wait_for_records(
             return found
         assert time.monotonic() < deadline, f"{topic}: {found}"
         time.sleep(0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class RawCheck:
+    """How the 202 answers of a load test are found in cfn.raw, by the `cfn-request-id` header.
+
+    `missing` breaks the ingest's promise (a 2xx for bytes Kafka does not hold) and `altered`
+    its byte-for-byte copy. `repeated` is a 202 whose record was written more than once with the
+    same bytes: librdkafka's idempotent producer can write a record twice when a leader changes
+    under it (confluentinc/librdkafka#4953), which cfn.events' dedup absorbs as it absorbs the
+    sender's own retries. Tests report it and do not fail on it.
+    """
+
+    missing: list[int]
+    altered: list[int]
+    repeated: list[int]
+
+
+def raw_check(accepted: list[tuple[str, bytes]], raw: list[tuple[str, bytes]]) -> RawCheck:
+    """Compare (request id, body) of each 202 with (request id, value) of each cfn.raw record."""
+    by_id: dict[str, list[bytes]] = {}
+    for request_id, value in raw:
+        by_id.setdefault(request_id, []).append(value)
+    missing, altered, repeated = [], [], []
+    for index, (request_id, body) in enumerate(accepted):
+        copies = by_id.get(request_id, [])
+        if body not in copies:
+            missing.append(index)
+        if any(copy != body for copy in copies):
+            altered.append(index)
+        if len(copies) > 1:
+            repeated.append(index)
+    return RawCheck(missing, altered, repeated)

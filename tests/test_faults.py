@@ -37,7 +37,7 @@ from cfn.schemas.payload import TS_MAX, TS_MIN, Notification, Rejected, parse
 from tests.conftest import free_port_block
 from tests.kafka_util import committed_reader, create_topics, drain, produce_with_headers, run
 from tests.payloads import alert, encode, seed_examples
-from tests.records_check import checked
+from tests.records_check import checked, raw_check
 from tests.services import Process, request, start_ingest, start_worker
 from tests.test_exactly_once import (
     FAST_FAILOVER,
@@ -309,12 +309,11 @@ def test_broker_loss_keeps_every_202_exactly_once(tmp_path: Path) -> None:
         cluster.stop()
 
     kill_time = killed[0]
-    raw_by_id: dict[str, list[bytes]] = {}
-    for record in raw:
-        rid = dict(record.headers)["cfn-request-id"].decode()
-        raw_by_id.setdefault(rid, []).append(record.value)
+    in_raw = raw_check(
+        [(a.request_id or "", a.body) for a in accepted],
+        [(dict(r.headers)["cfn-request-id"].decode(), r.value) for r in raw],
+    )
     raw_bodies = Counter(record.value for record in raw)
-    missing_raw = [a for a in accepted if raw_by_id.get(a.request_id or "") != [a.body]]
     not_accepted_but_written = [a for a in answers if a.status != 202 and raw_bodies[a.body]]
     event_counts = Counter(e["event_id"] for e in events)
     missing_events = expected - set(event_counts)
@@ -356,7 +355,9 @@ def test_broker_loss_keeps_every_202_exactly_once(tmp_path: Path) -> None:
                 "kafka_errors",
                 {k.split("{", 1)[-1].rstrip("}"): v for k, v in kafka_errors.items() if v},
             ),
-            ("accepted_missing_from_raw", len(missing_raw)),
+            ("accepted_missing_from_raw", len(in_raw.missing)),
+            ("accepted_altered_in_raw", len(in_raw.altered)),
+            ("accepted_twice_in_raw", len(in_raw.repeated)),
             ("raw_records", len(raw)),
             ("raw_duplicate_bodies", sum(c - 1 for c in raw_bodies.values() if c > 1)),
             ("non_202_whose_bytes_reached_raw", len(not_accepted_but_written)),
@@ -376,7 +377,8 @@ def test_broker_loss_keeps_every_202_exactly_once(tmp_path: Path) -> None:
         ],
     )
     assert not bad_errors, f"answers other than 202 or 503+Retry-After\n{figures}"
-    assert not missing_raw, f"202 answers whose exact bytes are not in cfn.raw\n{figures}"
+    assert not in_raw.missing, f"202 answers whose exact bytes are not in cfn.raw\n{figures}"
+    assert not in_raw.altered, f"202 answers with other bytes in cfn.raw\n{figures}"
     assert not missing_events, f"accepted notifications lost downstream\n{figures}"
     assert not duplicated_events, f"event_ids emitted more than once\n{figures}"
     assert not duplicated_versions, f"duplicate (incident_id, version)\n{figures}"

@@ -23,7 +23,7 @@ import pytest
 from cfn.broker import BrokerError, LocalKafka
 from tests.conftest import free_port_block
 from tests.kafka_util import read_to_end, run, wait_caught_up
-from tests.records_check import checked
+from tests.records_check import checked, raw_check
 from tests.services import Process, request, start_ingest, start_worker
 from tests.test_exactly_once import FAST_FAILOVER
 from tests.test_faults import (
@@ -214,10 +214,7 @@ def check(name: str, out: Outcome, restarts: list[Restart]) -> tuple[str, Counte
     answers = out.answers
     accepted = [a for a in answers if a.status == 202]
     codes = Counter(a.status for a in answers)
-    raw_by_id: dict[str, list[bytes]] = {}
-    for request_id, value in out.raw:
-        raw_by_id.setdefault(request_id, []).append(value)
-    missing_raw = [a for a in accepted if raw_by_id.get(a.request_id or "") != [a.body]]
+    in_raw = raw_check([(a.request_id or "", a.body) for a in accepted], out.raw)
     expected = {event_id(a.body) for a in accepted}
     event_counts = Counter(str(e["event_id"]) for e in out.events)
     missing_events = expected - set(event_counts)
@@ -257,7 +254,9 @@ def check(name: str, out: Outcome, restarts: list[Restart]) -> tuple[str, Counte
             ("slowest_answer_s", f"{slowest:.2f}"),
             ("longest_gap_without_202_s", f"{gap:.1f}"),
             ("first_202_after_broker_back_s", ", ".join(f"{x:.1f}" for x in recovery)),
-            ("accepted_missing_from_raw", len(missing_raw)),
+            ("accepted_missing_from_raw", len(in_raw.missing)),
+            ("accepted_altered_in_raw", len(in_raw.altered)),
+            ("accepted_twice_in_raw", len(in_raw.repeated)),
             ("accepted_events_missing", len(missing_events)),
             ("duplicate_event_ids", len(duplicated)),
             ("duplicate_incident_versions", len(duplicated_versions)),
@@ -269,7 +268,8 @@ def check(name: str, out: Outcome, restarts: list[Restart]) -> tuple[str, Counte
     )
     assert not bad, f"answers other than 202 or 503 + Retry-After: {bad[:3]}\n{figures}"
     assert not late, f"{len(late)} answers took over {ANSWER_BOUND_S}s\n{figures}"
-    assert not missing_raw, f"202 answers whose exact bytes are not in cfn.raw\n{figures}"
+    assert not in_raw.missing, f"202 answers whose exact bytes are not in cfn.raw\n{figures}"
+    assert not in_raw.altered, f"202 answers with other bytes in cfn.raw\n{figures}"
     assert not missing_events, f"accepted notifications lost downstream\n{figures}"
     assert not duplicated, f"event ids emitted more than once\n{figures}"
     assert not duplicated_versions, f"duplicate (incident_id, version)\n{figures}"

@@ -38,13 +38,26 @@ from tests.bench.core import (
 )
 from tests.bench.ingest_bench import median_run
 from tests.bench.load import WEBHOOK_PATH, webhook_body
-from tests.services import start_ingest, start_worker
+from tests.services import request, start_ingest, start_worker
 
 FALLBACK_RATE = 200.0
 WARMUP_S = 3.0
 SENDER = Path(__file__).parent / "e2e_sender"
 CONNECTIONS = 64
 EVENTS = (("ALERT_STATE_EVENT_START", 0), ("ALERT_STATE_EVENT_END", 120))  # (event, ts offset)
+
+
+COMMIT_METRIC = "cfn_worker_commit_duration_seconds"
+
+
+def commit_totals(port: int) -> tuple[float, float]:
+    """The worker's commit rounds so far: (seconds spent, rounds), from its /metrics."""
+    totals = {"_sum": 0.0, "_count": 0.0}
+    for line in request(port, "GET", "/metrics").body.decode().splitlines():
+        for suffix in totals:
+            if line.startswith(COMMIT_METRIC + suffix):
+                totals[suffix] += float(line.rsplit(" ", 1)[1])
+    return totals["_sum"], totals["_count"]
 
 
 def correlation_id(token: str, i: int | str) -> str:
@@ -207,6 +220,7 @@ def run_e2e(ctx: Context, rate_override: float | None = None) -> dict[str, Any]:
         try:
             for name, point_rate, point_seconds in plan:
                 progress(f"e2e: {name}: {point_rate:.0f} POST/s for {point_seconds:.0f}s")
+                spent, rounds = commit_totals(worker.port)
                 point = asyncio.run(
                     _measure(
                         sender,
@@ -218,12 +232,21 @@ def run_e2e(ctx: Context, rate_override: float | None = None) -> dict[str, Any]:
                         ctx.tmp / f"e2e-client-{len(points)}.json",
                     )
                 )
-                point.update(rate=point_rate, seconds=point_seconds)
+                spent_after, rounds_after = commit_totals(worker.port)
+                point.update(
+                    rate=point_rate,
+                    seconds=point_seconds,
+                    commit_rounds=int(rounds_after - rounds),
+                    commit_round_mean_ms=finite_or_none(
+                        (spent_after - spent) * 1000 / max(1.0, rounds_after - rounds)
+                    ),
+                )
                 progress(
                     f"e2e:   p50 {point['p50_ms'] or float('nan'):.0f} ms, "
                     f"p99 {point['p99_ms'] or float('nan'):.0f} ms over "
                     f"{point['incident_versions_seen']} incident versions "
-                    f"({point['missing']} missing)"
+                    f"({point['missing']} missing); {point['commit_rounds']} commit rounds, "
+                    f"{point['commit_round_mean_ms'] or float('nan'):.0f} ms each on average"
                 )
                 points[name] = point
         finally:
