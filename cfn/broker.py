@@ -567,12 +567,15 @@ class LocalKafka:
         }
         return "".join(f"{k}={v}\n" for k, v in lines.items())
 
-    def _java(self, libs: Path, main: str, *args: str) -> list[str]:
+    def _java(self, libs: Path, main: str, *args: str, gc_log: Path | None = None) -> list[str]:
+        # Kafka's own start script logs GC too: a pause there stalls every client at once.
+        logging = [f"-Xlog:gc:file={gc_log}:time,uptime:filecount=2,filesize=20M"] if gc_log else []
         return [
             "java",
             f"-Xmx{self.heap}",
             "-Xss1m",
             "-XX:+UseG1GC",
+            *logging,
             "-Djava.awt.headless=true",
             "-cp",
             f"{libs}/*",
@@ -635,7 +638,12 @@ class LocalKafka:
         libs = cache_dir() / "libs"
         log = node.log_file.open("ab")
         node.process = subprocess.Popen(
-            self._java(libs, "kafka.Kafka", str(node.data_dir / "server.properties")),
+            self._java(
+                libs,
+                "kafka.Kafka",
+                str(node.data_dir / "server.properties"),
+                gc_log=node.data_dir / "gc.log",
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

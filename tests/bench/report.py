@@ -570,6 +570,23 @@ def _e2e_detail(e2e: dict[str, Any] | None) -> list[str]:
             if e2e.get("run_p99_ms")
             else []
         ),
+        "Each body's `ts` is the second it was sent, as Cloudflare stamps it. Every pair has "
+        "the same account, policy and alert type, so the flap detector sees one long episode, "
+        "and each incident also gets a version that names it (`flap_id`): more work per pair "
+        "than a spread of accounts would make.",
+        "",
+        *(
+            [
+                f"In the run shown, the worker committed {e2e['commit_rounds']} rounds of "
+                f"transactions, {_num(e2e.get('commit_round_mean_ms'))} ms each on average; the "
+                "worst latency of each second of sending (ms): "
+                + ", ".join(_num(x) for x in e2e.get("max_ms_by_second") or [])
+                + ".",
+                "",
+            ]
+            if e2e.get("commit_rounds") is not None
+            else []
+        ),
     ]
 
 

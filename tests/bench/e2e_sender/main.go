@@ -3,7 +3,8 @@
 // In Go, so that the sender is not the bottleneck it measures: at ~2,950 POST/s a Python sender
 // (aiohttp on uvloop) took about one of this machine's two cores and stamped its times late.
 // Pair i is started every 2/rate seconds; its END is POSTed right after its START's 202. The
-// bodies are two templates (files), with every "@@I@@" replaced by the pair's number. Times are
+// bodies are two templates (files), with every "@@I@@" replaced by the pair's number and every
+// "@@T@@" by the Unix second of the send (the notification's `ts`, as Cloudflare stamps it). Times are
 // wall-clock Unix seconds, to compare with the consumer's on the same machine. Writes one JSON
 // object to OUT:
 // {"sent": {"<i>:<state>": t}, "answered": {...}, "failures": {"<status or error>": n}}.
@@ -71,6 +72,8 @@ func main() {
 			number := []byte(strconv.Itoa(i))
 			for s := range states {
 				body := bytes.ReplaceAll(templates[s], []byte("@@I@@"), number)
+				now := []byte(strconv.FormatInt(time.Now().Unix(), 10))
+				body = bytes.ReplaceAll(body, []byte("@@T@@"), now)
 				p := &posts[i][s]
 				p.failure = send(client, url, secret, body, p)
 				if p.failure != "" {
