@@ -38,7 +38,7 @@ from tests.bench.core import (
 )
 from tests.bench.ingest_bench import median_run
 from tests.bench.load import WEBHOOK_PATH, webhook_body
-from tests.services import request, start_ingest, start_worker
+from tests.services import metric_value, start_ingest, start_worker
 
 FALLBACK_RATE = 200.0
 WARMUP_S = 3.0
@@ -50,19 +50,12 @@ EVENTS = ("ALERT_STATE_EVENT_START", "ALERT_STATE_EVENT_END")
 # watermark jump between runs, and every opening of the earlier run was judged by the flap
 # detector in one step: about 3 s in which the worker did nothing else (docs/performance.md).
 TS_MARK = 1_111_111_111
-
-
 COMMIT_METRIC = "cfn_worker_commit_duration_seconds"
 
 
 def commit_totals(port: int) -> tuple[float, float]:
     """The worker's commit rounds so far: (seconds spent, rounds), from its /metrics."""
-    totals = {"_sum": 0.0, "_count": 0.0}
-    for line in request(port, "GET", "/metrics").body.decode().splitlines():
-        for suffix in totals:
-            if line.startswith(COMMIT_METRIC + suffix):
-                totals[suffix] += float(line.rsplit(" ", 1)[1])
-    return totals["_sum"], totals["_count"]
+    return metric_value(port, COMMIT_METRIC + "_sum"), metric_value(port, COMMIT_METRIC + "_count")
 
 
 def correlation_id(token: str, i: int | str) -> str:
