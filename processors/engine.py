@@ -196,6 +196,15 @@ class Txn:
 
     producer: AIOKafkaProducer
     open: bool = False  # a transaction is open
+    pending: list[asyncio.Future[Any]] = field(default_factory=list)  # submitted batches
+    # Record batches being filled, one per output (topic, partition); submitted when full or
+    # at commit. Appending to aiokafka's BatchBuilder costs ~1.5 us a record, against ~20 us
+    # for producer.send(), which makes a future and metadata per record. They belong to the
+    # transaction, not to a task: aiokafka queues one batch per partition and a second waits
+    # until the first is sent, so tasks sharing a producer that each submitted their own batch
+    # for one partition (every task's rate inputs of an alert type) waited for a produce
+    # round trip apiece, in every commit round.
+    builders: dict[tuple[str, int], BatchBuilder] = field(default_factory=dict)
 
 
 @dataclass
@@ -205,11 +214,6 @@ class Task:
     partition: int
     txn: Txn
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
-    pending: list[asyncio.Future[Any]] = field(default_factory=list)  # submitted batches
-    # Record batches being filled, one per output (topic, partition); submitted when full or
-    # at commit. Appending to aiokafka's BatchBuilder costs ~1.5 us a record, against ~20 us
-    # for producer.send(), which makes a future and metadata per record.
-    builders: dict[tuple[str, int], BatchBuilder] = field(default_factory=dict)
     next_raw: int = -1  # the next raw offset to process; smaller ones are re-fetches
     next_rate: int = -1  # the same for rate-input
 
@@ -369,7 +373,7 @@ class Engine:
             acks="all",
             enable_idempotence=True,
             compression_type=None if s.compression == "none" else s.compression,
-            # The size of the batches the engine fills itself (see Task.builders): a batch is
+            # The size of the batches the engine fills itself (see Txn.builders): a batch is
             # submitted when full, and aiokafka holds one queued batch per partition, so small
             # ones (its default is 16 KiB) made processing wait for a broker round trip every
             # dozen events. Below the topics' max.message.bytes (1 MiB).
@@ -522,23 +526,24 @@ class Engine:
     async def _append(
         self, task: Task, topic: str, partition: int, key: bytes, value: bytes | None
     ) -> None:
-        """Add one record to the task's open batch for (topic, partition)."""
+        """Add one record to the open batch for (topic, partition) of the task's transaction."""
+        txn = task.txn
         slot = (topic, partition)
-        builder = task.builders.get(slot)
+        builder = txn.builders.get(slot)
         if builder is None:
-            builder = task.builders[slot] = task.producer.create_batch()
+            builder = txn.builders[slot] = txn.producer.create_batch()
         if builder.append(timestamp=None, key=key, value=value, headers=_NO_HEADERS) is None:
             # Full: hand it to the producer and start the next (a first record always fits).
-            del task.builders[slot]
-            await self._submit(task, slot, builder)
-            builder = task.builders[slot] = task.producer.create_batch()
+            del txn.builders[slot]
+            await self._submit(txn, slot, builder)
+            builder = txn.builders[slot] = txn.producer.create_batch()
             if builder.append(timestamp=None, key=key, value=value, headers=_NO_HEADERS) is None:
                 raise MessageSizeTooLargeError(f"a record of {len(value or b'')} bytes")
 
-    async def _submit(self, task: Task, slot: tuple[str, int], builder: BatchBuilder) -> None:
+    async def _submit(self, txn: Txn, slot: tuple[str, int], builder: BatchBuilder) -> None:
         builder.close()  # no producer.send() may add to it, and the sender need not linger
-        future = await task.producer.send_batch(builder, slot[0], partition=slot[1])
-        task.pending.append(future)
+        future = await txn.producer.send_batch(builder, slot[0], partition=slot[1])
+        txn.pending.append(future)
 
     def _partition_for(self, out: Output, source: int) -> int:
         """Where a keyed output goes, with the Java client's partitioner, cheaply.
@@ -598,25 +603,25 @@ class Engine:
                     await self._append(task, changelog, p, prefix + key.encode(), encoded)
             if p in self._migrating:
                 await self._append(task, changelog, p, MIGRATED_KEY, MIGRATED_VALUE)
-            builders, task.builders = task.builders, {}
-            for slot, builder in builders.items():
-                await self._submit(task, slot, builder)
         txn = tasks[0].txn
+        builders, txn.builders = txn.builders, {}
+        for slot, builder in builders.items():
+            await self._submit(txn, slot, builder)
         await txn.producer.flush()
+        for future in txn.pending:
+            if not future.done():
+                await future
+            elif future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
         offsets: dict[TopicPartition, int] = {}
         for task in tasks:
-            for future in task.pending:
-                if not future.done():
-                    await future
-                elif future.exception() is not None:
-                    raise future.exception()  # type: ignore[misc]
             offsets.update(task.offsets)
         # Every output and changelog write is acknowledged: now the offsets, atomically.
         if offsets:
             await txn.producer.send_offsets_to_transaction(offsets, self.settings.app_id)
         await txn.producer.commit_transaction()
+        txn.pending = []
         for task in tasks:
-            task.pending = []
             task.offsets = {}
             if task.partition in self._migrating:
                 self._migrating.discard(task.partition)
@@ -639,9 +644,8 @@ class Engine:
             if task is None:
                 return
             failed = sorted(p for p, t in self.tasks.items() if t.txn is task.txn)
-            for p in failed:
-                for future in self.tasks[p].pending:  # their errors are this one's
-                    future.add_done_callback(_consume_exception)
+            for future in task.txn.pending:  # their errors are this one's
+                future.add_done_callback(_consume_exception)
             if self.shared is task.txn:
                 self.shared = None  # not kept: `_release` closes it
             log.error(

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import cast
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import CollectorRegistry
 
 from cfn.processors.metrics import WorkerMetrics
@@ -108,3 +113,67 @@ def test_commit_rounds_are_paced_to_the_transaction_budget() -> None:
     assert engine.commit_pause(96) == 1.6  # 96 busy partitions: 60 a second, not 480
     off = Engine(WorkerSettings(commit_interval=0.2), pipeline(CollectorRegistry()), {})
     assert off.commit_pause(96) == 0.2  # the default: no budget
+
+
+class RecordingProducer:
+    """The calls a commit round makes on a transactional producer, recorded; every batch is
+    acknowledged at once."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, int]] = []  # (topic, partition, records) per batch
+        self.offsets: dict[TopicPartition, int] = {}
+        self.commits = 0
+
+    def create_batch(self) -> BatchBuilder:
+        return BatchBuilder(512 * 1024, 0, is_transactional=1)
+
+    async def send_batch(
+        self, batch: BatchBuilder, topic: str, *, partition: int
+    ) -> asyncio.Future[None]:
+        self.sent.append((topic, partition, batch.record_count()))
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        acked.set_result(None)
+        return acked
+
+    async def flush(self) -> None:
+        pass
+
+    async def send_offsets_to_transaction(
+        self, offsets: dict[TopicPartition, int], group_id: str
+    ) -> None:
+        self.offsets.update(offsets)
+
+    async def commit_transaction(self) -> None:
+        self.commits += 1
+
+
+def test_tasks_sharing_a_transaction_send_one_batch_per_output_partition() -> None:
+    """CFN_TRANSACTIONS=worker: the records every task has for one output partition (each
+    task's rate inputs of one alert type) go in one batch. aiokafka queues one batch per
+    partition and a second waits until the first is sent: a batch per task waited for a
+    produce round trip apiece, every commit round."""
+    from cfn.processors.engine import Engine, Task, Txn
+
+    engine = Engine(WorkerSettings(transactions="worker"), pipeline(CollectorRegistry()), {})
+    producer = RecordingProducer()
+    txn = Txn(cast(AIOKafkaProducer, producer), open=True)
+    tasks = [Task(p, txn) for p in range(3)]
+
+    async def one_round() -> None:
+        for task in tasks:
+            p = task.partition
+            await engine._append(task, "cfn.rate-input", 5, b"t", b"rate input %d" % p)
+            await engine._append(task, "cfn.events", p, b"k", b"event")
+            task.offsets[TopicPartition("cfn.raw", p)] = 10 + p
+        await engine._commit_steps(tasks)
+
+    asyncio.run(one_round())
+    assert sorted(producer.sent) == [
+        ("cfn.events", 0, 1),
+        ("cfn.events", 1, 1),
+        ("cfn.events", 2, 1),
+        ("cfn.rate-input", 5, 3),
+    ]
+    assert producer.commits == 1
+    assert producer.offsets == {TopicPartition("cfn.raw", p): 10 + p for p in range(3)}
+    assert not txn.open and txn.pending == [] and txn.builders == {}
