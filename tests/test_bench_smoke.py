@@ -186,11 +186,20 @@ def test_quick_e2e_section(kafka: str, tmp_path: Path) -> None:
     )
     section = results["sections"]["e2e"]
     assert "error" not in section, section
-    for point in (section, section["light"], section["warmup"]):
-        assert point["failures"] == {}, point
-        assert point["posts"] == point["accepted"] > 0, point
-        assert point["missing"] == 0 and point["incident_versions_seen"] == point["accepted"]
-        assert positive(point["p99_ms"]) and positive(point["from_send_p99_ms"])
-        assert point["from_send_p50_ms"] >= point["p50_ms"]
-    assert section["rate"] == 40.0 and section["rate_source"] == "set with --e2e-rate"
-    assert "### End to end detail" in (tmp_path / "results.md").read_text()
+    # Both owners of the transactions, each through its own worker; the default's on top.
+    assert set(section["by_mode"]) == {"partition", "worker"}
+    assert section["mode"] == "partition"
+    for mode, result in section["by_mode"].items():
+        assert result["mode"] == mode
+        for point in (result, result["light"], result["warmup"]):
+            assert point["failures"] == {}, point
+            assert point["posts"] == point["accepted"] > 0, point
+            assert point["missing"] == 0 and point["incident_versions_seen"] == point["accepted"]
+            assert positive(point["p99_ms"]) and positive(point["from_send_p99_ms"])
+            assert point["from_send_p50_ms"] >= point["p50_ms"]
+            assert point["commit_rounds"] > 0, point
+        assert result["rate"] == 40.0 and result["rate_source"] == "set with --e2e-rate"
+    text = (tmp_path / "results.md").read_text()
+    assert "### End to end detail" in text
+    assert "CFN_TRANSACTIONS=partition, the default" in text
+    assert "one producer per worker (CFN_TRANSACTIONS=worker)" in text

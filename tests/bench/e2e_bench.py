@@ -14,6 +14,9 @@ earlier in the same invocation: the sender, the ingest, the worker and the broke
 machine. Tail latency on 2 shared cores moves a lot between runs, so the chosen rate is run
 `runs` times (3 in full mode) and the run with the median p99 is reported, with every run's p99
 beside it.
+Both owners of the worker's transactions (CFN_TRANSACTIONS) are measured, each with its own
+worker and ingest, their runs alternating: a producer per partition (the default) commits a
+round as one transaction per busy partition, one producer per worker as one transaction.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from tests.bench.core import (
 )
 from tests.bench.ingest_bench import median_run
 from tests.bench.load import WEBHOOK_PATH, webhook_body
-from tests.services import metric_value, start_ingest, start_worker
+from tests.services import Process, metric_value, start_ingest, start_worker
 
 FALLBACK_RATE = 200.0
 WARMUP_S = 3.0
@@ -192,10 +195,16 @@ async def _measure(
     }
 
 
-def run_e2e(ctx: Context, rate_override: float | None = None) -> dict[str, Any]:
-    """A warm-up, a light rate (a tenth of the chosen one) that shows the floor, then the
-    chosen rate `runs` times: the run with the median p99 is the result, every run's is kept.
+MODES = ("partition", "worker")  # CFN_TRANSACTIONS: who writes the worker's transactions
 
+
+def run_e2e(ctx: Context, rate_override: float | None = None) -> dict[str, Any]:
+    """Each transaction mode (CFN_TRANSACTIONS) through its own worker and ingest: a warm-up,
+    a light rate (a tenth of the chosen one) that shows the floor, then the chosen rate `runs`
+    times, the modes alternating run by run so that a noisy stretch of the machine falls on
+    both. Per mode, the run with the median p99 is the result and every run's is kept.
+
+    The top level of the result is the default mode's (`partition`); `by_mode` has both.
     The warm-up (WARMUP_S at the light rate, reported on its own) carries the first traffic
     over every partition of the new topics: a fresh worker's first seconds of traffic stalled
     for up to a second in some runs here, which landed in whichever point came first.
@@ -204,69 +213,95 @@ def run_e2e(ctx: Context, rate_override: float | None = None) -> dict[str, Any]:
     light = max(4.0, rate / 10)
     progress("e2e: building the sender (tests/bench/e2e_sender)")
     sender = go_build(ctx, SENDER)
-    prefix = f"bench-e2e-{uuid.uuid4().hex[:6]}."
-    app_id = f"bench-e2e-{uuid.uuid4().hex[:6]}"
-    progress(f"e2e: starting a worker and cfn ingest on {prefix}*")
-    worker = start_worker(
-        ctx.tmp,
-        ctx.bootstrap,
-        prefix,
-        app_id,
-        {"CFN_TICK_INTERVAL": "1s"},
-        partitions=12,
-    )
     seconds = ctx.sizes.e2e_duration
     plan = [("warm-up", light, WARMUP_S), ("light", light, seconds / 2)]
     plan += [(f"run {i + 1}", rate, seconds) for i in range(ctx.sizes.runs)]
-    points: dict[str, dict[str, Any]] = {}
+    workers: dict[str, Process] = {}
+    ingests: dict[str, Process] = {}
+    points: dict[str, dict[str, dict[str, Any]]] = {mode: {} for mode in MODES}
     try:
-        ingest = start_ingest(
-            ctx.tmp, ctx.bootstrap, prefix, {"CFN_INGEST_SECRET": SECRET, "CFN_PARTITIONS": "12"}
-        )
-        try:
-            for name, point_rate, point_seconds in plan:
-                progress(f"e2e: {name}: {point_rate:.0f} POST/s for {point_seconds:.0f}s")
-                spent, rounds = commit_totals(worker.port)
-                point = asyncio.run(
-                    _measure(
-                        sender,
-                        ctx.bootstrap,
-                        ingest.port,
-                        f"{prefix}incidents",
-                        point_rate,
-                        point_seconds,
-                        ctx.tmp / f"e2e-client-{len(points)}.json",
-                    )
+        for mode in MODES:
+            prefix = f"bench-e2e-{mode}-{uuid.uuid4().hex[:6]}."
+            progress(f"e2e: a worker (CFN_TRANSACTIONS={mode}) and cfn ingest on {prefix}*")
+            workers[mode] = start_worker(
+                ctx.tmp,
+                ctx.bootstrap,
+                prefix,
+                f"bench-e2e-{mode}-{uuid.uuid4().hex[:6]}",
+                {"CFN_TICK_INTERVAL": "1s", "CFN_TRANSACTIONS": mode},
+                partitions=12,
+            )
+            ingests[mode] = start_ingest(
+                ctx.tmp,
+                ctx.bootstrap,
+                prefix,
+                {"CFN_INGEST_SECRET": SECRET, "CFN_PARTITIONS": "12"},
+            )
+        for name, point_rate, point_seconds in plan:
+            for mode in MODES:
+                progress(f"e2e: {mode}: {name}: {point_rate:.0f} POST/s for {point_seconds:.0f}s")
+                points[mode][name] = _point(
+                    ctx, sender, workers[mode], ingests[mode], mode, point_rate, point_seconds
                 )
-                spent_after, rounds_after = commit_totals(worker.port)
-                point.update(
-                    rate=point_rate,
-                    seconds=point_seconds,
-                    commit_rounds=int(rounds_after - rounds),
-                    commit_round_mean_ms=finite_or_none(
-                        (spent_after - spent) * 1000 / max(1.0, rounds_after - rounds)
-                    ),
-                )
-                progress(
-                    f"e2e:   p50 {point['p50_ms'] or float('nan'):.0f} ms, "
-                    f"p99 {point['p99_ms'] or float('nan'):.0f} ms over "
-                    f"{point['incident_versions_seen']} incident versions "
-                    f"({point['missing']} missing); {point['commit_rounds']} commit rounds, "
-                    f"{point['commit_round_mean_ms'] or float('nan'):.0f} ms each on average"
-                )
-                points[name] = point
-        finally:
-            ingest.stop()
     finally:
-        worker.stop(timeout=30)
-    loaded = [points[name] for name, point_rate, _ in plan[2:]]
-    result = median_run(loaded)
-    result.update(
-        rate_source=why,
-        light=points["light"],
-        warmup=points["warm-up"],
-        run_p99_ms=[p["p99_ms"] for p in loaded],
-        run_p50_ms=[p["p50_ms"] for p in loaded],
-        missing_all_runs=sum(p["missing"] for p in loaded),
+        for ingest in ingests.values():
+            ingest.stop()
+        for worker in workers.values():
+            worker.stop(timeout=30)
+    by_mode: dict[str, dict[str, Any]] = {}
+    for mode in MODES:
+        loaded = [points[mode][name] for name, _rate, _seconds in plan[2:]]
+        result = median_run(loaded)
+        result.update(
+            mode=mode,
+            rate_source=why,
+            light=points[mode]["light"],
+            warmup=points[mode]["warm-up"],
+            run_p99_ms=[p["p99_ms"] for p in loaded],
+            run_p50_ms=[p["p50_ms"] for p in loaded],
+            missing_all_runs=sum(p["missing"] for p in loaded),
+        )
+        by_mode[mode] = result
+    return {**by_mode[MODES[0]], "by_mode": by_mode}
+
+
+def _point(
+    ctx: Context,
+    sender: Path,
+    worker: Process,
+    ingest: Process,
+    mode: str,
+    rate: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """One point: `rate` POST/s for `seconds` through one mode's stack, with that worker's
+    commit rounds over the point."""
+    spent, rounds = commit_totals(worker.port)
+    point = asyncio.run(
+        _measure(
+            sender,
+            ctx.bootstrap,
+            ingest.port,
+            f"{ingest.env['CFN_TOPIC_PREFIX']}incidents",
+            rate,
+            seconds,
+            ctx.tmp / f"e2e-client-{mode}-{uuid.uuid4().hex[:6]}.json",
+        )
     )
-    return result
+    spent_after, rounds_after = commit_totals(worker.port)
+    point.update(
+        rate=rate,
+        seconds=seconds,
+        commit_rounds=int(rounds_after - rounds),
+        commit_round_mean_ms=finite_or_none(
+            (spent_after - spent) * 1000 / max(1.0, rounds_after - rounds)
+        ),
+    )
+    progress(
+        f"e2e:   p50 {point['p50_ms'] or float('nan'):.0f} ms, "
+        f"p99 {point['p99_ms'] or float('nan'):.0f} ms over "
+        f"{point['incident_versions_seen']} incident versions "
+        f"({point['missing']} missing); {point['commit_rounds']} commit rounds, "
+        f"{point['commit_round_mean_ms'] or float('nan'):.0f} ms each on average"
+    )
+    return point
