@@ -29,6 +29,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from cfn.processors.settings import TRANSACTIONS
 from cfn.schemas import jsonio
 from tests.bench.core import (
     LOAD_FRACTION,
@@ -195,7 +196,8 @@ async def _measure(
     }
 
 
-MODES = ("partition", "worker")  # CFN_TRANSACTIONS: who writes the worker's transactions
+# CFN_TRANSACTIONS: who writes the worker's transactions; the default first.
+MODES = TRANSACTIONS
 
 
 def run_e2e(ctx: Context, rate_override: float | None = None) -> dict[str, Any]:
