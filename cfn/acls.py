@@ -16,7 +16,14 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from cfn.config import OUTPUT_ROLES, TABLES, changelog_topic, legacy_changelog_topic, topic_names
+from cfn.config import (
+    OUTPUT_ROLES,
+    TABLES,
+    TRANSACTIONS,
+    changelog_topic,
+    legacy_changelog_topic,
+    topic_names,
+)
 
 RESOURCE_TYPES = ("TOPIC", "GROUP", "TRANSACTIONAL_ID", "CLUSTER")
 PATTERNS = ("LITERAL", "PREFIXED")
@@ -62,7 +69,7 @@ def role_acls(
     principal: str,
     prefix: str = "cfn.",
     app_id: str = "cfn",
-    transactions: str = "partition",
+    transactions: str = TRANSACTIONS[0],
     upgrading: bool = False,
 ) -> list[Acl]:
     """The ACLs a principal needs, and no more, to act as one of cfn's roles.
@@ -74,8 +81,9 @@ def role_acls(
         principal: `User:NAME`, the SASL user or the mapped certificate CN.
         prefix: CFN_TOPIC_PREFIX.
         app_id: CFN_APP_ID: the worker's group, transactional id prefix and changelog prefix.
-        transactions: CFN_TRANSACTIONS: the worker's transactional ids are `<app_id>-task-<p>`
-            (partition) or `<app_id>-worker-<CFN_WORKER_ID>` (worker).
+        transactions: CFN_TRANSACTIONS: the worker's transactional ids are
+            `<app_id>-worker-<worker id>` (worker, the default) or `<app_id>-task-<p>`
+            (partition).
         upgrading: the worker also reads the per-table changelogs of earlier versions, whose
             state it moves into the shared changelog (a topic it may not see is not moved).
 
@@ -183,7 +191,7 @@ def render_role(
     app_id: str = "cfn",
     bootstrap: str = "127.0.0.1:9092",
     command_config: str = "admin.properties",
-    transactions: str = "partition",
+    transactions: str = TRANSACTIONS[0],
     upgrading: bool = False,
 ) -> str:
     """`cfn acls`'s output: one kafka-acls command per binding, after a comment line."""

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cfn.config import OUTPUT_ROLES
+from cfn.config import OUTPUT_ROLES, TRANSACTIONS
 
 
 def _broker(args: argparse.Namespace) -> int:
@@ -33,7 +33,7 @@ def _acls(args: argparse.Namespace) -> int:
                 app_id=args.app_id,
                 bootstrap=args.bootstrap,
                 command_config=args.command_config,
-                transactions=os.environ.get("CFN_TRANSACTIONS", "partition"),
+                transactions=os.environ.get("CFN_TRANSACTIONS", TRANSACTIONS[0]),
                 upgrading=args.upgrading,
             )
         )

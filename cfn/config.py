@@ -104,6 +104,10 @@ class Env:
 # Producer compression codecs (Kafka's names); "none" sends batches uncompressed.
 COMPRESSIONS = ("lz4", "zstd", "snappy", "gzip", "none")
 
+# CFN_TRANSACTIONS, who writes the worker's transactions (processors/engine.py), the default
+# first: one producer per worker (KIP-447), or one per partition.
+TRANSACTIONS = ("worker", "partition")
+
 
 # The worker's changelog-backed tables (processors/engine.py). They share one changelog topic,
 # each record keyed `<table>:<key>`.

@@ -7,18 +7,19 @@ transaction covers between two commits (outputs, changelog writes, consumed offs
 aborts together, so a read_committed subscriber sees each input's effects exactly once or not
 at all. Who writes the transactions is CFN_TRANSACTIONS:
 
-* `partition` (the default): each task has a transactional producer whose id,
-  `<app id>-task-<p>`, is the same on every worker. Whoever takes p over calls
-  `init_transactions` with that id, which aborts the previous owner's open transaction and
-  fences it, so a worker that was thought dead cannot commit late. A commit round writes one
-  transaction per partition.
-* `worker` (KIP-447): one producer per worker, `<app id>-worker-<CFN_WORKER_ID>`, and one
-  transaction per commit round whatever the partition count. aiokafka sends neither request
+* `worker` (the default, KIP-447): one producer per worker, `<app id>-worker-<worker id>`, and
+  one transaction per commit round whatever the partition count. aiokafka sends neither request
   this needs, so cfn does (cfn/protocol.py, cfn/internals.py): the offsets go with the group
   generation and member id (TxnOffsetCommit v3), and the group refuses a member that lost its
   partitions; a new owner reads the committed offsets once they are stable (OffsetFetch v7),
   then restores the changelogs once no transaction is open on them, and a worker that comes
-  back after generations without it restores everything it holds.
+  back after generations without it restores everything it holds. A restarted worker comes
+  back under its previous id (processors/identity.py), which aborts the open transaction it
+  left at once.
+* `partition`: each task has a transactional producer whose id, `<app id>-task-<p>`, is the
+  same on every worker. Whoever takes p over calls `init_transactions` with that id, which
+  aborts the previous owner's open transaction and fences it, so a worker that was thought dead
+  cannot commit late. A commit round writes one transaction per partition.
 
 Every table writes to the app's one changelog topic, `<app id>-changelog`, keyed
 `<table>:<key>`: its partition p holds task p's state, and a transaction of task p writes one
@@ -45,7 +46,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -58,6 +59,7 @@ from cfn.access import AccessDenied, denial
 from cfn.config import OUTPUT_ROLES, changelog_topic, legacy_changelog_topic
 from cfn.partition import partition_for
 from cfn.processors.dedup import partition_of_seen
+from cfn.processors.identity import new_worker_id
 from cfn.processors.pipeline import Output, Pipeline, header_map
 from cfn.processors.settings import WorkerSettings
 from cfn.schemas import jsonio
@@ -231,6 +233,8 @@ class Engine:
         pipeline: Pipeline,
         tables: dict[str, ChangelogTable],
     ) -> None:
+        if not settings.worker_id:  # `cfn worker` keeps one (processors/identity.py)
+            settings = replace(settings, worker_id=new_worker_id())
         self.settings = settings
         self.pipeline = pipeline
         self.tables = tables
@@ -365,8 +369,9 @@ class Engine:
             **self._client_options,
             client_id=f"{s.app_id}-{name}",
             transactional_id=f"{s.app_id}-{name}",
-            # A worker's transactional id dies with it (see WorkerSettings.worker_id), so the
-            # broker, not a successor, aborts a killed worker's open transaction: after this.
+            # A worker's transactional id comes back only with a restart on its machine (see
+            # processors/identity.py); otherwise the broker, not a successor, aborts a killed
+            # worker's open transaction: after this.
             transaction_timeout_ms=(
                 WORKER_TXN_TIMEOUT_MS if s.transactions == "worker" else 60_000
             ),

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import os
-import uuid
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from cfn.config import COMPRESSIONS, ConfigError, Env, parse_duration, topic_names
+from cfn.config import (
+    COMPRESSIONS,
+    TRANSACTIONS,
+    ConfigError,
+    Env,
+    parse_duration,
+    topic_names,
+)
 from cfn.processors.anomaly import AnomalyPolicy
 from cfn.processors.flapping import FlapPolicy
 from cfn.security import PLAINTEXT, KafkaSecurity
 
-TRANSACTIONS = ("partition", "worker")
+
+def default_state_dir() -> str:
+    """CFN_STATE_DIR's default: `cfn` in the temporary directory (Kafka Streams' state.dir is
+    likewise under java.io.tmpdir)."""
+    return os.path.join(tempfile.gettempdir(), "cfn")
 
 
 def _per_type(name: str, text: str | None) -> dict[str, float]:
@@ -47,14 +58,19 @@ class WorkerSettings:
     # transactions a second. Off by default: measured over 96 partitions it did not raise
     # throughput (make bench, partitions section) and it stretches visibility latency.
     max_transactions: float = 0.0
-    # Who writes the transactions (processors/engine.py): one producer per partition, fenced by
-    # its transactional id ("partition"), or one per worker, fenced by the group generation
-    # (KIP-447, "worker"): one transaction per commit round however many partitions it owns.
-    transactions: str = "partition"
+    # Who writes the transactions (processors/engine.py): one producer per worker, fenced by the
+    # group generation (KIP-447, "worker"): one transaction per commit round however many
+    # partitions it owns; or one per partition, fenced by its transactional id ("partition").
+    # Measured here "worker" is ahead in events/s at 12 and 96 partitions and in latency
+    # (docs/performance.md), as Kafka Streams moved to it with exactly_once_v2.
+    transactions: str = TRANSACTIONS[0]
     # The worker's part of its transactional id in "worker" mode: unique among live workers.
-    # Random by default; a stable one (a pod name) lets a restarted worker abort its previous
-    # incarnation's open transaction at once instead of after the transaction timeout.
-    worker_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    # Empty: `cfn worker` keeps one per slot of `state_dir` (processors/identity.py), so that a
+    # restarted worker aborts its previous incarnation's open transaction at once instead of
+    # after the transaction timeout; an engine built without one takes a random one.
+    worker_id: str = ""
+    # Where `cfn worker` keeps its worker id between restarts (processors/identity.py).
+    state_dir: str = field(default_factory=default_state_dir)
     session_timeout: float = 15.0
     dedup_window: float = 24 * 3600.0
     orphan_end_hold: float = 600.0
@@ -105,7 +121,8 @@ class WorkerSettings:
                 "CFN_MAX_TRANSACTIONS_PER_S", cls.max_transactions, minimum=0.0
             ),
             transactions=env.choice("CFN_TRANSACTIONS", cls.transactions, TRANSACTIONS),
-            worker_id=env.raw("CFN_WORKER_ID") or uuid.uuid4().hex[:12],
+            worker_id=env.raw("CFN_WORKER_ID") or "",
+            state_dir=env.text("CFN_STATE_DIR", default_state_dir()),
             session_timeout=env.duration("CFN_SESSION_TIMEOUT", cls.session_timeout),
             dedup_window=env.duration("CFN_DEDUP_WINDOW", cls.dedup_window),
             orphan_end_hold=env.duration("CFN_ORPHAN_END_HOLD", cls.orphan_end_hold),

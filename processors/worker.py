@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 import uvloop
 from aiohttp import web
@@ -16,7 +18,7 @@ from cfn import internals
 from cfn.access import AccessDenied, denial, diagnose
 from cfn.config import TABLES, ConfigError, changelog_topic, topic_names
 from cfn.health import Reachability, quiet_client_logs
-from cfn.processors import incident
+from cfn.processors import identity, incident
 from cfn.processors.clock import wall_clock
 from cfn.processors.engine import ChangelogTable, Engine
 from cfn.processors.metrics import WorkerMetrics
@@ -119,8 +121,43 @@ class KafkaUnreachable(Exception):
     pass
 
 
+def claim_identity(settings: WorkerSettings) -> tuple[WorkerSettings, identity.Claim | None]:
+    """The settings with the worker's id: CFN_WORKER_ID, else the one kept in a slot of
+    CFN_STATE_DIR (whose lock the returned claim holds), else a random one."""
+    if settings.transactions != "worker" or settings.worker_id:
+        return settings, None
+    try:
+        claim = identity.claim(Path(settings.state_dir), settings.app_id)
+    except identity.IdentityError as exc:
+        worker_id = identity.new_worker_id()
+        log.warning(
+            "worker id %s, random: %s (a restart will not abort this worker's open transaction;"
+            " set CFN_STATE_DIR or CFN_WORKER_ID)",
+            worker_id,
+            exc,
+        )
+        return replace(settings, worker_id=worker_id), None
+    log.info(
+        "worker id %s (%s slot %d of %s)",
+        claim.worker_id,
+        "kept in" if claim.reused else "new in",
+        claim.slot,
+        settings.state_dir,
+    )
+    return replace(settings, worker_id=claim.worker_id), claim
+
+
 async def serve(settings: WorkerSettings) -> None:
     await _ensure(settings)
+    settings, claim = claim_identity(settings)
+    try:
+        await _serve(settings)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+async def _serve(settings: WorkerSettings) -> None:
     registry = CollectorRegistry()
     engine = build(settings, registry)
     stop = asyncio.Event()

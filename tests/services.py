@@ -173,6 +173,8 @@ def start_worker(
                 "CFN_PARTITIONS": str(partitions),
                 "CFN_WORKER_METRICS_PORT": str(port),
                 "CFN_TICK_INTERVAL": "0.5s",
+                # The test's own: a worker restarted in the test keeps its id (and its slot).
+                "CFN_STATE_DIR": str(tmp / "cfn-state"),
                 **(env or {}),
             }
         ),

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
+from cfn import internals
 from cfn.acls import Acl, kafka_acls_command, parse_kafka_acls_command, role_acls
 from cfn.broker import LocalKafka
 from cfn.cli import main
@@ -70,10 +71,10 @@ def test_role_acls_are_exact() -> None:
         (a.resource_type, a.name, a.pattern, a.operation) for a in role_acls("worker", "User:w")
     }
     assert ("GROUP", "cfn", "LITERAL", "READ") in worker
-    assert ("TRANSACTIONAL_ID", "cfn-task-", "PREFIXED", "WRITE") in worker
-    per_worker = role_acls("worker", "User:w", transactions="worker")
-    assert ("TRANSACTIONAL_ID", "cfn-worker-", "PREFIXED", "WRITE") in [
-        (a.resource_type, a.name, a.pattern, a.operation) for a in per_worker
+    assert ("TRANSACTIONAL_ID", "cfn-worker-", "PREFIXED", "WRITE") in worker  # the default
+    per_partition = role_acls("worker", "User:w", transactions="partition")
+    assert ("TRANSACTIONAL_ID", "cfn-task-", "PREFIXED", "WRITE") in [
+        (a.resource_type, a.name, a.pattern, a.operation) for a in per_partition
     ]
     assert ("TOPIC", "cfn-changelog", "LITERAL", "READ") in worker
     assert ("TOPIC", "cfn-changelog", "LITERAL", "WRITE") in worker
@@ -137,9 +138,10 @@ async def ingest_work(options: dict[str, Any], prefix: str, _app_id: str) -> Non
 
 
 async def worker_work(options: dict[str, Any], prefix: str, app_id: str) -> None:
-    """What the worker does: consume raw and rate-input in group <app_id> (read_committed),
-    write every output and changelog in a transaction of `<app_id>-task-0` that also commits
-    the consumed offsets, read the committed offsets back, and restore the changelogs."""
+    """What the worker does (CFN_TRANSACTIONS=worker, the default): consume raw and rate-input
+    in group <app_id> (read_committed), write every output and changelog in a transaction of
+    `<app_id>-worker-<id>` that also commits the consumed offsets as a group member (KIP-447,
+    TxnOffsetCommit v3), read the committed offsets back, and restore the changelogs."""
     topics = topic_names(prefix)
     changelogs = [changelog_topic(app_id)]
     inputs = [topics["raw"], topics["rate-input"]]
@@ -151,7 +153,8 @@ async def worker_work(options: dict[str, Any], prefix: str, app_id: str) -> None
         enable_auto_commit=False,
         **options,
     )
-    producer = AIOKafkaProducer(transactional_id=f"{app_id}-task-0", **options)
+    producer = AIOKafkaProducer(transactional_id=f"{app_id}-worker-w0", **options)
+    internals.commit_offsets_as_member(producer, consumer)
     reader = AIOKafkaConsumer(
         group_id=None, isolation_level="read_committed", enable_auto_commit=False, **options
     )

@@ -29,7 +29,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from cfn.processors.settings import TRANSACTIONS
+from cfn.config import TRANSACTIONS
 from cfn.schemas import jsonio
 from tests.bench.core import (
     LOAD_FRACTION,
