@@ -302,7 +302,29 @@ class Engine:
             self._probe.assign(changelogs)
             self._probe.pause(*changelogs)
         self.pipeline.flap_marks = self.copartitioned
+        if s.transactions == "worker":
+            await self._start_shared()
         self._consumer.subscribe([self.raw_topic, self.rate_topic], listener=_Listener(self))
+
+    async def _start_shared(self) -> None:
+        """Start the worker's producer before joining the group. Its init_transactions aborts
+        the transaction that a killed earlier worker under the same id (processors/identity.py)
+        left open: read_committed readers of the partitions it wrote go on now, not once the
+        dead member's session has expired and the partitions are assigned. A failure other
+        than a refusal is left to the first assignment, which starts a producer anyway."""
+        _, fresh = self._txns_for([])
+        try:
+            async with asyncio.timeout(COMMIT_TIMEOUT):
+                await _start_all([txn.producer for txn in fresh])
+        except Exception as exc:
+            await asyncio.gather(*(self._stop_producer(txn.producer) for txn in fresh))
+            self.shared = None
+            if denial(exc, "worker") is not None:
+                raise
+            log.warning(
+                "the worker's producer did not start (%s); again on assignment",
+                type(exc).__name__,
+            )
 
     async def _copartitioned(self) -> bool:
         """True when the inputs and every output have exactly CFN_PARTITIONS partitions.

@@ -154,12 +154,12 @@ async def worker_work(options: dict[str, Any], prefix: str, app_id: str) -> None
         **options,
     )
     producer = AIOKafkaProducer(transactional_id=f"{app_id}-worker-w0", **options)
-    internals.commit_offsets_as_member(producer, consumer)
     reader = AIOKafkaConsumer(
         group_id=None, isolation_level="read_committed", enable_auto_commit=False, **options
     )
     try:
         await consumer.start()
+        internals.commit_offsets_as_member(producer, consumer)  # its coordinator, once started
         offsets: dict[TopicPartition, int] = {}
         while len(offsets) < len(inputs):
             for tp, records in (await consumer.getmany(timeout_ms=500)).items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -13,19 +14,24 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 
+from cfn.config import changelog_topic
+from cfn.processors.engine import WORKER_TXN_TIMEOUT_MS
 from tests.kafka_util import (
     create_topics,
     drain,
     fold_table,
     fold_versions,
+    partitions_of,
     produce_with_headers,
     read_to_end,
     run,
     wait_caught_up,
 )
 from tests.records_check import checked
-from tests.services import Process, metric_value, request, start_worker
+from tests.services import Process, metric_value, request, start_worker, wait_worker
 from tests.workload import build
 
 pytestmark = pytest.mark.broker
@@ -264,3 +270,87 @@ def test_a_paused_worker_is_fenced_when_it_wakes(kafka: str, tmp_path: Path, mod
     print(f"\nthe woken worker had {len(refused)} task transaction(s) refused, and rejoined")
     assert refused, f"no transaction of the woken worker was refused:\n{stalled.output[-3000:]}"
     assert set(refused) <= FENCED, f"refused for other reasons than fencing: {set(refused)}"
+
+
+async def freeze_in_transaction(
+    kafka: str, worker: Process, topics: list[str], tries: int = 200
+) -> dict[TopicPartition, int]:
+    """Stop `worker` (SIGSTOP) at a random moment until it is stopped with a transaction open
+    on `topics`; returns the partitions that transaction holds back, each with its high
+    watermark. Between two stops the worker runs 50 ms. A commit it had already sent completes
+    in milliseconds: a partition still behind 0.3 s after the stop is held by the worker."""
+    committed = AIOKafkaConsumer(bootstrap_servers=kafka, isolation_level="read_committed")
+    uncommitted = AIOKafkaConsumer(bootstrap_servers=kafka, isolation_level="read_uncommitted")
+    await asyncio.gather(committed.start(), uncommitted.start())
+    try:
+        tps = [tp for topic in topics for tp in await partitions_of(kafka, topic)]
+        for _ in range(tries):
+            worker.signal(signal.SIGSTOP)
+            await asyncio.sleep(0.3)
+            stable = await committed.end_offsets(tps)
+            high = await uncommitted.end_offsets(tps)
+            held = {tp: high[tp] for tp in tps if stable[tp] < high[tp]}
+            if held:
+                return held
+            worker.signal(signal.SIGCONT)
+            await asyncio.sleep(0.05)
+    finally:
+        await asyncio.gather(committed.stop(), uncommitted.stop())
+    raise AssertionError(f"{tries} stops, none in an open transaction")
+
+
+async def stable_past(kafka: str, marks: dict[TopicPartition, int], timeout: float) -> float:
+    """When (time.monotonic()) every partition's last stable offset has reached its mark."""
+    reader = AIOKafkaConsumer(bootstrap_servers=kafka, isolation_level="read_committed")
+    await reader.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            stable = await reader.end_offsets(list(marks))
+            if all(stable[tp] >= mark for tp, mark in marks.items()):
+                return time.monotonic()
+            assert time.monotonic() < deadline, f"still open after {timeout}s: {stable}"
+            await asyncio.sleep(0.1)
+    finally:
+        await reader.stop()
+
+
+def test_a_restarted_worker_aborts_the_transaction_it_left_open_at_once(
+    kafka: str, tmp_path: Path
+) -> None:
+    """CFN_TRANSACTIONS=worker, the default, with the default 15 s session: a worker SIGKILLed
+    in a transaction and started again on its machine comes back under its id (kept in
+    CFN_STATE_DIR, processors/identity.py) and its producer's start aborts that transaction.
+    read_committed readers of what it wrote go on well before the broker would have aborted it
+    (10 s after it began, then the broker's next check) and before the group has even noticed
+    the death (the session). Kafka Streams' state directory keeps its process id likewise."""
+    token = uuid.uuid4().hex[:8]
+    prefix, app_id = f"a{token}.", f"abort-{token}"
+    work = build(n_incidents=4000, n_one_offs=4000, now_ms=int(time.time() * 1000), seed=5)
+    run(create_topics(kafka, [f"{prefix}raw"], PARTITIONS))
+    written = [f"{prefix}{role}" for role in ("events", "incidents", "rate-input")]
+    written.append(changelog_topic(app_id))
+    env = {"CFN_LOG_LEVEL": "INFO"}
+    worker = start_worker(tmp_path, kafka, prefix, app_id, env, partitions=PARTITIONS)
+    run(produce_with_headers(kafka, f"{prefix}raw", work.records))
+    deadline = time.monotonic() + 60
+    while processed(worker) < 500:  # busy with the backlog: a transaction a commit round
+        assert time.monotonic() < deadline, "the worker made no progress"
+        time.sleep(0.05)
+    left_open = run(freeze_in_transaction(kafka, worker, written))
+    worker.kill()
+    killed_at = time.monotonic()
+
+    again = start_worker(tmp_path, kafka, prefix, app_id, env, partitions=PARTITIONS, wait=False)
+    try:
+        readable_at = run(stable_past(kafka, left_open, 60))
+        wait_worker(again)
+    finally:
+        again.stop()
+    first = re.findall(r"worker id (\w+) \((new|kept) in slot (\d+)", worker.output)
+    restarted = re.findall(r"worker id (\w+) \((new|kept) in slot (\d+)", again.output)
+    assert len(first) == 1 and first[0][1:] == ("new", "0")
+    assert restarted == [(first[0][0], "kept", "0")]
+    took = readable_at - killed_at
+    print(f"\n{len(left_open)} partitions held by a transaction; readable {took:.1f}s after")
+    assert took < WORKER_TXN_TIMEOUT_MS / 1000 - 2, "not aborted by the restart"
