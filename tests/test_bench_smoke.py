@@ -188,7 +188,7 @@ def test_quick_e2e_section(kafka: str, tmp_path: Path) -> None:
     assert "error" not in section, section
     # Both owners of the transactions, each through its own worker; the default's on top.
     assert set(section["by_mode"]) == {"partition", "worker"}
-    assert section["mode"] == "partition"
+    assert section["mode"] == "worker"
     for mode, result in section["by_mode"].items():
         assert result["mode"] == mode
         for point in (result, result["light"], result["warmup"]):
@@ -201,5 +201,5 @@ def test_quick_e2e_section(kafka: str, tmp_path: Path) -> None:
         assert result["rate"] == 40.0 and result["rate_source"] == "set with --e2e-rate"
     text = (tmp_path / "results.md").read_text()
     assert "### End to end detail" in text
-    assert "CFN_TRANSACTIONS=partition, the default" in text
-    assert "one producer per worker (CFN_TRANSACTIONS=worker)" in text
+    assert "one producer per worker (CFN_TRANSACTIONS=worker, the default)" in text
+    assert "a producer per partition (CFN_TRANSACTIONS=partition)" in text

@@ -15,8 +15,8 @@ machine. Tail latency on 2 shared cores moves a lot between runs, so the chosen 
 `runs` times (3 in full mode) and the run with the median p99 is reported, with every run's p99
 beside it.
 Both owners of the worker's transactions (CFN_TRANSACTIONS) are measured, each with its own
-worker and ingest, their runs alternating: a producer per partition (the default) commits a
-round as one transaction per busy partition, one producer per worker as one transaction.
+worker and ingest, their runs alternating: one producer per worker (the default) commits a
+round as one transaction, a producer per partition as one transaction per busy partition.
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def run_e2e(ctx: Context, rate_override: float | None = None) -> dict[str, Any]:
     times, the modes alternating run by run so that a noisy stretch of the machine falls on
     both. Per mode, the run with the median p99 is the result and every run's is kept.
 
-    The top level of the result is the default mode's (`partition`); `by_mode` has both.
+    The top level of the result is the default mode's (`worker`); `by_mode` has both.
     The warm-up (WARMUP_S at the light rate, reported on its own) carries the first traffic
     over every partition of the new topics: a fresh worker's first seconds of traffic stalled
     for up to a second in some runs here, which landed in whichever point came first.

@@ -302,8 +302,8 @@ def _summary_rows(sections: dict[str, Any]) -> list[str]:
     parts = sections.get("partitions")
     if parts:
         for mode, name in (
+            ("one producer per worker (CFN_TRANSACTIONS=worker, the default)", "_worker"),
             ("a transactional producer per partition (CFN_TRANSACTIONS=partition)", ""),
-            ("one producer per worker (CFN_TRANSACTIONS=worker)", "_worker"),
         ):
             r = parts[f"ratio_96_vs_12{name}"]
             rows.append(
@@ -332,7 +332,7 @@ def _summary_rows(sections: dict[str, Any]) -> list[str]:
         r = parts["ratio_96_worker_vs_12"]
         rows.append(
             f"| Events/s over 96 partitions with one producer per worker vs 12 with a producer "
-            f"per partition (the default) | {_num(parts['p96_worker_eps'])} "
+            f"per partition | {_num(parts['p96_worker_eps'])} "
             f"| {_num(parts['p12_eps'])} | {_num(r, 2)} | | |"
         )
         r = parts.get("ratio_96_interval_01_vs_02")
@@ -526,12 +526,12 @@ def _e2e_modes(e2e: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
     if not e2e:
         return []
     by_mode = e2e.get("by_mode")
-    return list(by_mode.items()) if by_mode else [("partition", e2e)]
+    return list(by_mode.items()) if by_mode else [(e2e.get("mode", "partition"), e2e)]
 
 
 MODE_NAMES = {
-    "partition": "a producer per partition (CFN_TRANSACTIONS=partition, the default)",
-    "worker": "one producer per worker (CFN_TRANSACTIONS=worker)",
+    "worker": "one producer per worker (CFN_TRANSACTIONS=worker, the default)",
+    "partition": "a producer per partition (CFN_TRANSACTIONS=partition)",
 }
 
 
