@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 
 from cfn.schemas import jsonio
+from cfn.schemas.keys import incident_key
 from tests.bench.cli import run_bench
 from tests.bench.core import Sizes
-from tests.bench.ingest_bench import median_run
+from tests.bench.ingest_bench import GO_KEYED_TOPIC, median_run
 from tests.bench.load import parse_wrk, webhook_body
+from tests.kafka_util import read_to_end, run
 
 pytestmark = pytest.mark.broker
 
@@ -79,13 +81,20 @@ def test_quick_ingest_and_memory_sections(kafka: str, tmp_path: Path) -> None:
     assert not any("error" in s for s in sections.values()), results["sections"]
 
     (entry,) = sections["ingest"]["by_workers"]
-    for name in ("cfn", "bare_kafka", "bare_http", "go_peer"):
+    for name in ("cfn", "bare_kafka", "bare_http", "go_peer", "go_keyed"):
         assert positive(entry[name]["ok_rps"]), entry[name]
         assert entry[name]["non_2xx"] == 0 and entry[name]["socket_errors"] == 0
         assert positive(entry[name]["p99_ms"])
     assert positive(entry["ratio_cfn_vs_bare_kafka"])
     assert positive(entry["ratio_bare_kafka_vs_bare_http"])
     assert positive(entry["ratio_cfn_vs_go_peer"])
+    assert positive(entry["ratio_cfn_vs_go_keyed"])
+    # The keyed Go peer keys its records exactly as cfn keys cfn.raw, and so spreads them.
+    keyed = run(read_to_end(kafka, GO_KEYED_TOPIC))
+    assert keyed
+    for record in keyed[:500]:
+        assert record.key == incident_key("default", jsonio.loads(record.value)), record.key
+    assert len({record.partition for record in keyed}) > 1
     for name in ("cfn", "bare_kafka"):
         half = entry["fixed_rate"][name]
         assert half["ok"] == half["sent"] > 0, half

@@ -7,7 +7,10 @@ For each process count (1 and 2), three servers run side by side on one broker:
 * bare_http: the same handler without Kafka: the HTTP stack's own ceiling;
 * go_peer: tests/bench/go_peer, what a user might write in Go instead: net/http, a SHA-256 check
   of the secret, a JSON-object check, franz-go producing with acks=all and idempotence, 202
-  after the ack (one process, every core; built here with `go build`).
+  after the ack (one process, every core; built here with `go build`);
+* go_keyed: the same Go peer keying each record as cfn keys `cfn.raw` (GO_PEER_KEY=incident: it
+  decodes the body's fields for the key), so its records spread over the topic's 12 partitions
+  as cfn's do. The goal is set against go_peer; go_keyed shows how much of the gap is the key.
 
 wrk loads each in turn at fixed concurrency, rounds interleaved and rotated; a ratio is the
 median over rounds of that round's ratio. Then the fixed-rate client measures latency at a
@@ -41,13 +44,14 @@ from tests.bench.load import WEBHOOK_PATH, WrkResult, lua_script, run_wrk, webho
 from tests.kafka_util import create_topics, run
 from tests.services import Process, free_port, request, start_ingest, wait_ready
 
-CONTENDERS = ("cfn", "bare_kafka", "bare_http", "go_peer")
+CONTENDERS = ("cfn", "bare_kafka", "bare_http", "go_peer", "go_keyed")
 BARE_TOPIC = "bench.bare-raw"
 GO_TOPIC = "bench.go-raw"
+GO_KEYED_TOPIC = "bench.go-keyed-raw"
 GO_PEER = Path(__file__).parent / "go_peer"
 
 
-def _start_go(ctx: Context, binary: Path) -> Process:
+def _start_go(ctx: Context, binary: Path, keyed: bool) -> Process:
     port = free_port()
     process = Process(
         [str(binary)],
@@ -55,8 +59,9 @@ def _start_go(ctx: Context, binary: Path) -> Process:
             {
                 "GO_PEER_PORT": str(port),
                 "GO_PEER_BOOTSTRAP": ctx.bootstrap,
-                "GO_PEER_TOPIC": GO_TOPIC,
+                "GO_PEER_TOPIC": GO_KEYED_TOPIC if keyed else GO_TOPIC,
                 "GO_PEER_SECRET": SECRET,
+                "GO_PEER_KEY": "incident" if keyed else "",
             }
         ),
         ctx.tmp / f"go-peer-{port}.log",
@@ -108,7 +113,8 @@ def start_servers(ctx: Context, workers: int, go_binary: Path) -> dict[str, Proc
         )
         servers["bare_kafka"] = _start_bare(ctx, workers, with_kafka=True)
         servers["bare_http"] = _start_bare(ctx, workers, with_kafka=False)
-        servers["go_peer"] = _start_go(ctx, go_binary)
+        servers["go_peer"] = _start_go(ctx, go_binary, keyed=False)
+        servers["go_keyed"] = _start_go(ctx, go_binary, keyed=True)
         for process in servers.values():
             _settled(process)
     except BaseException:
@@ -182,7 +188,7 @@ def _round_ratio(rounds: list[dict[str, WrkResult]], a: str, b: str) -> float | 
 
 def bench_workers(ctx: Context, workers: int, script: Path, go_binary: Path) -> dict[str, Any]:
     sizes = ctx.sizes
-    progress(f"ingest[{workers}p]: starting cfn ingest, the two bare servers and the Go peer")
+    progress(f"ingest[{workers}p]: starting cfn ingest, the two bare servers and the Go peers")
     servers = start_servers(ctx, workers, go_binary)
     try:
         if sizes.wrk_warmup > 0:
@@ -233,6 +239,8 @@ def bench_workers(ctx: Context, workers: int, script: Path, go_binary: Path) -> 
         "ratio_cfn_vs_bare_kafka": _round_ratio(rounds, "cfn", "bare_kafka"),
         "ratio_bare_kafka_vs_bare_http": _round_ratio(rounds, "bare_kafka", "bare_http"),
         "ratio_cfn_vs_go_peer": _round_ratio(rounds, "cfn", "go_peer"),
+        "ratio_cfn_vs_go_keyed": _round_ratio(rounds, "cfn", "go_keyed"),
+        "ratio_go_keyed_vs_go_peer": _round_ratio(rounds, "go_keyed", "go_peer"),
         "ratio_cfn_vs_go_peer_per_cpu": finite_or_none(
             median(
                 [
@@ -265,7 +273,7 @@ def bench_workers(ctx: Context, workers: int, script: Path, go_binary: Path) -> 
 
 
 def run_ingest(ctx: Context) -> dict[str, Any]:
-    run(create_topics(ctx.bootstrap, [BARE_TOPIC, GO_TOPIC], 12))
+    run(create_topics(ctx.bootstrap, [BARE_TOPIC, GO_TOPIC, GO_KEYED_TOPIC], 12))
     script = lua_script(ctx.tmp / "post.lua")
     progress("ingest: building the Go peer (tests/bench/go_peer)")
     go_binary = go_build(ctx, GO_PEER)

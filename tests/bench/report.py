@@ -237,6 +237,14 @@ def _summary_rows(sections: dict[str, Any]) -> list[str]:
                     f"| {_num(entry['cfn']['rps_per_cpu_s'])} | {_num(go['rps_per_cpu_s'])} "
                     f"| {_num(entry['ratio_cfn_vs_go_peer_per_cpu'], 2)} | | |"
                 )
+            keyed = entry.get("go_keyed")
+            if keyed:
+                rows.append(
+                    f"| Ingest req/s vs the Go peer keying records as cfn does (spread over "
+                    f"the 12 partitions), cfn {w} process(es) "
+                    f"| {_num(entry['cfn']['ok_rps'])} | {_num(keyed['ok_rps'])} (keyed Go peer) "
+                    f"| {_num(entry['ratio_cfn_vs_go_keyed'], 2)} | (what the key costs) | |"
+                )
             at_rate = entry["fixed_rate"]
             rows.append(
                 f"| Ingest p99 ms at {_num(at_rate['rate'])} req/s "
@@ -401,7 +409,11 @@ def _ingest_detail(ingest: dict[str, Any] | None) -> list[str]:
         "options running ingest/http.py's protocol; cfn's own sink with "
         "its defaults: librdkafka's idempotent acks=all lz4 producer, a 1 ms linger; no key, so "
         "librdkafka's sticky partitioner fills one partition's batch at a time); `bare HTTP` "
-        "is the same handler with no Kafka. "
+        "is the same handler with no Kafka. `go_peer` is tests/bench/go_peer (net/http, a "
+        "SHA-256 check of the secret, a JSON check, franz-go with acks=all and idempotence; no "
+        "key, so franz-go's sticky partitioner fills one partition at a time); `go_keyed` is the "
+        "same program keying each record as cfn keys `cfn.raw` (its incident), so its records "
+        "spread over the topic's 12 partitions as cfn's do. "
         f"Latency at {LOAD_FRACTION:.0%} of cfn's peak comes from tests/bench/rate_client.py "
         "(open loop, measured from the scheduled send time, as wrk2 would; wrk2 is not "
         "installed); cfn and bare alternate, one run per round, and each side's run with the "
@@ -411,7 +423,9 @@ def _ingest_detail(ingest: dict[str, Any] | None) -> list[str]:
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for entry in ingest["by_workers"]:
-        for name in ("cfn", "bare_kafka", "bare_http"):
+        for name in ("cfn", "bare_kafka", "bare_http", "go_peer", "go_keyed"):
+            if name not in entry:
+                continue
             s = entry[name]
             lines.append(
                 f"| {entry['workers']} | {name} | {_num(s['ok_rps'])} | {_num(s['p50_ms'], 1)} "

@@ -3,7 +3,12 @@
 // net/http; a SHA-256 check of the cf-webhook-auth secret (constant time); the body must be a
 // JSON object; franz-go produces it with acks=all and idempotence, and the answer is 202 only
 // after Kafka acknowledged it (503 if not). Configuration from the environment:
-// GO_PEER_PORT, GO_PEER_BOOTSTRAP, GO_PEER_TOPIC, GO_PEER_SECRET.
+// GO_PEER_PORT, GO_PEER_BOOTSTRAP, GO_PEER_TOPIC, GO_PEER_SECRET, and GO_PEER_KEY.
+//
+// With GO_PEER_KEY=incident it keys each record as `cfn ingest` keys `cfn.raw` (schemas/keys.py,
+// incident_key, tenant "default"), decoding the body's fields for it, so its records spread over
+// the topic's partitions as cfn's do; without it, records have no key and franz-go's sticky
+// partitioner fills one partition's batch at a time.
 package main
 
 import (
@@ -24,10 +29,46 @@ import (
 
 const maxBody = 1 << 20
 
+// The body fields cfn's record key is made of; any of them may be missing.
+type keyFields struct {
+	AccountID   any `json:"account_id"`
+	Correlation any `json:"alert_correlation_id"`
+	AlertType   any `json:"alert_type"`
+	PolicyID    any `json:"policy_id"`
+}
+
+// text renders a decoded JSON value as cfn's _text does for string fields (the bodies the bench
+// sends): strings as they are, missing as empty; other values in their JSON form.
+func text(value any) string {
+	switch v := value.(type) {
+	case nil:
+		return ""
+	case string:
+		return v
+	default:
+		encoded, _ := json.Marshal(v)
+		return string(encoded)
+	}
+}
+
+// incidentKey is cfn's incident_key for the tenant "default".
+func incidentKey(body []byte) ([]byte, bool) {
+	var f keyFields
+	if err := json.Unmarshal(body, &f); err != nil {
+		return nil, false
+	}
+	account := text(f.AccountID)
+	if correlation := text(f.Correlation); correlation != "" {
+		return []byte("default|" + account + "|" + correlation), true
+	}
+	return []byte("default|" + account + "|-|" + text(f.AlertType) + "|" + text(f.PolicyID)), true
+}
+
 func main() {
 	port := os.Getenv("GO_PEER_PORT")
 	topic := os.Getenv("GO_PEER_TOPIC")
 	want := sha256.Sum256([]byte(os.Getenv("GO_PEER_SECRET")))
+	keyed := os.Getenv("GO_PEER_KEY") == "incident"
 	client, err := kgo.NewClient(
 		kgo.SeedBrokers(strings.Split(os.Getenv("GO_PEER_BOOTSTRAP"), ",")...),
 		kgo.DefaultProduceTopic(topic),
@@ -65,11 +106,22 @@ func main() {
 			return
 		}
 		trimmed := bytes.TrimLeft(body, " \t\r\n")
-		if len(trimmed) == 0 || trimmed[0] != '{' || !json.Valid(body) {
+		if len(trimmed) == 0 || trimmed[0] != '{' {
 			http.Error(w, `{"error":"not_an_object"}`, http.StatusBadRequest)
 			return
 		}
 		record := &kgo.Record{Value: body}
+		if keyed {
+			key, ok := incidentKey(body) // decoding it is the JSON check
+			if !ok {
+				http.Error(w, `{"error":"not_an_object"}`, http.StatusBadRequest)
+				return
+			}
+			record.Key = key
+		} else if !json.Valid(body) {
+			http.Error(w, `{"error":"not_an_object"}`, http.StatusBadRequest)
+			return
+		}
 		if err := client.ProduceSync(r.Context(), record).FirstErr(); err != nil {
 			http.Error(w, `{"error":"kafka_unavailable"}`, http.StatusServiceUnavailable)
 			return
