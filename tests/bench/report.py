@@ -7,6 +7,7 @@ from typing import Any
 
 from cfn.schemas import jsonio
 from tests.bench.core import LOAD_FRACTION
+from tests.bench.ingest_bench import CONTENDERS as INGEST_CONTENDERS
 
 TARGETS_NOTE = (
     "The brief's pipeline target reads `a/b >= 1.5` with a = cfn worker, b = bare agent; a "
@@ -238,12 +239,17 @@ def _summary_rows(sections: dict[str, Any]) -> list[str]:
                     f"| {_num(entry['ratio_cfn_vs_go_peer_per_cpu'], 2)} | | |"
                 )
             keyed = entry.get("go_keyed")
-            if keyed:
+            if keyed and go:
                 rows.append(
                     f"| Ingest req/s vs the Go peer keying records as cfn does (spread over "
                     f"the 12 partitions), cfn {w} process(es) "
                     f"| {_num(entry['cfn']['ok_rps'])} | {_num(keyed['ok_rps'])} (keyed Go peer) "
-                    f"| {_num(entry['ratio_cfn_vs_go_keyed'], 2)} | (what the key costs) | |"
+                    f"| {_num(entry['ratio_cfn_vs_go_keyed'], 2)} | | |"
+                )
+                rows.append(
+                    f"| Go peer keying records as cfn does vs unkeyed, beside cfn {w} process(es) "
+                    f"| {_num(keyed['ok_rps'])} | {_num(go['ok_rps'])} (Go peer) "
+                    f"| {_num(entry['ratio_go_keyed_vs_go_peer'], 2)} | (what the key costs) | |"
                 )
             at_rate = entry["fixed_rate"]
             rows.append(
@@ -423,8 +429,8 @@ def _ingest_detail(ingest: dict[str, Any] | None) -> list[str]:
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for entry in ingest["by_workers"]:
-        for name in ("cfn", "bare_kafka", "bare_http", "go_peer", "go_keyed"):
-            if name not in entry:
+        for name in INGEST_CONTENDERS:
+            if name not in entry:  # results written before that contender existed
                 continue
             s = entry[name]
             lines.append(

@@ -105,20 +105,15 @@ func main() {
 			http.Error(w, `{"error":"bad_body"}`, http.StatusRequestEntityTooLarge)
 			return
 		}
-		trimmed := bytes.TrimLeft(body, " \t\r\n")
-		if len(trimmed) == 0 || trimmed[0] != '{' {
-			http.Error(w, `{"error":"not_an_object"}`, http.StatusBadRequest)
-			return
-		}
 		record := &kgo.Record{Value: body}
+		valid := false
 		if keyed {
-			key, ok := incidentKey(body) // decoding it is the JSON check
-			if !ok {
-				http.Error(w, `{"error":"not_an_object"}`, http.StatusBadRequest)
-				return
-			}
-			record.Key = key
-		} else if !json.Valid(body) {
+			record.Key, valid = incidentKey(body) // decoding it is the JSON check
+		} else {
+			valid = json.Valid(body)
+		}
+		trimmed := bytes.TrimLeft(body, " \t\r\n")
+		if !valid || len(trimmed) == 0 || trimmed[0] != '{' {
 			http.Error(w, `{"error":"not_an_object"}`, http.StatusBadRequest)
 			return
 		}
