@@ -92,6 +92,7 @@ def run_all(port: int = 9092) -> int:
     env = {**os.environ, "CFN_KAFKA_BOOTSTRAP": kafka.bootstrap, "CFN_INGEST_SECRET": secret}
     env.setdefault("CFN_INGEST_PORT", "8080")
     env.setdefault("CFN_INGEST_HOST", "127.0.0.1")
+    env.setdefault("CFN_INGEST_ADMIN_PORT", "8081")
     env.setdefault("CFN_WORKER_METRICS_PORT", "9464")
     logs = LOCAL / "logs"
     children = _spawn(env, logs)
@@ -125,7 +126,7 @@ def _spawn(env: dict[str, str], logs: Path) -> dict[str, subprocess.Popen[bytes]
 
 
 def _wait_ready(env: dict[str, str], children: dict[str, subprocess.Popen[bytes]]) -> bool:
-    ingest = f"http://{env['CFN_INGEST_HOST']}:{env['CFN_INGEST_PORT']}/readyz"
+    ingest = f"http://127.0.0.1:{env['CFN_INGEST_ADMIN_PORT']}/readyz"
     worker = f"http://127.0.0.1:{env['CFN_WORKER_METRICS_PORT']}/readyz"
     return _wait_http(ingest, children["ingest"]) and _wait_http(worker, children["worker"])
 
@@ -137,7 +138,7 @@ def _print_endpoints(env: dict[str, str], bootstrap: str, secret: str, logs: Pat
         "\ncfn is running:\n"
         f"  POST webhooks to  {base}/webhooks/cloudflare\n"
         f"  with header       cf-webhook-auth: {secret}\n"
-        f"  ingest metrics    {base}/metrics\n"
+        f"  ingest metrics    http://127.0.0.1:{env['CFN_INGEST_ADMIN_PORT']}/metrics\n"
         f"  worker metrics    http://127.0.0.1:{metrics_port}/metrics\n"
         f"  Kafka             {bootstrap} (topics cfn.raw, cfn.events, "
         "cfn.incidents, cfn.rates, cfn.dlq)\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
 import time
@@ -22,13 +23,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from cfn.access import AccessDenied, diagnose
 from cfn.health import Reachability
+from cfn.ingest.admin import WORKERS_ENV, AdminError, AdminListener
 from cfn.ingest.auth import DEFAULT_TENANT, SecretIndex, SecretsError
 from cfn.ingest.fairness import REASONS, Admission, TenantLimits, TenantSlots
-from cfn.ingest.http import Connection, Reply, Request
+from cfn.ingest.http import Connection, IngestProtocol, Reply, Request
 from cfn.ingest.metrics import IngestMetrics
 from cfn.ingest.openapi import openapi_document
 from cfn.ingest.settings import IngestSettings
 from cfn.ingest.sink import KafkaSink, Outcome, SendResult
+from cfn.ingest.tls import CertificateError, reload_certificate
 from cfn.schemas import jsonio
 from cfn.schemas.keys import incident_key
 from cfn.schemas.records import DlqRecord
@@ -116,6 +119,17 @@ class IngestApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._rejecting: set[asyncio.Task[None]] = set()  # dead-letter writes in flight
         self._openapi = jsonio.dumps(openapi_document(settings))
+        self._failures_seen: set[str] = set()
+        self.admin = AdminListener(
+            {
+                "/metrics": self._metrics,
+                "/readyz": self._readyz,
+                "/healthz": self._healthz,
+                "/openapi.json": self._openapi_json,
+            },
+            settings.admin_host,
+            settings.admin_port,
+        )
         # Request ids: 128 random bits each, like uuid4, from a generator seeded by os.urandom
         # per process. Unique, not secret; os.urandom per request cost a syscall (measured at
         # 6 us under load here).
@@ -131,6 +145,7 @@ class IngestApp:
         self._observe_body = self.metrics.body_bytes.observe
         # Read at scrape time: nothing to update per request.
         self.metrics.in_flight.set_function(lambda: self._admission.inflight)
+        self.metrics.connections.set_function(lambda: IngestProtocol.open_connections)
         self.metrics.tenant_slots.read = lambda: [
             (s.name, s.inflight, s.limit, s.guaranteed) for s in self._admission
         ]
@@ -167,10 +182,20 @@ class IngestApp:
             if name is None:
                 reply = self._unauthorized(presented)
                 self._observe_request(time.perf_counter() - request.started)
+                request.delay = self._hold()  # a guess per connection every half second
                 return reply
             request.tenant = name
             if declared is not None and declared > self.max_body:
                 return self.too_large(request)
+            tenant = self._tenants.get(name)
+            if tenant is None:  # (the index and the tenants are replaced together)
+                return self._unauthorized(b"removed")
+            # Admitted before its body is read: the bodies held at once are bounded by the
+            # slots (CFN_INGEST_MAX_INFLIGHT x CFN_INGEST_MAX_BODY).
+            refused = self._admission.admit(tenant.slots, request.started)
+            if refused is not None:
+                return self._throttled(request, tenant, refused)
+            request.held = tenant
             return None
         route = _GET_ROUTES.get(path)
         if route is None:
@@ -180,31 +205,45 @@ class IngestApp:
         return route(self)
 
     def handle(self, request: Request, body: bytes, connection: Connection) -> None:
-        """Admit, parse and write the body of a webhook `check` passed; the answer goes to
-        `connection` once Kafka has acknowledged (or refused) the write."""
-        tenant = self._tenants.get(request.tenant)
-        if tenant is None:  # its tenant was removed by a reload since its head was checked
-            connection.answer(request, self._unauthorized(b"removed"))
-            return
-        refused = self._admission.admit(tenant.slots, time.perf_counter())
-        if refused is not None:
-            self._throttled(request, connection, tenant, refused)
-            return
+        """Parse and write the body of a webhook `check` admitted; the answer goes to
+        `connection` once Kafka has acknowledged (or refused) the write. Whatever happens, the
+        request's slot is given back and it is answered."""
+        tenant: _Tenant | None = request.held
+        if tenant is None:  # not admitted by `check`: not a webhook this app let through
+            raise RuntimeError("a body handed over without an admission")
+        try:
+            self._write(request, body, connection, tenant)
+        except Exception as exc:
+            connection.answer(request, self.failed(request, exc))
+
+    def _write(
+        self, request: Request, body: bytes, connection: Connection, tenant: _Tenant
+    ) -> None:
         self._observe_body(len(body))
         received_at = int(self.clock() * 1000)
         request_id_b = b"%032x" % self._random_bits(128)
         parsed, reason, detail = _json_object(body)
         if parsed is None:
-            task = asyncio.create_task(
-                self._reject(
-                    request, connection, tenant, body, received_at, request_id_b, reason, detail
-                )
+            self._dead_letter(
+                request, connection, tenant, body, received_at, request_id_b, reason, detail
             )
-            self._rejecting.add(task)
-            task.add_done_callback(self._rejecting.discard)
             return
         if not self._connected:
             self._finish(request, connection, tenant, self._kafka_failed(self._unconnected))
+            return
+        try:
+            key = incident_key(tenant.slots.name, parsed)
+        except Exception as exc:  # a key field no text can be made of (nested too deeply)
+            self._dead_letter(
+                request,
+                connection,
+                tenant,
+                body,
+                received_at,
+                request_id_b,
+                "bad_field",
+                f"the record key cannot be derived from the body ({type(exc).__name__})",
+            )
             return
         headers = [
             ("cfn-tenant", tenant.slots.name.encode()),
@@ -213,14 +252,63 @@ class IngestApp:
         ]
         self.sink.submit(
             self._raw_topic,
-            incident_key(tenant.slots.name, parsed),
+            key,
             body,
             headers,
             partial(self._written, request, connection, tenant, request_id_b, time.perf_counter()),
         )
 
+    def _dead_letter(
+        self,
+        request: Request,
+        connection: Connection,
+        tenant: _Tenant,
+        body: bytes,
+        received_at: int,
+        request_id_b: bytes,
+        reason: str,
+        detail: str,
+    ) -> None:
+        task = asyncio.create_task(
+            self._reject(
+                request, connection, tenant, body, received_at, request_id_b, reason, detail
+            )
+        )
+        self._rejecting.add(task)
+        task.add_done_callback(self._rejecting.discard)
+
+    def connection_refused(self) -> None:
+        """A connection over CFN_INGEST_MAX_CONNECTIONS was answered 503 and closed."""
+        self.metrics.connections_refused.labels().inc()
+
+    def release(self, request: Request) -> None:
+        """Give back the admission slot `request` holds, if any (once)."""
+        tenant: _Tenant | None = request.held
+        if tenant is not None:
+            request.held = None
+            self._admission.release(tenant.slots)
+
+    def abandon(self, request: Request) -> None:
+        """`request` was dropped before its body was complete (the connection closed, or a
+        framing error): its slot is given back."""
+        self.release(request)
+
+    def failed(self, request: Request, exc: BaseException) -> Reply:
+        """The answer to an unexpected exception while serving `request`: its slot is given
+        back, the exception counted (and logged once per kind), and the answer is a 500 naming
+        its kind (never its message, which may quote the body)."""
+        self.release(request)
+        kind = type(exc).__name__
+        self.metrics.internal_errors.labels(kind).inc()
+        if kind not in self._failures_seen:
+            self._failures_seen.add(kind)
+            log.error("internal error serving a request: %s (logged once per kind)", kind)
+        self._count_tenant(request.tenant, 500)
+        return self._error(500, "internal_error", f"an internal error ({kind}); retry later")
+
     def too_large(self, request: Request) -> Reply:
         """The answer to a body over CFN_INGEST_MAX_BODY (declared, or as it arrives)."""
+        self.release(request)
         self._count_tenant(request.tenant, 413)
         limit = self.max_body
         return self._error(
@@ -229,6 +317,7 @@ class IngestApp:
 
     def body_timed_out(self, request: Request) -> Reply:
         """The answer to a body not complete within CFN_INGEST_BODY_TIMEOUT."""
+        self.release(request)
         self._count_tenant(request.tenant, 408)
         return self._error(
             408,
@@ -261,7 +350,7 @@ class IngestApp:
         self, request: Request, connection: Connection, tenant: _Tenant, reply: Reply
     ) -> None:
         """Give back the slot, count the answer by tenant, and send it."""
-        self._admission.release(tenant.slots)
+        self.release(request)
         status = reply[0]
         if status == 202:
             tenant.accepted.inc()
@@ -279,9 +368,11 @@ class IngestApp:
             counter = tenant.codes[status] = self.metrics.tenant_requests.labels(name, status)
         counter.inc()
 
-    def _throttled(
-        self, request: Request, connection: Connection, tenant: _Tenant, reason: str
-    ) -> None:
+    def _hold(self) -> float:
+        """How long a refusal is held: 0.5 to 1.5 times CFN_INGEST_THROTTLE_DELAY."""
+        return self._throttle_delay * (0.5 + self._random()) if self._throttle_delay else 0.0
+
+    def _throttled(self, request: Request, tenant: _Tenant, reason: str) -> Reply:
         """Answer 429 for a tenant over its limits, after a hold of 0.5 to 1.5 times
         CFN_INGEST_THROTTLE_DELAY that takes no slot.
 
@@ -293,18 +384,13 @@ class IngestApp:
         """
         tenant.throttled[reason].inc()
         tenant.codes[429].inc()
-        reply = self._error(
+        request.delay = self._hold()
+        return self._error(
             429,
             "too_many_requests",
             self._admission.describe(tenant.slots, reason),
             retry=True,
         )
-        if self._throttle_delay:
-            asyncio.get_running_loop().call_later(
-                self._throttle_delay * (0.5 + self._random()), connection.answer, request, reply
-            )
-        else:
-            connection.answer(request, reply)
 
     def _unauthorized(self, presented: bytes | None) -> Reply:
         reason = "missing" if not presented else "mismatch"
@@ -435,6 +521,8 @@ class IngestApp:
         request.path = scope["path"]
         request.headers = [(name.lower(), value) for name, value in scope["headers"]]
         reply = self.check(request)
+        if reply is not None and request.delay:
+            await asyncio.sleep(request.delay)
         if reply is None:
             try:
                 body = await _read_body(receive, self.max_body)
@@ -463,6 +551,11 @@ class IngestApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                try:
+                    await self.admin.start(int(os.environ.get(WORKERS_ENV, "1")))
+                except AdminError as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 self._tasks.append(asyncio.create_task(self._connect_loop()))
                 self._tasks.append(asyncio.create_task(self._sweep_loop()))
                 self._install_sighup()
@@ -473,7 +566,12 @@ class IngestApp:
                 for task in self._tasks:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-                await self.sink.stop()
+                try:  # what the producer holds gets the ack timeout; the whole stop is bounded
+                    async with asyncio.timeout(self.settings.shutdown_timeout):
+                        await self.sink.stop()
+                except TimeoutError:
+                    log.error("the Kafka producer did not stop within CFN_INGEST_SHUTDOWN_TIMEOUT")
+                await self.admin.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -544,10 +642,29 @@ class IngestApp:
             self._replaced_before_outage = -1
 
     def _install_sighup(self) -> None:
-        if self.settings.secrets_file is None or self.secrets is None:
-            return
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_secrets)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
+
+    def reload(self) -> None:
+        """SIGHUP: read the secrets file (secrets and tenants' limits) and the TLS certificate
+        and key again, in this process, without a restart. What fails to load keeps what was
+        there; with nothing that can be reloaded, the signal is logged and ignored."""
+        settings = self.settings
+        done = False
+        if settings.secrets_file is not None and self.secrets is not None:
+            self.reload_secrets()
+            done = True
+        if settings.tls_certfile is not None and settings.tls_keyfile is not None:
+            try:
+                if reload_certificate(str(settings.tls_certfile), str(settings.tls_keyfile)):
+                    log.info("TLS certificate reloaded")
+            except CertificateError as exc:
+                log.error("TLS certificate reload failed, keeping the previous one: %s", exc)
+            done = True
+        if not done:
+            log.warning(
+                "SIGHUP ignored: nothing to reload (no CFN_INGEST_SECRETS_FILE, no TLS files)"
+            )
 
     def reload_secrets(self) -> bool:
         """Re-read the secrets and the tenants' limits; the new index and limits replace the old
@@ -646,9 +763,5 @@ class _FutureConnection:
             self.future.set_result(reply)
 
 
-_GET_ROUTES: dict[str, Callable[[IngestApp], Reply]] = {
-    "/healthz": IngestApp._healthz,
-    "/readyz": IngestApp._readyz,
-    "/metrics": IngestApp._metrics,
-    "/openapi.json": IngestApp._openapi_json,
-}
+# The public port's GET endpoints; the rest are on the admin listener (ingest.admin).
+_GET_ROUTES: dict[str, Callable[[IngestApp], Reply]] = {"/healthz": IngestApp._healthz}

@@ -17,6 +17,8 @@ from cfn.ingest.fairness import TenantLimits
 from cfn.schemas import jsonio
 
 DEFAULT_TENANT = "default"
+# A webhook secret's least length, in bytes: a shorter one can be guessed.
+MIN_SECRET_BYTES = 16
 
 
 class SecretsError(ValueError):
@@ -52,7 +54,7 @@ class SecretIndex:
         return self.by_digest.get(_digest(presented))
 
     @classmethod
-    def from_mapping(cls, tenants: Mapping[str, object]) -> SecretIndex:
+    def from_mapping(cls, tenants: Mapping[str, object], min_bytes: int = 1) -> SecretIndex:
         """Build from {tenant: [secret, ...]}; a single string is a one-item list, and an object
         {"secrets": ..., "max_inflight": N, "rate": R, "burst": B} adds the tenant's limits.
 
@@ -70,6 +72,11 @@ class SecretIndex:
             for position, secret in enumerate(items):
                 if not isinstance(secret, str) or not secret:
                     raise SecretsError(f"tenant {tenant!r}: secret #{position + 1} is empty")
+                if len(secret.encode()) < min_bytes:
+                    raise SecretsError(
+                        f"tenant {tenant!r}: secret #{position + 1} is shorter than {min_bytes} "
+                        "bytes (use a random one, e.g. `openssl rand -hex 32`)"
+                    )
                 digest = _digest(secret.encode())
                 other = by_digest.get(digest)
                 if other is not None and other != tenant:
@@ -84,8 +91,14 @@ class SecretIndex:
         """Build from CFN_INGEST_SECRET and/or CFN_INGEST_SECRETS_FILE (both may be given).
 
         Raises:
-            SecretsError: the file is unreadable or malformed.
+            SecretsError: the file is unreadable or malformed, or a secret is shorter than
+                MIN_SECRET_BYTES.
         """
+        if secret and len(secret.encode()) < MIN_SECRET_BYTES:
+            raise SecretsError(
+                f"CFN_INGEST_SECRET is shorter than {MIN_SECRET_BYTES} bytes "
+                "(use a random one, e.g. `openssl rand -hex 32`)"
+            )
         tenants: dict[str, object] = {}
         if secrets_file is not None:
             try:
@@ -106,7 +119,12 @@ class SecretIndex:
             tenants.update(parsed)
         if secret:
             tenants[DEFAULT_TENANT] = _with_secret(tenants.get(DEFAULT_TENANT), secret)
-        return cls.from_mapping(tenants)
+        try:
+            return cls.from_mapping(tenants, MIN_SECRET_BYTES)
+        except SecretsError as exc:
+            if secrets_file is None:
+                raise
+            raise SecretsError(f"CFN_INGEST_SECRETS_FILE {secrets_file}: {exc}") from None
 
 
 _LIMIT_FIELDS = ("max_inflight", "rate", "burst")

@@ -1,47 +1,53 @@
-"""cfn's HTTP/1.1 connection: httptools parsing, the ingest's limits, the app called directly.
+"""cfn's HTTP/1.1 connection: httptools (llhttp) parsing, the ingest's limits, the app called
+directly.
 
-uvicorn still runs the process (the listening socket, TLS, `--workers`, signals, the lifespan);
-this class replaces its protocol and ASGI's per-request machinery. Measured here with the same
-bare handler and the same Kafka send: uvicorn's httptools protocol and an ASGI app took about
-65 us of CPU per webhook; this protocol, which calls the app with the whole request and writes
-its answer when the app has one (no task, no ASGI message dicts), took about 19 us.
+uvicorn runs the process (the listening socket, TLS, `--workers`, signals, the lifespan); this
+class replaces its protocol and ASGI's per-request machinery.
 
 The app (`HttpApp`) sees each request twice:
 
 * `check`, when its head is complete: the answer it gets from the head alone (a wrong secret,
-  a declared body over the limit, a GET endpoint), or None to read the body;
+  a declared body over the limit, an unknown path), or None to read the body;
 * `handle`, with the whole body: it answers later through `Connection.answer`, at most once.
 
-Limits, each answered in JSON and followed by closing the connection:
+Every state of a connection has a deadline:
 
-* a head over `max_header_bytes` -> 431. It is counted twice: the bytes received while a head is
-  incomplete (a single endless header is refused before it is buffered), and the parsed request
-  line and headers (a head that arrives whole in one read, in many small headers, is refused
-  before the app sees it);
-* the head not complete `header_timeout` seconds after its first byte (or after the connection
-  opened) -> 408;
-* the body of the request being served not complete `body_timeout` seconds after the read that
-  ended its head (or after it started running, for one queued behind a pipelined request) -> 408,
-  counted by the app. A request answered from its head is not timed: its answer is out, and the
-  keep-alive timeout closes a connection that then stalls;
-* bytes that are not HTTP -> 400.
+* reading a head: `header_timeout` after its first byte, or after the connection opened -> 408;
+* reading a body: `body_timeout` in total, from the read that ended its head -> 408;
+* idle between requests: the keep-alive timeout, which bytes that begin no request (stray CRLFs)
+  do not reset;
+* after an answer sent while body bytes are still owed: the answer goes out, the write side is
+  shut, and the connection closes within `LINGER` seconds (the owed bytes are never parsed);
+* writing: a client that stops reading for `write_timeout` is cut off;
+* shutdown: open connections are closed, answered ones at once, and cut off after
+  `shutdown_timeout` whatever the client does.
 
-Requests on one connection are answered in order (HTTP/1.1 pipelining); a refusal waits for the
-answers owed to the complete requests before it. Reading pauses while `PIPELINE_DEPTH` requests
-wait, and answers wait while the transport's buffer is full, so a client that pipelines without
-reading cannot make the process buffer without end.
+Framing follows RFC 9112: Transfer-Encoding in an HTTP/1.0 request, a transfer coding other than
+one final `chunked`, or Transfer-Encoding beside Content-Length is refused (400, or 501 for a
+coding cfn does not implement) and the connection closes. Other refusals: a head over
+`max_header_bytes` -> 431; bytes that are not HTTP -> 400; over `max_connections` open
+connections -> 503. Each refusal is a JSON answer followed by closing the connection.
+
+Requests on one connection are answered in order (HTTP/1.1 pipelining), by a loop rather than
+recursion; a refusal waits for the answers owed to the complete requests before it. Reading
+pauses while `PIPELINE_DEPTH` requests wait, and answers wait while the transport's buffer is
+full, so a client that pipelines without reading cannot make the process buffer without end.
+An exception from the app answers 500 and closes the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import unquote
 
 import httptools
 
 from cfn.schemas import jsonio
+
+log = logging.getLogger("cfn.ingest")
 
 PIPELINE_DEPTH = 8  # requests read ahead on one connection before reading pauses
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -61,6 +67,7 @@ _PHRASES = {
     429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
+    501: b"Not Implemented",
     503: b"Service Unavailable",
 }
 
@@ -73,10 +80,14 @@ class Request:
         "answered",
         "chunks",
         "complete",
+        "delay",
+        "discard",
         "expect_continue",
         "handed",
+        "has_body",
         "head_done",
         "headers",
+        "held",
         "keep_alive",
         "method",
         "path",
@@ -96,6 +107,7 @@ class Request:
         self.size = 0
         self.keep_alive = True
         self.expect_continue = False
+        self.has_body = False  # the head declares a body (a length above 0, or chunked)
         self.head_done = False
         self.complete = False  # the whole body is read
         self.handed = False  # checked (and, if complete, given to the app)
@@ -103,6 +115,9 @@ class Request:
         self.too_large = False
         self.tenant = ""
         self.started = 0.0
+        self.held: Any = None  # what the app holds for it from `check` on (an admission slot)
+        self.delay = 0.0  # seconds `check`'s answer is held before it goes out
+        self.discard = False  # the body is not wanted: its bytes are dropped as they arrive
 
 
 class Connection(Protocol):
@@ -117,6 +132,12 @@ class HttpApp(Protocol):
     def handle(self, request: Request, body: bytes, connection: Connection) -> None: ...
 
     def too_large(self, request: Request) -> Reply: ...
+
+    def abandon(self, request: Request) -> None: ...
+
+    def failed(self, request: Request, exc: Exception) -> Reply: ...
+
+    def connection_refused(self) -> None: ...
 
     def body_timed_out(self, request: Request) -> Reply: ...
 
@@ -135,11 +156,22 @@ def error_reply(status: int, error: str, message: str) -> bytes:
     )
 
 
-_limits: tuple[int, float, float] | None = None
+class Limits(NamedTuple):
+    """The connection limits, from CFN_INGEST_* variables (ingest.settings)."""
+
+    max_header_bytes: int
+    header_timeout: float
+    body_timeout: float
+    write_timeout: float
+    max_connections: int
+    shutdown_timeout: float
 
 
-def _configured() -> tuple[int, float, float]:
-    """(max header bytes, header timeout, body timeout) from CFN_* variables, once per process.
+_limits: Limits | None = None
+
+
+def _configured() -> Limits:
+    """The limits from CFN_* variables, once per process.
 
     From the environment rather than passed in: uvicorn pickles the protocol class to start
     `--workers` processes, and only a module-level class survives that.
@@ -148,8 +180,15 @@ def _configured() -> tuple[int, float, float]:
     if _limits is None:
         from cfn.ingest.settings import IngestSettings
 
-        settings = IngestSettings.from_env()
-        _limits = (settings.max_header_bytes, settings.header_timeout, settings.body_timeout)
+        s = IngestSettings.from_env()
+        _limits = Limits(
+            s.max_header_bytes,
+            s.header_timeout,
+            s.body_timeout,
+            s.write_timeout,
+            s.max_connections,
+            s.shutdown_timeout,
+        )
     return _limits
 
 
@@ -167,12 +206,46 @@ class _Refused(Exception):
     """Raised in a parser callback to stop parsing a refused connection."""
 
 
+def framing_error(version: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, str] | None:
+    """(status, message) when a request head's framing is faulty by RFC 9112 (section 6.1 and
+    6.3), else None. `headers` have lowercase names."""
+    codings: list[bytes] = []
+    has_length = False
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            codings.extend(c.strip().lower() for c in value.split(b","))
+        elif name == b"content-length":
+            has_length = True
+    if not codings:
+        return None
+    if version != "1.1":
+        return 400, "Transfer-Encoding in an HTTP/1.0 request"
+    if has_length:
+        return 400, "both Transfer-Encoding and Content-Length"
+    if codings[-1] != b"chunked" or codings.count(b"chunked") != 1:
+        return 400, "Transfer-Encoding must end with chunked, applied once"
+    if len(codings) > 1:
+        return 501, "no transfer coding other than chunked is implemented"
+    return None
+
+
+def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
 # uvicorn's date and server headers, joined once per second (they change once per second).
 _defaults: list[Any] = [None, b""]
+
+LINGER = 2.0  # seconds a connection closing with body bytes owed waits for its answer to go out
 
 
 class IngestProtocol(asyncio.Protocol):
     """The protocol class for `uvicorn.run(http=...)`, built by uvicorn per connection."""
+
+    open_connections = 0  # in this process: the connection cap counts them
 
     def __init__(
         self,
@@ -185,7 +258,10 @@ class IngestProtocol(asyncio.Protocol):
         self.app = direct_app(config.loaded_app)
         self.server_state = server_state
         self.keep_alive_timeout: float = config.timeout_keep_alive
-        self.max_head, self.head_timeout, self.body_timeout = _configured()
+        self.limits = limits = _configured()
+        self.max_head = limits.max_header_bytes
+        self.head_timeout = limits.header_timeout
+        self.body_timeout = limits.body_timeout
         self.max_body = self.app.max_body
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -197,49 +273,87 @@ class IngestProtocol(asyncio.Protocol):
         self.head_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
-        self.refused = False  # a refusal is written or owed: read nothing more
+        self.write_timer: asyncio.TimerHandle | None = None
+        self.end_timer: asyncio.TimerHandle | None = None  # the last deadline of a closing one
+        self.counted = False  # in open_connections
+        self.refused = False  # a refusal is written or owed, or the connection is closing
+        self.ended = False  # the last answer is written: the connection is closing
         self.owed: bytes | None = None  # that refusal, until the earlier answers are out
         self.closing = False  # close after the answer being awaited (shutdown, upgrade)
         self.read_paused = False
         self.write_paused = False
         self.feeding = False  # inside feed_data: data_received arms the body timer after it
+        self.serving = False  # inside _next's loop
+        self.serve_again = False  # _next was asked for while inside its loop
 
     # ---- connection ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if IngestProtocol.open_connections >= self.limits.max_connections:
+            self.app.connection_refused()
+            self.refused = True
+            self.transport.write(  # type: ignore[union-attr]
+                error_reply(
+                    503,
+                    "too_many_connections",
+                    f"over {self.limits.max_connections} open connections "
+                    "(CFN_INGEST_MAX_CONNECTIONS); retry later",
+                )
+            )
+            self._end()
+            return
+        IngestProtocol.open_connections += 1
+        self.counted = True
         self.server_state.connections.add(self)
         self._arm_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.counted:
+            IngestProtocol.open_connections -= 1
+            self.counted = False
         self.server_state.connections.discard(self)
         self.transport = None
-        self.queue.clear()
-        for timer in (self.head_timer, self.body_timer, self.idle_timer):
-            if timer is not None:
-                timer.cancel()
+        self.refused = self.ended = True
+        for request in self.queue:
+            if request.handed and not request.complete:
+                self._abandon(request)
+        self.queue.clear()  # the app still answers what it was handed, to no one
+        self._cancel_timers()
+        if self.end_timer is not None:
+            self.end_timer.cancel()
+            self.end_timer = None
 
     def shutdown(self) -> None:
-        """uvicorn's graceful shutdown: close now, or after the answer the app owes."""
+        """uvicorn's graceful shutdown: close now, or after the answer the app owes; in any case
+        cut the connection off after the shutdown timeout."""
+        transport = self.transport
+        if transport is None:
+            return
+        self.end_timer = self.loop.call_later(self.limits.shutdown_timeout, transport.abort)
         queue = self.queue
         if queue and queue[0].handed and queue[0].complete and not queue[0].answered:
             self.closing = True
-        elif self.transport is not None:
-            self.transport.close()
+            self._pause_reading()
+        else:
+            self.refused = True
+            transport.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self.write_timer is None and self.transport is not None:
+            self.write_timer = self.loop.call_later(self.limits.write_timeout, self.transport.abort)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
         self._next()
 
     def data_received(self, data: bytes) -> None:
         if self.refused:
-            return
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+            return  # refused or closing: what a client still sends is discarded
         if self.in_head:
             self.head_bytes += len(data)
         self.feeding = True
@@ -262,15 +376,21 @@ class IngestProtocol(asyncio.Protocol):
                     self._too_large_head()
                 elif self.head_timer is None:
                     self._arm_head()
-        elif reading is not None and reading is self.queue[0]:
-            if reading.answered:
-                self._arm_idle()  # answered from its head: a stall closes at the keep-alive
-            elif reading.handed and self.body_timer is None:
-                self._arm_body()
+        elif (
+            reading is not None
+            and reading is self.queue[0]
+            and reading.handed
+            and not reading.answered
+            and self.body_timer is None
+        ):
+            self._arm_body()
 
     # ---- parser callbacks ---------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.idle_timer is not None:  # only a request ends the idle state
+            self.idle_timer.cancel()
+            self.idle_timer = None
         request = self.reading = Request()
         self.head_parsed = 0
         self.queue.append(request)
@@ -299,6 +419,12 @@ class IngestProtocol(asyncio.Protocol):
             self.head_timer.cancel()
             self.head_timer = None
         parser = self.parser
+        faulty = framing_error(parser.get_http_version(), request.headers)
+        if faulty is not None:
+            status, message = faulty
+            self._refuse(status, "bad_framing" if status == 400 else "not_implemented", message)
+            raise _Refused
+        request.has_body = _declares_body(request.headers)
         request.method = parser.get_method().decode("ascii", "replace")
         request.keep_alive = parser.should_keep_alive()
         request.head_done = True
@@ -313,13 +439,13 @@ class IngestProtocol(asyncio.Protocol):
         path = raw.decode("latin-1")
         request.path = unquote(path) if "%" in path else path
         self.server_state.total_requests += 1
-        if request is self.queue[0] and not self.write_paused:
-            self._start(request)
+        if request is self.queue[0]:
+            self._next()
 
     def on_body(self, body: bytes) -> None:
         request = self.reading
         assert request is not None
-        if request.answered or request.too_large:
+        if request.answered or request.too_large or request.discard:
             return  # answered from its head, or over the limit: the rest is dropped
         request.size += len(body)
         if request.size > self.max_body:
@@ -344,7 +470,7 @@ class IngestProtocol(asyncio.Protocol):
             self.body_timer = None
         if request.answered:
             self._done(request)
-        elif request.handed:
+        elif request.handed and not request.discard:
             self._hand(request)
 
     # ---- serving ------------------------------------------------------------------------------
@@ -353,10 +479,22 @@ class IngestProtocol(asyncio.Protocol):
         """`request` is now the one served and its head is read: check it, then hand it over
         once its body is complete."""
         request.handed = True
-        reply = self.app.check(request)
+        try:
+            reply = self.app.check(request)
+        except Exception as exc:
+            self._failed(request, exc)
+            return
         if reply is None and request.too_large:  # read ahead while queued, over the limit
             reply = self.app.too_large(request)
-        if reply is not None:
+        if reply is not None and request.delay > 0:
+            # Held (a refusal that must not be had at event-loop speed): its body is dropped
+            # meanwhile, and the body deadline still bounds the wait.
+            request.discard = True
+            request.chunks = []
+            self.loop.call_later(request.delay, self.answer, request, reply)
+            if not request.complete and not self.feeding:
+                self._arm_body()
+        elif reply is not None:
             self._reply(request, reply)
         elif request.complete:
             self._hand(request)
@@ -370,7 +508,28 @@ class IngestProtocol(asyncio.Protocol):
         chunks = request.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         request.chunks = []
-        self.app.handle(request, body, self)
+        try:
+            self.app.handle(request, body, self)
+        except Exception as exc:
+            self._failed(request, exc)
+
+    def _failed(self, request: Request, exc: Exception) -> None:
+        """The app raised: its answer to that (500, its slot freed), then close."""
+        try:
+            reply = self.app.failed(request, exc)
+        except Exception:
+            reply = (500, b"content-type: application/json\r\n", b'{"error":"internal_error"}')
+        self.closing = True
+        self._reply(request, reply)
+
+    def _abandon(self, request: Request) -> None:
+        """`request` is dropped unanswered: the app gives back what it holds for it."""
+        request.answered = True  # an answer the app still sends for it goes nowhere
+        if request.held is not None:
+            try:
+                self.app.abandon(request)
+            except Exception as exc:
+                log.error("releasing a dropped request failed: %s", type(exc).__name__)
 
     def answer(self, request: Request, reply: Reply) -> None:
         """The app's answer to a request it was handed (ignored once the connection is gone)."""
@@ -379,11 +538,13 @@ class IngestProtocol(asyncio.Protocol):
 
     def _reply(self, request: Request, reply: Reply) -> None:
         transport = self.transport
-        if request.answered or transport is None:
+        if request.answered or transport is None or self.ended:
             return
         request.answered = True
         status, head, body = reply
-        close = self.closing or not request.keep_alive
+        # Close after an answer sent while body bytes are owed: they would read as a request.
+        owed = request.has_body and not request.complete
+        close = self.closing or not request.keep_alive or owed
         defaults = self.server_state.default_headers
         if defaults is not _defaults[0]:
             _defaults[0] = defaults
@@ -401,7 +562,7 @@ class IngestProtocol(asyncio.Protocol):
             )
         )
         if close:
-            transport.close()
+            self._end()
         elif request.complete:
             self._done(request)
 
@@ -417,8 +578,23 @@ class IngestProtocol(asyncio.Protocol):
         self._next()
 
     def _next(self) -> None:
+        """Serve what is owed, in a loop: an answer given at once (a GET) asks for the next
+        request from inside this loop, which then goes round again instead of recursing."""
+        if self.serving:
+            self.serve_again = True
+            return
+        self.serving = True
+        try:
+            self.serve_again = True
+            while self.serve_again:
+                self.serve_again = False
+                self._serve_one()
+        finally:
+            self.serving = False
+
+    def _serve_one(self) -> None:
         transport = self.transport
-        if transport is None or self.write_paused:
+        if transport is None or self.write_paused or self.ended:
             return
         queue = self.queue
         if queue:
@@ -428,11 +604,32 @@ class IngestProtocol(asyncio.Protocol):
             return
         if self.owed is not None:
             transport.write(self.owed)
-            transport.close()
+            self.owed = None
+            self._end()
         elif self.closing:
-            transport.close()
-        else:
+            self._end()
+        elif not self.refused:
             self._arm_idle()
+
+    def _end(self) -> None:
+        """Close after the last answer: read nothing more, shut the write side once the answer is
+        out, and close within LINGER seconds (a client still sending a body would otherwise get
+        a reset that can destroy the answer before it reads it)."""
+        transport = self.transport
+        self.refused = self.closing = self.ended = True
+        self._cancel_timers()
+        if transport is None or transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.end_timer = self.loop.call_later(LINGER, transport.close)
+            # (reading goes on, discarding, so the client's bytes are taken, not reset)
+            if self.read_paused:
+                self.read_paused = False
+                transport.resume_reading()
+        else:
+            transport.close()
+            self.end_timer = self.loop.call_later(LINGER, transport.abort)
 
     # ---- refusals -----------------------------------------------------------------------------
 
@@ -442,18 +639,23 @@ class IngestProtocol(asyncio.Protocol):
         if self.refused:
             return
         self.refused = True
-        for timer in (self.head_timer, self.body_timer, self.idle_timer):
-            if timer is not None:
-                timer.cancel()
-        self.head_timer = self.body_timer = self.idle_timer = None
+        self._cancel_timers()
         reading = self.reading
         if reading is not None and self.queue and self.queue[-1] is reading:
             self.queue.pop()
             self.reading = None
+            if reading.handed:
+                self._abandon(reading)
         self._pause_reading()
         self.owed = error_reply(status, error, message)
         if not self.queue:  # else it goes out after the last of their answers (_next)
             self._next()
+        elif self.transport is not None and self.end_timer is None:
+            # Owed after answers the app has yet to give: those are bounded by the ack
+            # timeout; this bounds the connection whatever happens.
+            self.end_timer = self.loop.call_later(
+                self.limits.shutdown_timeout + self.body_timeout, self.transport.abort
+            )
 
     def _too_large_head(self) -> None:
         self._refuse(
@@ -468,6 +670,12 @@ class IngestProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     # ---- timers -------------------------------------------------------------------------------
+
+    def _cancel_timers(self) -> None:
+        for timer in (self.head_timer, self.body_timer, self.idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self.head_timer = self.body_timer = self.idle_timer = None
 
     def _arm_head(self) -> None:
         self.head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
@@ -498,11 +706,11 @@ class IngestProtocol(asyncio.Protocol):
             return
         self.queue.popleft()
         self.reading = None
-        self.refused = self.closing = True  # the rest of that body would read as a new request
-        self._pause_reading()
+        self.closing = True  # the rest of that body would read as a new request
         self._reply(request, self.app.body_timed_out(request))  # and closes
 
     def _idle(self) -> None:
         self.idle_timer = None
         if self.transport is not None:
+            self.refused = self.ended = True
             self.transport.close()

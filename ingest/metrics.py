@@ -32,13 +32,29 @@ class IngestMetrics:
     tenant_requests: FastCounter
     tenant_throttled: FastCounter
     tenant_slots: TenantSlotGauges
+    internal_errors: FastCounter
+    connections_refused: FastCounter
+    connections: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> IngestMetrics:
         metrics = cls._create(registry)
         # Every series a rule or panel divides by exists from the start, at zero, so a healthy
         # ingest shows "0% 5xx" rather than "no data".
-        for code in ("202", "400", "401", "404", "405", "408", "413", "429", "500", "503"):
+        for code in (
+            "202",
+            "400",
+            "401",
+            "404",
+            "405",
+            "408",
+            "413",
+            "429",
+            "431",
+            "500",
+            "501",
+            "503",
+        ):
             metrics.requests.labels(code)
         for reason in ("missing", "mismatch"):
             metrics.auth_failures.labels(reason)
@@ -130,6 +146,26 @@ class IngestMetrics:
                 registry=registry,
             ),
             tenant_slots=TenantSlotGauges(registry),
+            # Unexpected exceptions while serving a request (answered 500), by exception kind.
+            internal_errors=FastCounter(
+                "cfn_ingest_internal_errors",
+                "Requests answered 500 for an internal error, by exception kind.",
+                ["kind"],
+                registry=registry,
+            ),
+            # Open connections on the public port (CFN_INGEST_MAX_CONNECTIONS caps them).
+            connections=Gauge(
+                "cfn_ingest_connections",
+                "Open connections on the public port.",
+                registry=registry,
+            ),
+            # Connections answered 503 and closed at once: over CFN_INGEST_MAX_CONNECTIONS.
+            connections_refused=FastCounter(
+                "cfn_ingest_connections_refused",
+                "Connections refused over CFN_INGEST_MAX_CONNECTIONS.",
+                [],
+                registry=registry,
+            ),
         )
 
 

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from cfn import internals
 from cfn.config import ConfigError
 from cfn.health import quiet_client_logs
+from cfn.ingest.admin import WORKERS_ENV
 from cfn.ingest.app import IngestApp
 from cfn.ingest.auth import SecretIndex, SecretsError
 from cfn.ingest.http import IngestProtocol
 from cfn.ingest.settings import IngestSettings
 from cfn.ingest.sink import KafkaSink
+from cfn.ingest.tls import server_context
 from cfn.runtime import tune_gc
 
 log = logging.getLogger("cfn.ingest")
@@ -60,6 +64,7 @@ def create_app() -> IngestApp:
         linger_ms=settings.linger_ms,
         compression=settings.compression,
         security=settings.security,
+        buffer_kbytes=settings.kafka_buffer_kbytes,
     )
     return IngestApp(settings, secrets, sink, CollectorRegistry())
 
@@ -86,7 +91,9 @@ def serve(workers: int = 1, allow_unauthenticated: bool = False) -> int:
         os.environ[UNAUTHENTICATED_ENV] = "1"
     else:
         os.environ.pop(UNAUTHENTICATED_ENV, None)
-    uvicorn.run(
+    os.environ[WORKERS_ENV] = str(workers)  # each process binds an admin port of its own
+    tls = settings.tls_certfile is not None
+    config = uvicorn.Config(
         "cfn.ingest.server:create_app",
         factory=True,
         host=settings.host,
@@ -94,20 +101,45 @@ def serve(workers: int = 1, allow_unauthenticated: bool = False) -> int:
         workers=workers,
         loop="uvloop",
         # cfn's own HTTP/1.1 protocol (ingest/http.py): the app called directly, no ASGI per
-        # request; head size, head and body time limits.
+        # request; every connection state has a deadline, and connections are capped.
         http=IngestProtocol,
         proxy_headers=False,  # nothing reads the client address: no middleware in front
         lifespan="on",
         access_log=False,
         log_level="warning",
-        timeout_keep_alive=15,
-        # No connection cap: it counted idle and unfinished connections, so a few thousand
-        # silent sockets locked every client out. In-flight requests are capped by the app
-        # (429), heads by size and time (ingest/http.py), bodies by CFN_INGEST_BODY_TIMEOUT.
+        timeout_keep_alive=max(1, round(settings.keep_alive_timeout)),
+        # Connections are capped by the protocol (CFN_INGEST_MAX_CONNECTIONS, a 503), requests
+        # in flight by the app (429).
         limit_concurrency=None,
+        # SIGTERM: stop taking connections, answer what is in flight, and exit within this
+        # (the protocol cuts off every connection still open by then).
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
         # HTTPS when CFN_INGEST_TLS_CERTFILE/_KEYFILE are set: TLS is the transport's, so the
-        # protocol's head and body guards apply to the decrypted stream unchanged.
-        ssl_certfile=None if settings.tls_certfile is None else str(settings.tls_certfile),
-        ssl_keyfile=None if settings.tls_keyfile is None else str(settings.tls_keyfile),
+        # protocol's guards apply to the decrypted stream unchanged; SIGHUP reloads the files.
+        ssl_certfile=str(settings.tls_certfile) if tls else None,
+        ssl_keyfile=str(settings.tls_keyfile) if tls else None,
+        ssl_context_factory=server_context if tls else None,
     )
-    return 0
+    if workers > 1:
+        supervisor = _supervisor()(config, sockets=[config.bind_socket()])
+        supervisor.run()
+        return 0
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _supervisor() -> Any:
+    """uvicorn's process supervisor, except that SIGHUP is passed on to every process (each
+    reloads its own secrets and certificate) instead of restarting them all."""
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    class Supervisor(Multiprocess):  # type: ignore[misc]
+        def handle_hup(self) -> None:
+            for process in self.processes:
+                pid = process.process.pid
+                if pid is not None and process.process.is_alive():
+                    os.kill(pid, signal.SIGHUP)
+            log.warning("SIGHUP passed on to %d ingest process(es)", len(self.processes))
+
+    return Supervisor

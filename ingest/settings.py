@@ -20,6 +20,9 @@ class IngestSettings:
 
     host: str = "127.0.0.1"
     port: int = 8080
+    # /metrics, /readyz and /openapi.json: never on the public port
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081
     bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = "cfn."
     secret: str | None = field(default=None, repr=False)  # never in a repr or a log
@@ -35,6 +38,11 @@ class IngestSettings:
     body_timeout: float = 10.0
     max_header_bytes: int = 32 * 1024
     header_timeout: float = 5.0
+    write_timeout: float = 10.0  # a client that reads nothing of an answer this long is cut off
+    keep_alive_timeout: float = 15.0
+    max_connections: int = 1024  # per process; one over it is answered 503 and closed
+    shutdown_timeout: float = 10.0  # SIGTERM to exit, whatever the clients do
+    kafka_buffer_kbytes: int = 65536  # librdkafka's queue: records not yet acknowledged
     linger_ms: int = 1
     compression: str = "lz4"
     partitions: int = 12
@@ -60,6 +68,8 @@ class IngestSettings:
         return cls(
             host=env.text("CFN_INGEST_HOST", cls.host),
             port=env.integer("CFN_INGEST_PORT", cls.port),
+            admin_host=env.text("CFN_INGEST_ADMIN_HOST", cls.admin_host),
+            admin_port=env.integer("CFN_INGEST_ADMIN_PORT", cls.admin_port),
             bootstrap=env.text("CFN_KAFKA_BOOTSTRAP", cls.bootstrap),
             topic_prefix=env.text("CFN_TOPIC_PREFIX", cls.topic_prefix),
             secret=env.raw("CFN_INGEST_SECRET"),
@@ -76,6 +86,17 @@ class IngestSettings:
                 "CFN_INGEST_MAX_HEADER_BYTES", cls.max_header_bytes, minimum=1024
             ),
             header_timeout=env.duration("CFN_INGEST_HEADER_TIMEOUT", cls.header_timeout),
+            write_timeout=env.duration("CFN_INGEST_WRITE_TIMEOUT", cls.write_timeout),
+            keep_alive_timeout=env.duration(
+                "CFN_INGEST_KEEP_ALIVE_TIMEOUT", cls.keep_alive_timeout
+            ),
+            max_connections=env.integer(
+                "CFN_INGEST_MAX_CONNECTIONS", cls.max_connections, minimum=1
+            ),
+            shutdown_timeout=env.duration("CFN_INGEST_SHUTDOWN_TIMEOUT", cls.shutdown_timeout),
+            kafka_buffer_kbytes=env.integer(
+                "CFN_INGEST_KAFKA_BUFFER_KBYTES", cls.kafka_buffer_kbytes, minimum=1024
+            ),
             linger_ms=env.integer("CFN_INGEST_LINGER_MS", cls.linger_ms),
             compression=env.choice("CFN_INGEST_COMPRESSION", cls.compression, COMPRESSIONS),
             partitions=env.integer("CFN_PARTITIONS", cls.partitions, minimum=1),

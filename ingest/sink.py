@@ -171,6 +171,7 @@ def producer_config(
     compression: str,
     max_request_size: int,
     security: KafkaSecurity,
+    buffer_kbytes: int = 65536,
 ) -> dict[str, Any]:
     """librdkafka's settings for the ingest's producer (and the bench's bare baseline)."""
     timeout_ms = max(1000, int(ack_timeout * 1000))
@@ -188,6 +189,9 @@ def producer_config(
         "message.timeout.ms": int(max(MESSAGE_TIMEOUT_S, ack_timeout) * 1000),
         "request.timeout.ms": timeout_ms,
         "message.max.bytes": max_request_size,
+        # What the producer may hold unacknowledged (librdkafka's default is 1 GiB): past it,
+        # a write is refused at once (503) rather than the process growing.
+        "queue.buffering.max.kbytes": buffer_kbytes,
         # Kafka's own (Java) placement of keys, as cfn.partition computes it; librdkafka's
         # default (CRC32) would put a key elsewhere than every other client.
         "partitioner": "murmur2_random",
@@ -312,6 +316,7 @@ class KafkaSink:
         linger_ms: float = 1.0,
         compression: str = "lz4",
         max_request_size: int = 2 * 1024 * 1024,
+        buffer_kbytes: int = 65536,
         sweep_interval: float = 0.02,
         security: KafkaSecurity = PLAINTEXT,
     ) -> None:
@@ -324,6 +329,7 @@ class KafkaSink:
             compression=compression,
             max_request_size=max_request_size,
             security=security,
+            buffer_kbytes=buffer_kbytes,
         )
         # The producer writes go to; None while a replacement is starting.
         self._client: _Client | None = None

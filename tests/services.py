@@ -61,6 +61,7 @@ class Process:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
+    admin_port: int = 0  # the ingest's /metrics, /readyz and /openapi.json
     extra: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> None:
@@ -114,8 +115,9 @@ def start_ingest(
     wait_for: str = "/readyz",
 ) -> Process:
     """Start `cfn ingest` on a free port and wait until `wait_for` (/readyz: ready to take
-    webhooks; /healthz: up, maybe not ready) answers 200."""
+    webhooks; /healthz: up, maybe not ready) answers 200 on its admin port."""
     port = free_port()
+    admin = int(env.get("CFN_INGEST_ADMIN_PORT") or free_port())
     process = Process(
         [sys.executable, "-m", "cfn", "ingest", *args],
         cfn_env(
@@ -123,15 +125,17 @@ def start_ingest(
                 "CFN_KAFKA_BOOTSTRAP": bootstrap,
                 "CFN_TOPIC_PREFIX": prefix,
                 "CFN_INGEST_PORT": str(port),
+                "CFN_INGEST_ADMIN_PORT": str(admin),
                 "CFN_PARTITIONS": "4",
                 **env,
             }
         ),
         tmp / f"ingest-{port}.log",
         port=port,
+        admin_port=admin,
     )
     process.start()
-    wait_ready(process, port, wait_for)
+    wait_ready(process, admin, wait_for)
     return process
 
 

@@ -704,12 +704,14 @@ def test_a_flooding_tenant_leaves_the_other_its_share_and_with_a_rate_its_latenc
     share_refusals = 'cfn_ingest_tenant_throttled_total{reason="share",tenant="A"}'
     try:
         deadline = time.monotonic() + 15
-        while metric_value(port, share_refusals) == 0:  # the flood process is up and refused
+        while (
+            metric_value(flood_ingest.admin_port, share_refusals) == 0
+        ):  # the flood process is up and refused
             assert flood.poll() is None and time.monotonic() < deadline, "the flood never came"
             time.sleep(0.1)
         time.sleep(1.0)  # every connection open and in its rhythm of holds
         shares_only = steady(port, 8.0)
-        throttled_share = metric_value(port, share_refusals)
+        throttled_share = metric_value(flood_ingest.admin_port, share_refusals)
         write(
             flood_ingest.extra["secrets"],
             {"A": {"secrets": [SECRET_A], "rate": A_RATE}, "B": [SECRET_B]},
@@ -728,7 +730,7 @@ def test_a_flooding_tenant_leaves_the_other_its_share_and_with_a_rate_its_latenc
             unloaded = unloaded + steady(port, 5.0)
             flood.send_signal(signal.SIGCONT)
         throttled_rate = metric_value(
-            port, 'cfn_ingest_tenant_throttled_total{reason="rate",tenant="A"}'
+            flood_ingest.admin_port, 'cfn_ingest_tenant_throttled_total{reason="rate",tenant="A"}'
         )
     finally:
         flood.send_signal(signal.SIGCONT)
@@ -737,7 +739,9 @@ def test_a_flooding_tenant_leaves_the_other_its_share_and_with_a_rate_its_latenc
     assert flood.returncode == 0, out
     a_statuses = {int(k) if k.isdigit() else k: v for k, v in json.loads(out).items()}
     b_throttled = sum(
-        metric_value(port, f'cfn_ingest_tenant_throttled_total{{reason="{r}",tenant="B"}}')
+        metric_value(
+            flood_ingest.admin_port, f'cfn_ingest_tenant_throttled_total{{reason="{r}",tenant="B"}}'
+        )
         for r in ("limit", "share", "rate", "global")
     )
     block = figures(

@@ -292,7 +292,7 @@ def test_broker_loss_keeps_every_202_exactly_once(tmp_path: Path) -> None:
         load_started = time.monotonic()
         answers = run_load(ingest.port, bodies, rate, {int(rate * kill_after): kill_node_2})
         load_ended = time.monotonic()
-        kafka_errors = metric_lines(ingest.port, "cfn_ingest_kafka_errors_total")
+        kafka_errors = metric_lines(ingest.admin_port, "cfn_ingest_kafka_errors_total")
 
         accepted = [a for a in answers if a.status == 202]
         codes = Counter(a.status for a in answers)
@@ -839,7 +839,7 @@ def test_slow_loris_gets_408_and_other_clients_stay_fast(
         huge_status, huge_closed = huge_header(ingest.port, HUGE_HEADER)
         after_huge = timed_post(encode(alert(correlation=f"after-huge-{uuid.uuid4().hex}")))
         alive = ingest.proc is not None and ingest.proc.poll() is None
-        timeouts = metric_lines(ingest.port, 'cfn_ingest_requests_total{code="408"}')
+        timeouts = metric_lines(ingest.admin_port, 'cfn_ingest_requests_total{code="408"}')
     finally:
         ingest.stop()
     latencies = sorted(s for _, s in normal)

@@ -19,14 +19,32 @@ class Transport:
     def __init__(self) -> None:
         self.written = b""
         self.closed = False
+        self.eof = False  # the write side is shut (after an answer that ends the connection)
+        self.aborted = False
         self.reading = True
 
     def write(self, data: bytes) -> None:
-        assert not self.closed, "written after close"
+        assert not self.closed and not self.eof, "written after close"
         self.written += data
+
+        self.eof = False  # the write side is shut (an answer sent with body bytes owed)
+        self.aborted = False
 
     def close(self) -> None:
         self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def ended(self) -> bool:
+        """Closed, or its write side shut: nothing more is answered on it."""
+        return self.closed or self.eof
 
     def is_closing(self) -> bool:
         return self.closed
@@ -49,12 +67,15 @@ class App:
     def __init__(self) -> None:
         self.handed: list[tuple[Request, bytes, Connection]] = []
         self.refused: list[int] = []
+        self.abandoned: list[Request] = []
+        self.failures: list[Exception] = []
 
     def check(self, request: Request) -> Reply | None:
         if request.path == "/deny":
             return (401, JSON, b"{}")
         if request.method == "POST":
-            return None
+            declared = dict(request.headers).get(b"content-length", b"0")
+            return self.too_large(request) if int(declared) > self.max_body else None
         return (200, JSON, b'{"path":"%s"}' % request.path.encode())
 
     def handle(self, request: Request, body: bytes, connection: Connection) -> None:
@@ -71,6 +92,16 @@ class App:
     def body_timed_out(self, request: Request) -> Reply:
         self.refused.append(408)
         return (408, JSON, b"{}")
+
+    def abandon(self, request: Request) -> None:
+        self.abandoned.append(request)
+
+    def failed(self, request: Request, exc: Exception) -> Reply:
+        self.failures.append(exc)
+        return (500, JSON, b"{}")
+
+    def connection_refused(self) -> None:
+        self.refused.append(503)
 
 
 class State:
@@ -89,9 +120,18 @@ class Config:
 
 @pytest.fixture(autouse=True)
 def limits() -> Iterator[None]:
-    http._limits = (1024, 0.2, 0.2)  # max head bytes, head timeout, body timeout
+    http._limits = http.Limits(
+        max_header_bytes=1024,
+        header_timeout=0.2,
+        body_timeout=0.2,
+        write_timeout=0.2,
+        max_connections=4,
+        shutdown_timeout=0.3,
+    )
+    IngestProtocol.open_connections = 0
     yield
     http._limits = None
+    IngestProtocol.open_connections = 0
 
 
 def post(path: str, body: bytes, *extra: str) -> bytes:
@@ -125,22 +165,24 @@ def test_pipelined_requests_are_answered_in_order_one_at_a_time() -> None:
         assert transport.statuses() == [202, 503, 200]
         assert transport.written.endswith(b'{"path":"/x"}')
         assert b"server: test\r\n" in transport.written
-        assert not transport.closed
+        assert not transport.ended()
 
     run(scenario)
 
 
-def test_an_answer_from_the_head_ends_the_request_and_its_body_is_dropped() -> None:
+def test_an_answer_sent_while_body_bytes_are_owed_ends_the_connection() -> None:
     async def scenario() -> None:
         app = App()
         protocol, transport, _ = connect(app)
         whole = post("/deny", b"x" * 40)
         protocol.data_received(whole[:-30])  # the head and part of the body
-        assert transport.statuses() == [401]
+        assert transport.statuses() == [401] and transport.eof
+        assert b"connection: close" in transport.written
+        # What the client still sends is never parsed: it would read as a request.
         protocol.data_received(whole[-30:] + post("/w", b"next"))
-        assert [body for _, body, _ in app.handed] == [b"next"]
-        await asyncio.sleep(0.3)  # past the body timeout: the 401's request is not timed
-        assert app.refused == [] and transport.statuses() == [401]
+        assert app.handed == [] and transport.statuses() == [401]
+        await asyncio.sleep(2.1)  # LINGER: then it is closed whatever the client does
+        assert transport.closed
 
     run(scenario)
 
@@ -155,7 +197,7 @@ def test_a_body_that_stops_gets_408_at_the_body_timeout_and_the_connection_close
         assert transport.statuses() == [202]
         await asyncio.sleep(0.2)
         assert transport.statuses() == [202, 408] and app.refused == [408]
-        assert transport.closed and b"connection: close" in transport.written
+        assert transport.ended() and b"connection: close" in transport.written
 
     run(scenario)
 
@@ -166,9 +208,9 @@ def test_a_head_that_stops_gets_408_after_the_answers_owed() -> None:
         protocol, transport, _ = connect(app)
         protocol.data_received(post("/w", b"first") + b"POST /w HTTP/1.1\r\nHo")
         await asyncio.sleep(0.3)
-        assert transport.statuses() == [] and not transport.closed  # 202 is owed first
+        assert transport.statuses() == [] and not transport.ended()  # 202 is owed first
         app.release()
-        assert transport.statuses() == [202, 408] and transport.closed
+        assert transport.statuses() == [202, 408] and transport.ended()
 
     run(scenario)
 
@@ -180,7 +222,7 @@ def test_garbage_gets_400_after_the_whole_requests_before_it() -> None:
         protocol.data_received(post("/w", b"ok") + b"garbage\r\n\r\n")
         assert transport.statuses() == []
         app.release()
-        assert transport.statuses() == [202, 400] and transport.closed
+        assert transport.statuses() == [202, 400] and transport.ended()
         assert b'"error":"bad_request"' in transport.written
 
     run(scenario)
@@ -191,7 +233,7 @@ def test_heads_over_the_limit_get_431_whether_split_or_whole() -> None:
         app = App()
         protocol, endless, _ = connect(app)
         protocol.data_received(b"POST /w HTTP/1.1\r\nx-long: " + b"a" * 2000)
-        assert endless.statuses() == [431] and endless.closed
+        assert endless.statuses() == [431] and endless.ended()
         protocol, many, _ = connect(app)
         protocol.data_received(post("/w", b"{}", *(f"x-h{i}: v" for i in range(200))))
         assert many.statuses() == [431] and app.handed == []
@@ -212,7 +254,7 @@ def test_bodies_over_the_limit_get_413_declared_or_streamed() -> None:
         )
         protocol.data_received(chunked + post("/w", b"after"))
         assert transport.statuses() == [413] and app.refused == [413]
-        assert [body for _, body, _ in app.handed] == [b"after"]
+        assert app.handed == [] and transport.ended()  # the rest of that body was owed
 
     run(scenario)
 
@@ -227,7 +269,7 @@ def test_head_answers_carry_no_body_and_connection_close_is_honoured() -> None:
         assert transport.statuses() == [200, 200]
         first, second = transport.written.split(b"HTTP/1.1 200 OK")[1:]
         assert b"content-length: 13\r\n" in first and first.endswith(b"\r\n\r\n")
-        assert second.endswith(b'{"path":"/y"}') and transport.closed
+        assert second.endswith(b'{"path":"/y"}') and transport.ended()
 
     run(scenario)
 
@@ -252,13 +294,13 @@ def test_shutdown_waits_for_the_answer_owed_then_closes() -> None:
         protocol, transport, state = connect(app)
         protocol.data_received(post("/w", b"held"))
         protocol.shutdown()
-        assert not transport.closed
+        assert not transport.ended()
         app.release()
-        assert transport.statuses() == [202] and transport.closed
+        assert transport.statuses() == [202] and transport.ended()
         assert b"connection: close" in transport.written
         idle, idle_transport, _ = connect(app)
         idle.shutdown()
-        assert idle_transport.closed
+        assert idle_transport.ended()
         idle.connection_lost(None)
         protocol.connection_lost(None)
         assert state.connections == set()
@@ -317,10 +359,188 @@ def test_idle_and_stalled_connections_close_at_the_keep_alive_timeout() -> None:
         stalled.connection_made(stalled_transport)  # type: ignore[arg-type]
         idle.data_received(b"GET /x HTTP/1.1\r\n\r\n")
         stalled.data_received(post("/deny", b"x" * 40)[:-10])  # answered, then its body stops
+        # Answered with its body owed: ended at once, not left to the keep-alive timeout.
+        assert stalled_transport.ended() and stalled_transport.statuses() == [401]
         await asyncio.sleep(0.1)
-        assert not idle_transport.closed and not stalled_transport.closed
+        assert not idle_transport.ended()
         await asyncio.sleep(0.2)
-        assert idle_transport.closed and idle_transport.statuses() == [200]
-        assert stalled_transport.closed and stalled_transport.statuses() == [401]
+        assert idle_transport.ended() and idle_transport.statuses() == [200]
+
+    run(scenario)
+
+
+def test_answers_owed_to_a_long_pipeline_are_served_by_a_loop() -> None:
+    # One data_received carrying many GETs answered at once from their heads: with a recursive
+    # drain (answer -> next -> check -> answer ...) this overflowed the stack around 250.
+    async def scenario() -> None:
+        app = App()
+        protocol, transport, _ = connect(app)
+        http_depth, http.PIPELINE_DEPTH = http.PIPELINE_DEPTH, 10_000
+        try:
+            protocol.data_received(b"GET /x HTTP/1.1\r\n\r\n" * 3000)
+        finally:
+            http.PIPELINE_DEPTH = http_depth
+        assert transport.statuses() == [200] * 3000 and not transport.ended()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing.
+        (b"POST /w HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n", 400),
+        (b"POST /w HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n", 400),
+        (b"POST /w HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", 400),
+        (b"POST /w HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n", 400),
+        (b"POST /w HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n", 501),
+        (b"POST /w HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n", 400),
+    ],
+)
+def test_faulty_framing_is_refused_and_the_connection_closed(head: bytes, status: int) -> None:
+    async def scenario() -> None:
+        app = App()
+        protocol, transport, _ = connect(app)
+        protocol.data_received(head + b"\r\n5\r\nhello\r\n0\r\n\r\nGET /openapi HTTP/1.1\r\n\r\n")
+        assert transport.statuses() == [status] and transport.ended()
+        assert app.handed == []
+
+    run(scenario)
+
+
+def test_a_declared_body_over_the_limit_with_expect_continue_closes_after_the_413() -> None:
+    async def scenario() -> None:
+        app = App()
+        protocol, transport, _ = connect(app)
+        protocol.data_received(
+            b"POST /w HTTP/1.1\r\nContent-Length: 2000000000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        assert transport.statuses() == [413] and transport.ended()
+        assert b"100 Continue" not in transport.written
+        protocol.data_received(b"GET /x HTTP/1.1\r\n\r\n")  # read as body by a desynced server
+        assert transport.statuses() == [413]
+
+    run(scenario)
+
+
+def test_stray_line_ends_do_not_keep_an_idle_connection_open() -> None:
+    async def scenario() -> None:
+        app = App()
+        config = Config(app)
+        config.timeout_keep_alive = 0.2
+        protocol = IngestProtocol(config, State(), _loop=asyncio.get_running_loop())
+        transport = Transport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(b"GET /x HTTP/1.1\r\n\r\n")
+        for _ in range(4):
+            await asyncio.sleep(0.06)
+            protocol.data_received(b"\r\n")
+        assert transport.ended() and transport.statuses() == [200]
+
+    run(scenario)
+
+
+def test_a_client_that_stops_reading_is_cut_off_at_the_write_timeout() -> None:
+    async def scenario() -> None:
+        app = App()
+        protocol, transport, _ = connect(app)
+        protocol.pause_writing()
+        await asyncio.sleep(0.1)
+        assert not transport.aborted
+        await asyncio.sleep(0.15)
+        assert transport.aborted
+
+    run(scenario)
+
+
+def test_connections_over_the_cap_get_503_and_are_closed() -> None:
+    async def scenario() -> None:
+        app = App()
+        opened = [connect(app) for _ in range(4)]
+        protocol, transport, _ = connect(app)
+        assert transport.statuses() == [503] and transport.ended() and app.refused == [503]
+        assert b"CFN_INGEST_MAX_CONNECTIONS" in transport.written
+        opened[0][0].connection_lost(None)  # one closes: the next is taken
+        _, taken, _ = connect(app)
+        assert taken.statuses() == [] and not taken.ended()
+        protocol.connection_lost(None)  # a refused one was never counted
+        assert IngestProtocol.open_connections == 4
+
+    run(scenario)
+
+
+def test_shutdown_cuts_off_a_connection_whatever_the_client_does() -> None:
+    async def scenario() -> None:
+        app = App()
+        protocol, transport, _ = connect(app)
+        protocol.data_received(post("/w", b"held"))  # handed; the app never answers
+        protocol.shutdown()
+        assert not transport.closed
+        await asyncio.sleep(0.4)  # the shutdown timeout
+        assert transport.aborted
+
+    run(scenario)
+
+
+class Failing(App):
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.where = where
+
+    def check(self, request: Request) -> Reply | None:
+        if self.where == "check":
+            raise RecursionError("maximum recursion depth exceeded")
+        return super().check(request)
+
+    def handle(self, request: Request, body: bytes, connection: Connection) -> None:
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("where", ["check", "handle"])
+def test_an_exception_in_the_app_is_answered_500_and_closes(where: str) -> None:
+    async def scenario() -> None:
+        app = Failing(where)
+        protocol, transport, _ = connect(app)
+        protocol.data_received(post("/w", b"x") + b"GET /x HTTP/1.1\r\n\r\n")
+        assert transport.statuses() == [500] and transport.ended()
+        assert [type(exc) for exc in app.failures] == [
+            RecursionError if where == "check" else RuntimeError
+        ]
+
+    run(scenario)
+
+
+def test_a_request_dropped_mid_body_is_abandoned_so_the_app_frees_its_slot() -> None:
+    async def scenario() -> None:
+        app = App()
+        for ending in ("lost", "garbage"):
+            protocol, _, _ = connect(app)
+            protocol.data_received(b"POST /w HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab")
+            request = protocol.queue[0]
+            request.held = "a slot"
+            if ending == "lost":
+                protocol.connection_lost(None)
+            else:  # a chunked body whose chunk size is not hex
+                protocol.data_received(b"cd\r\nzz\r\n")
+            assert app.abandoned[-1] is request, ending
+        assert len(app.abandoned) == 2
+
+    run(scenario)
+
+
+def test_a_held_answer_goes_out_after_its_delay_and_drops_the_body() -> None:
+    class Holding(App):
+        def check(self, request: Request) -> Reply | None:
+            request.delay = 0.1
+            return (401, JSON, b"{}")
+
+    async def scenario() -> None:
+        app = Holding()
+        protocol, transport, _ = connect(app)
+        protocol.data_received(post("/w", b"abc"))
+        assert transport.statuses() == []
+        await asyncio.sleep(0.15)
+        assert transport.statuses() == [401] and not transport.ended()  # its body was read
+        assert app.handed == []
 
     run(scenario)

@@ -4,19 +4,22 @@ head and body guards as over plain HTTP, with a certificate from a CA made for t
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import ssl
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cfn.broker import make_ca, sign_certificate
 from tests.payloads import alert, encode
-from tests.services import Process, cfn_env, free_port
+from tests.services import Process, cfn_env, free_port, wait_ready
 
 pytestmark = pytest.mark.broker
 
@@ -79,7 +82,7 @@ def https(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Http
     folder = tmp_path_factory.mktemp("https")
     ca, ca_key = make_ca(folder / "ca")
     cert, key = sign_certificate(ca, ca_key, folder / "server", "ingest.local", server=True)
-    port = free_port()
+    port, admin = free_port(), free_port()
     process = Process(
         [sys.executable, "-m", "cfn", "ingest"],
         cfn_env(
@@ -87,6 +90,7 @@ def https(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Http
                 "CFN_KAFKA_BOOTSTRAP": kafka,
                 "CFN_TOPIC_PREFIX": f"https{uuid.uuid4().hex[:8]}.",
                 "CFN_INGEST_PORT": str(port),
+                "CFN_INGEST_ADMIN_PORT": str(admin),
                 "CFN_PARTITIONS": "2",
                 "CFN_INGEST_SECRET": SECRET,
                 "CFN_INGEST_TLS_CERTFILE": str(cert),
@@ -101,19 +105,11 @@ def https(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Http
     process.start()
     client = Https(port, ssl.create_default_context(cafile=str(ca)))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.proc is not None and process.proc.poll() is None, process.output
-            try:
-                answer = client.exchange(
-                    b"GET /readyz HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n", 5
-                )
-                if status(answer) == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"no HTTPS /readyz 200:\n{process.output}"
-            time.sleep(0.3)
+        wait_ready(process, admin, "/readyz")  # the admin port is plain HTTP
+        answer = client.exchange(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n", 5
+        )
+        assert status(answer) == 200
         yield client
     finally:
         process.stop()
@@ -157,3 +153,102 @@ def test_an_oversized_head_over_tls_gets_431(https: Https) -> None:
     filler = "".join(f"x-pad-{i}: {'a' * 1000}\r\n" for i in range(64))  # 64 KB of headers
     head = f"POST {WEBHOOK} HTTP/1.1\r\nHost: 127.0.0.1\r\n{filler}\r\n".encode()
     assert status(https.exchange(head)) == 431
+
+
+def _handshake(port: int, context: ssl.SSLContext) -> tuple[str, str] | None:
+    """(protocol version, cipher) of a handshake with `context`, or None if it is refused."""
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw) as sock,
+        ):
+            cipher = sock.cipher()
+            assert cipher is not None
+            return str(sock.version()), cipher[0]
+    except (ssl.SSLError, OSError):
+        return None
+
+
+def _client(version: ssl.TLSVersion, ciphers: str | None = None) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.set_ciphers((ciphers or "ALL") + ":@SECLEVEL=0")  # the client offers anything
+    with warnings.catch_warnings():  # TLS 1.0 and 1.1 are deprecated: offered on purpose
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = context.maximum_version = version
+    return context
+
+
+def test_the_tls_profile_refuses_old_protocols_and_static_rsa(https: Https) -> None:
+    port = https.port
+    assert _handshake(port, _client(ssl.TLSVersion.TLSv1)) is None
+    assert _handshake(port, _client(ssl.TLSVersion.TLSv1_1)) is None
+    # TLS 1.2 with only static-RSA key exchange on offer: refused.
+    assert _handshake(port, _client(ssl.TLSVersion.TLSv1_2, "kRSA")) is None
+    version, cipher = _handshake(port, _client(ssl.TLSVersion.TLSv1_2)) or ("", "")
+    assert version == "TLSv1.2" and cipher.startswith("ECDHE-") and "GCM" in cipher, cipher
+    default = _handshake(port, ssl.create_default_context())
+    assert default is not None and default[0] == "TLSv1.3"
+
+
+def test_sighup_reloads_the_certificate_and_a_bad_pair_keeps_the_old_one(
+    kafka: str, tmp_path: Path
+) -> None:
+    ca, ca_key = make_ca(tmp_path / "ca")
+    old_cert, old_key = sign_certificate(ca, ca_key, tmp_path / "old", "old.local", server=True)
+    new_cert, new_key = sign_certificate(ca, ca_key, tmp_path / "new", "new.local", server=True)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(old_cert.read_bytes())
+    key.write_bytes(old_key.read_bytes())
+    port, admin = free_port(), free_port()
+    process = Process(
+        [sys.executable, "-m", "cfn", "ingest"],
+        cfn_env(
+            {
+                "CFN_KAFKA_BOOTSTRAP": kafka,
+                "CFN_TOPIC_PREFIX": f"reload{uuid.uuid4().hex[:8]}.",
+                "CFN_INGEST_PORT": str(port),
+                "CFN_INGEST_ADMIN_PORT": str(admin),
+                "CFN_PARTITIONS": "2",
+                "CFN_INGEST_SECRET": SECRET,
+                "CFN_INGEST_TLS_CERTFILE": str(cert),
+                "CFN_INGEST_TLS_KEYFILE": str(key),
+            }
+        ),
+        tmp_path / "ingest.log",
+        port=port,
+    )
+    process.start()
+
+    def served_name() -> str:
+        context = ssl.create_default_context(cafile=str(ca))
+        context.check_hostname = False
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw) as sock,
+        ):
+            peer: Any = sock.getpeercert()
+        names = [value for rdn in peer["subject"] for key, value in rdn if key == "commonName"]
+        return str(names[0])
+
+    try:
+        wait_ready(process, admin, "/healthz")
+        assert served_name() == "old.local"
+        cert.write_bytes(new_cert.read_bytes())
+        key.write_bytes(new_key.read_bytes())
+        process.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while served_name() != "new.local":
+            assert time.monotonic() < deadline, process.output
+            time.sleep(0.2)
+        key.write_bytes(old_key.read_bytes())  # a key that is not the certificate's
+        process.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "TLS certificate reload failed" not in process.output:
+            assert time.monotonic() < deadline, process.output
+            time.sleep(0.2)
+        assert served_name() == "new.local"
+        assert process.proc is not None and process.proc.poll() is None
+    finally:
+        process.stop()

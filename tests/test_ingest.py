@@ -77,7 +77,7 @@ def test_auth_failures_are_401_and_write_nothing(ingest: Process, kafka: str, pr
     assert missing.json()["error"] == "unauthorized"
     assert SECRET not in wrong.body.decode()
     assert run(drain(kafka, f"{prefix}raw", settle=1.5)) == []
-    metrics = request(ingest.port, "GET", "/metrics").body.decode()
+    metrics = request(ingest.admin_port, "GET", "/metrics").body.decode()
     assert 'cfn_ingest_auth_failures_total{reason="missing"} 1.0' in metrics
     assert 'cfn_ingest_auth_failures_total{reason="mismatch"} 1.0' in metrics
     assert SECRET not in metrics
@@ -107,26 +107,26 @@ def test_error_statuses_have_json_bodies(ingest: Process, kafka: str, prefix: st
 
 def test_secret_rotation_and_tenants_with_sighup(tmp_path: Path, kafka: str, prefix: str) -> None:
     secrets = tmp_path / "secrets.json"
-    secrets.write_bytes(jsonio.dumps({"acme": ["old-acme", "new-acme"], "globex": ["g1"]}))
+    secrets.write_bytes(jsonio.dumps({"acme": ["old-acme-0123456789", "new-acme-0123456789"], "globex": ["globex-g1-0123456789"]}))
     process = start_ingest(tmp_path, kafka, prefix, {"CFN_INGEST_SECRETS_FILE": str(secrets)})
     try:
         body = encode(alert())
-        for secret in ("old-acme", "new-acme", "g1"):
+        for secret in ("old-acme-0123456789", "new-acme-0123456789", "globex-g1-0123456789"):
             assert post(process, body, {"cf-webhook-auth": secret}) == 202
         records = run(drain(kafka, f"{prefix}raw", expect=3))
         tenants = sorted(dict(r.headers)["cfn-tenant"].decode() for r in records)
         assert tenants == ["acme", "acme", "globex"]
 
-        secrets.write_bytes(jsonio.dumps({"acme": ["new-acme"], "globex": ["g1"]}))
+        secrets.write_bytes(jsonio.dumps({"acme": ["new-acme-0123456789"], "globex": ["globex-g1-0123456789"]}))
         process.signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
-        while post(process, body, {"cf-webhook-auth": "old-acme"}) != 401:
+        while post(process, body, {"cf-webhook-auth": "old-acme-0123456789"}) != 401:
             assert time.monotonic() < deadline, "the removed secret still works after SIGHUP"
             time.sleep(0.2)
-        assert post(process, body, {"cf-webhook-auth": "new-acme"}) == 202
+        assert post(process, body, {"cf-webhook-auth": "new-acme-0123456789"}) == 202
     finally:
         process.stop()
-    for secret in ("old-acme", "new-acme", "g1"):
+    for secret in ("old-acme-0123456789", "new-acme-0123456789", "globex-g1-0123456789"):
         assert secret not in process.output
 
 
@@ -181,7 +181,7 @@ def test_kafka_down_gives_503_within_ack_timeout_then_recovers(tmp_path: Path) -
             assert resp.status == 503, resp.body
             assert "retry-after" in resp.headers
             assert elapsed < 2.0 + 1.0
-        assert request(process.port, "GET", "/readyz").status == 503
+        assert request(process.admin_port, "GET", "/readyz").status == 503
         broker.start()
         deadline = time.monotonic() + 60
         while post(process, encode(alert(correlation="after"))) != 202:
@@ -198,10 +198,10 @@ def test_kafka_down_gives_503_within_ack_timeout_then_recovers(tmp_path: Path) -
 
 def test_health_metrics_and_openapi(ingest: Process) -> None:
     assert request(ingest.port, "GET", "/healthz").status == 200
-    assert request(ingest.port, "GET", "/readyz").status == 200
-    doc = request(ingest.port, "GET", "/openapi.json").json()
+    assert request(ingest.admin_port, "GET", "/readyz").status == 200
+    doc = request(ingest.admin_port, "GET", "/openapi.json").json()
     assert doc["openapi"].startswith("3.1")
     assert post(ingest, encode(alert())) == 202
-    text = request(ingest.port, "GET", "/metrics").body.decode()
+    text = request(ingest.admin_port, "GET", "/metrics").body.decode()
     assert 'cfn_ingest_requests_total{code="202"} 1.0' in text
     assert "cfn_ingest_kafka_ack_duration_seconds_count 1.0" in text

@@ -233,14 +233,18 @@ def test_the_runtime_alone_runs_ingest_worker_and_run(
         "CFN_TOPIC_PREFIX": "rt.",
         "CFN_PARTITIONS": "2",
     }
-    ingest_port, worker_port = free_port(), free_port()
+    ingest_port, admin_port, worker_port = free_port(), free_port(), free_port()
     procs = []
     try:
         for argv, port, extra in (
             (
                 [cfn, "ingest"],
-                ingest_port,
-                {"CFN_INGEST_PORT": str(ingest_port), "CFN_INGEST_SECRET": "rt-secret"},
+                admin_port,
+                {
+                    "CFN_INGEST_PORT": str(ingest_port),
+                    "CFN_INGEST_ADMIN_PORT": str(admin_port),
+                    "CFN_INGEST_SECRET": "rt-secret-0123456789",
+                },
             ),
             (
                 [cfn, "worker"],
@@ -257,7 +261,7 @@ def test_the_runtime_alone_runs_ingest_worker_and_run(
             "POST",
             "/webhooks/cloudflare",
             b'{"alert_type":"runtime_check"}',
-            {"cf-webhook-auth": "rt-secret"},
+            {"cf-webhook-auth": "rt-secret-0123456789"},
         )
         assert answer.status == 202, answer.body
     finally:

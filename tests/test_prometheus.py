@@ -255,7 +255,7 @@ class Observed:
         return api(self.prometheus.port, "/api/v1/query", query=expr)
 
     def metrics_text(self, service: str) -> str:
-        port = self.ingest.port if service == "ingest" else self.worker.port
+        port = self.ingest.admin_port if service == "ingest" else self.worker.port
         resp = request(port, "GET", "/metrics")
         assert resp.status == 200, resp.body[:300]
         return resp.body.decode()
@@ -288,7 +288,7 @@ def observed(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[O
             prefix,
             {"CFN_INGEST_SECRET": SECRET, "CFN_INGEST_MAX_BODY": str(MAX_BODY)},
         )
-        prometheus = start_prometheus(tmp, ingest.port, worker.port)
+        prometheus = start_prometheus(tmp, ingest.admin_port, worker.port)
         load = Load(ingest.port)
         load.start()
         yield Observed(ingest, worker, prometheus, load)

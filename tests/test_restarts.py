@@ -167,7 +167,7 @@ def run_restarts(
                 r.back > 0 and now - r.back >= TAIL_S for _, r in restarts
             )
 
-        with ReadySampler(ingest.port) as ready:
+        with ReadySampler(ingest.admin_port) as ready:
             load_started = time.monotonic()
             answers = run_load(ingest.port, bodies, rate, actions, until=done)
             load_ended = time.monotonic()
@@ -381,7 +381,7 @@ def test_idle_ingest_answers_202_first_after_restarts(tmp_path: Path) -> None:
             cluster.start_node(cluster.members[0])
             cluster.wait_ready(120)
             deadline = time.monotonic() + 30
-            while request(ingest.port, "GET", "/readyz", timeout=3).status != 200:
+            while request(ingest.admin_port, "GET", "/readyz", timeout=3).status != 200:
                 assert time.monotonic() < deadline, f"/readyz not 200 again:\n{ingest.output}"
                 time.sleep(0.25)
             time.sleep(3.0)  # idle: no request while the ingest is back

@@ -149,7 +149,7 @@ def test_ingest_and_worker_end_to_end_with_exactly_their_acls(
         incidents = read_as_admin(secure_kafka, f"{prefix}incidents", 2)
         table = read_as_admin(secure_kafka, f"{prefix}incident-state", 2)
         metrics = {
-            "ingest metrics": request(ingest.port, "GET", "/metrics").body.decode(),
+            "ingest metrics": request(ingest.admin_port, "GET", "/metrics").body.decode(),
             "worker metrics": request(worker.port, "GET", "/metrics").body.decode(),
         }
     finally:
@@ -293,9 +293,9 @@ def test_an_ingest_refused_by_kafka_answers_500_with_the_cause_and_counts_it(
             assert time.monotonic() < deadline, ingest.output[-3000:]
             time.sleep(0.5)
         status, body = answer
-        ready = request(ingest.port, "GET", "/readyz").status
+        ready = request(ingest.admin_port, "GET", "/readyz").status
         errors = metric_value(
-            ingest.port,
+            ingest.admin_port,
             'cfn_ingest_kafka_errors_total{cause="TopicAuthorizationFailedError",kind="permanent"}',
         )
         # The operator grants the missing ACL: the same process takes webhooks again.
@@ -326,7 +326,7 @@ def test_an_ingest_refused_by_kafka_answers_500_with_the_cause_and_counts_it(
             assert answer[0] == 503, answer  # not connected yet: never a 2xx
             assert time.monotonic() < deadline, refused.output[-3000:]
             time.sleep(0.5)
-        ready = request(refused.port, "GET", "/readyz").status
+        ready = request(refused.admin_port, "GET", "/readyz").status
     finally:
         refused.stop()
     assert "SaslAuthenticationFailed" in answer[1]["message"], answer

@@ -96,7 +96,7 @@ def _settled(process: Process, times: int = 20) -> None:
     streak = 0
     deadline = time.monotonic() + 60
     while streak < times and time.monotonic() < deadline:
-        streak = streak + 1 if request(process.port, "GET", "/readyz").status == 200 else 0
+        streak = streak + 1 if request(process.admin_port, "GET", "/readyz").status == 200 else 0
         time.sleep(0.05)
 
 
