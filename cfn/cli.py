@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from cfn.config import OUTPUT_ROLES, TRANSACTIONS
 
@@ -119,10 +120,31 @@ def _catalog(args: argparse.Namespace) -> int:
     return 0 if lookup(args.alert_type) is not None else 1
 
 
+class _Version(argparse.Action):
+    """`--version`: prints `cfn <version>` and exits. The version is looked up only when asked:
+    importlib.metadata and prometheus_client would add tens of ms to every `cfn` start."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        from cfn.version import version
+
+        print(f"cfn {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cfn", description="Cloudflare Notifications webhooks into Kafka."
     )
+    parser.add_argument("--version", action=_Version, help="print cfn's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     broker = sub.add_parser("broker", help="run a local Apache Kafka (KRaft) in the foreground")
