@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cfn.config import OUTPUT_ROLES, TRANSACTIONS
+from cfn.config import OUTPUT_ROLES, TRANSACTIONS, ConfigError
+from cfn.logs import LogSettings, configure
 
 
 def _broker(args: argparse.Namespace) -> int:
@@ -90,7 +91,6 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    from cfn.config import ConfigError
     from cfn.security import KafkaSecurity
     from cfn.tools import tail
 
@@ -255,8 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that set up their own logging: the ingest configures it in its server module (for
+# the processes of --workers too).
+OWN_LOGGING = frozenset({"ingest"})
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command not in OWN_LOGGING:
+        try:
+            configure(LogSettings.from_env(os.environ))
+        except ConfigError as exc:
+            print(f"cfn {args.command}: {exc}", file=sys.stderr)
+            sys.exit(2)
     func: Callable[[argparse.Namespace], int] = args.func
     sys.exit(func(args))
