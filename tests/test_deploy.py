@@ -648,6 +648,7 @@ def test_dockerfile() -> None:
     assert sorted(links) == ["ingest", "processors", "schemas"], links
     needed = ["cfn", *links, "pyproject.toml"]
     needed.append(pyproject["project"]["readme"])
+    needed.append("LICENSE")  # setuptools puts it in the wheel's metadata
     copied = " ".join(line for line in lines if line.startswith("COPY "))
     for item in needed:
         assert re.search(rf"(^|\s){re.escape(item)}/?(\s|$)", copied), f"{item} not copied"
