@@ -7,8 +7,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from cfn.config import OUTPUT_ROLES, TRANSACTIONS
+from cfn.config import OUTPUT_ROLES, TRANSACTIONS, ConfigError
+from cfn.logs import LogSettings, configure
 
 
 def _broker(args: argparse.Namespace) -> int:
@@ -89,7 +91,6 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    from cfn.config import ConfigError
     from cfn.security import KafkaSecurity
     from cfn.tools import tail
 
@@ -119,10 +120,31 @@ def _catalog(args: argparse.Namespace) -> int:
     return 0 if lookup(args.alert_type) is not None else 1
 
 
+class _Version(argparse.Action):
+    """`--version`: prints `cfn <version>` and exits. The version is looked up only when asked:
+    importlib.metadata and prometheus_client would add tens of ms to every `cfn` start."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        from cfn.version import version
+
+        print(f"cfn {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cfn", description="Cloudflare Notifications webhooks into Kafka."
     )
+    parser.add_argument("--version", action=_Version, help="print cfn's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     broker = sub.add_parser("broker", help="run a local Apache Kafka (KRaft) in the foreground")
@@ -233,8 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that set up their own logging: the ingest configures it in its server module (for
+# the processes of --workers too).
+OWN_LOGGING = frozenset({"ingest"})
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command not in OWN_LOGGING:
+        try:
+            configure(LogSettings.from_env(os.environ))
+        except ConfigError as exc:
+            print(f"cfn {args.command}: {exc}", file=sys.stderr)
+            sys.exit(2)
     func: Callable[[argparse.Namespace], int] = args.func
     sys.exit(func(args))

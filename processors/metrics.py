@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 from cfn.fastmetrics import FastHistogram
 from cfn.schemas.catalog import known_ids
+from cfn.version import register_build_info
 
 DELAY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400, 259200)
@@ -58,6 +59,7 @@ class WorkerMetrics:
     commit_duration: Histogram
     task_failures: Counter
     restore_duration: Histogram
+    build_info: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> WorkerMetrics:
@@ -195,4 +197,6 @@ class WorkerMetrics:
                 buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
                 registry=registry,
             ),
+            # cfn_build_info{version}: 1, the version this worker runs.
+            build_info=register_build_info(registry),
         )

@@ -46,7 +46,7 @@ def _per_type(name: str, text: str | None) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """Everything `cfn worker` reads (see the README's configuration table)."""
+    """Everything `cfn worker` reads (docs/operations.md, "Configuration", has the table)."""
 
     app_id: str = "cfn"
     bootstrap: str = "127.0.0.1:9092"

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from cfn.processors.pipeline import Pipeline
 from cfn.processors.settings import WorkerSettings
 from cfn.runtime import tune_gc
 from cfn.topics import ensure_topics
+from cfn.version import version
 
 log = logging.getLogger("cfn.worker")
 
@@ -90,29 +89,26 @@ def metrics_app(
 
 
 def run() -> int:
-    """Foreground entry for `cfn worker`; SIGINT/SIGTERM stop it cleanly."""
-    level = os.environ.get("CFN_LOG_LEVEL", "WARNING").upper()
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("cfn").setLevel(level)
+    """Foreground entry for `cfn worker`; SIGINT/SIGTERM stop it cleanly. The command line
+    has configured logging (cfn/logs.py), so every line, the fatal ones too, is a log line."""
     try:
         settings = WorkerSettings.from_env()
     except ConfigError as exc:
-        print(f"cfn worker: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 2
     try:
         internals.check_versions()
     except internals.InternalsError as exc:
-        print(f"cfn worker: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 2
+    log.info("cfn worker %s", version())
     tune_gc()
     quiet_client_logs()
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(serve(settings))
     except (KafkaUnreachable, AccessDenied) as exc:
-        print(f"cfn worker: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 1
     return 0
 
@@ -169,10 +165,7 @@ async def _serve(settings: WorkerSettings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
     await site.start()
-    print(
-        f"cfn worker: metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics",
-        flush=True,
-    )
+    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     probe: asyncio.Task[None] | None = None
     try:
         try:

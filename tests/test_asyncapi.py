@@ -88,7 +88,10 @@ def _broken_copy(tmp_path: Path, edit: str) -> Path:
         ("no info.title", "info"),
         ("a value schema file that is not there", "components.messages.incident.payload"),
         ("a bad cleanup.policy", "channels.incident-state.bindings.kafka"),
-        ("a value schema that is no JSON Schema", "properties.ts.type"),
+        (
+            "a value schema that is no JSON Schema",
+            "channels.events.messages.event.payload.schema.properties.ts.type",
+        ),
     ],
 )
 def test_the_parser_rejects_a_broken_copy(tmp_path: Path, edit: str, where: str) -> None:

@@ -507,12 +507,20 @@ def test_k8s_deployment_probes_and_resources(name: str, port: int) -> None:
 def test_k8s_worker_replicas_do_not_exceed_partitions() -> None:
     partitions = int(_k8s_objects()[("ConfigMap", "cfn-config")]["data"]["CFN_PARTITIONS"])
     spec = _deployment("cfn-worker")["spec"]
-    surge = int(spec["strategy"]["rollingUpdate"]["maxSurge"])
-    assert spec["replicas"] + surge <= partitions
+    assert spec["replicas"] <= partitions
     assert "CFN_PARTITIONS" in (K8S / "worker-deployment.yaml").read_text()
     for hpa in _kind("HorizontalPodAutoscaler"):
         if hpa["spec"]["scaleTargetRef"]["name"] == "cfn-worker":
             assert hpa["spec"]["maxReplicas"] <= partitions
+
+
+def test_k8s_worker_rollout_never_runs_two_versions() -> None:
+    """The upgrade rule (docs/operations.md): stop every worker, then start the new version.
+    Only Recreate waits until the old pods have exited: a RollingUpdate with maxSurge 0 and
+    maxUnavailable 100% starts the new pods while the old ones may still be terminating (in
+    their grace period, still in the consumer group)."""
+    strategy = _deployment("cfn-worker")["spec"]["strategy"]
+    assert strategy == {"type": "Recreate"}
 
 
 def test_k8s_ingest_secret_is_a_mounted_file() -> None:
@@ -640,6 +648,7 @@ def test_dockerfile() -> None:
     assert sorted(links) == ["ingest", "processors", "schemas"], links
     needed = ["cfn", *links, "pyproject.toml"]
     needed.append(pyproject["project"]["readme"])
+    needed.append("LICENSE")  # setuptools puts it in the wheel's metadata
     copied = " ".join(line for line in lines if line.startswith("COPY "))
     for item in needed:
         assert re.search(rf"(^|\s){re.escape(item)}/?(\s|$)", copied), f"{item} not copied"
