@@ -6,13 +6,14 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test lint fmt unit test-faults bench clean deps-run deps-test
 
-# System packages (Java, Maven; for tests also Prometheus and wrk): installed when missing, by the
-# same script .ci/run calls (tools/install-deps says what it installs, or what you must).
+# System packages (Java, Maven, python3-venv; for tests also Prometheus, wrk, Go and Node):
+# installed when missing, by the same script .ci/run calls (tools/install-deps says what it
+# installs, or what you must).
 deps-run:
-	@tools/install-deps run
+	@PYTHON=$(PYTHON) tools/install-deps run
 
 deps-test:
-	@tools/install-deps test
+	@PYTHON=$(PYTHON) tools/install-deps test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -9,8 +9,8 @@ from typing import Any
 
 from cfn.schemas import jsonio
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-SEED_SCHEMA = SHARED / "seeds" / "webhook-payload-schema.md"
+# Cloudflare's docs page, vendored (vendor/README.md).
+SEED_SCHEMA = Path(__file__).resolve().parents[1] / "vendor" / "seeds" / "webhook-payload-schema.md"
 
 SAVE_AND_TEST = (
     b'{"text":"Hello World! This is a test message sent from https://cloudflare.com. '

@@ -9,7 +9,7 @@ import socket
 import pytest
 from aiokafka import errors as Errors
 
-from cfn.access import AccessDenied, denial, probe
+from cfn.access import AccessDenied, denial, diagnose, probe
 from cfn.security import KafkaSecurity, Secret
 
 SASL_SSL = KafkaSecurity(
@@ -63,13 +63,45 @@ def closed_port() -> int:
 
 
 def test_the_probe_concludes_nothing_from_addresses_that_do_not_answer() -> None:
-    async def scenario() -> None:
-        await probe(f"127.0.0.1:{closed_port()}", SASL_SSL, timeout=2)  # refused connection
-        await probe("kafka-that-does-not-resolve.invalid", SASL_SSL, timeout=2)  # port 9092
-        await probe("not a bootstrap::x", SASL_SSL, timeout=2)  # the clients report that
-        await probe(f"127.0.0.1:{closed_port()}", KafkaSecurity(), timeout=2)  # PLAINTEXT
+    """Each address is tried and none is called a refusal, so the caller waits (an outage): a
+    refused connection, a name that does not resolve, a bootstrap the clients cannot read, a
+    plain listener, and one that hangs up mid-handshake, as a broker going down does."""
 
-    asyncio.run(scenario())
+    async def scenario() -> tuple[list[str | None], AccessDenied | None, int]:
+        hung_up = 0
+
+        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal hung_up
+            hung_up += 1
+            writer.close()
+
+        server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        going_down = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        cases = [
+            (f"127.0.0.1:{closed_port()}", SASL_SSL),  # refused connection
+            ("kafka-that-does-not-resolve.invalid", SASL_SSL),  # port 9092
+            ("not a bootstrap::x", SASL_SSL),  # the clients report that
+            (f"127.0.0.1:{closed_port()}", KafkaSecurity()),  # PLAINTEXT
+            (going_down, SASL_SSL),
+        ]
+        found: list[str | None] = []
+        try:
+            for bootstrap, security in cases:
+                try:
+                    await probe(bootstrap, security, timeout=2)
+                    found.append(None)
+                except AccessDenied as refused:
+                    found.append(str(refused))
+            unreachable = Errors.KafkaConnectionError("Unable to bootstrap from [...]")
+            concluded = await diagnose(unreachable, "worker", going_down, SASL_SSL)
+        finally:
+            server.close()
+        return found, concluded, hung_up
+
+    found, concluded, hung_up = asyncio.run(scenario())
+    assert found == [None] * 5
+    assert concluded is None, "an outage, not a refusal: the worker waits and retries"
+    assert hung_up == 2, "the probe and the diagnosis each connected to the address"
 
 
 def test_the_probe_names_a_tls_handshake_with_a_listener_that_is_not_tls() -> None:

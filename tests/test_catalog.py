@@ -19,7 +19,7 @@ from tools.build_catalog import (
     CatalogBuildError,
     SeedEntry,
     build_from_dir,
-    default_shared_dir,
+    default_sources_dir,
     main,
     map_titles,
     normalize_title,
@@ -28,10 +28,10 @@ from tools.build_catalog import (
     resolve_tags,
 )
 
-SHARED = default_shared_dir()
-CSV_PATH = SHARED / "cloudflare" / "alert-types.csv"
-TYPES_MD = SHARED / "seeds" / "notification-types.md"
-WHAT_MD = SHARED / "seeds" / "what-to-do-on-notification.md"
+SOURCES = build_catalog.VENDOR_DIR  # what the committed catalogue is built from
+CSV_PATH = SOURCES / "cloudflare" / "alert-types.csv"
+TYPES_MD = SOURCES / "seeds" / "notification-types.md"
+WHAT_MD = SOURCES / "seeds" / "what-to-do-on-notification.md"
 COMMITTED = build_catalog.CATALOG_PATH
 TAG = re.compile(r"</?[A-Za-z][^>]*>")
 SEED_FIELDS = ("audience", "plan", "what_to_do")
@@ -56,14 +56,20 @@ def _squash(text: str) -> str:
 
 
 def test_committed_catalog_equals_a_fresh_build() -> None:
-    text, report = build_from_dir(SHARED)
+    text, report = build_from_dir(SOURCES)
     assert COMMITTED.read_text(encoding="utf-8") == text
     assert report.total_ids == len(_csv_rows())
 
 
 def test_check_passes_on_the_committed_file(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--check", "--shared", str(SHARED)]) == 0
+    assert main(["--check", "--sources", str(SOURCES)]) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+def test_the_sources_are_the_vendored_ones_unless_a_folder_is_named(tmp_path: Path) -> None:
+    assert default_sources_dir({}) == build_catalog.VENDOR_DIR
+    assert default_sources_dir({"CFN_CATALOG_SOURCES": str(tmp_path)}) == tmp_path
+    assert main(["--check", "--sources", str(tmp_path)]) == 2  # an empty folder: no sources
 
 
 def test_check_fails_on_a_stale_or_missing_file(tmp_path: Path) -> None:
@@ -71,8 +77,8 @@ def test_check_fails_on_a_stale_or_missing_file(tmp_path: Path) -> None:
     data = _committed()
     data["dos_attack_l7"]["what_to_do"] = "edited by hand"
     stale.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    assert main(["--check", "--shared", str(SHARED), "--output", str(stale)]) == 1
-    assert main(["--check", "--shared", str(SHARED), "--output", str(tmp_path / "no.json")]) == 1
+    assert main(["--check", "--sources", str(SOURCES), "--output", str(stale)]) == 1
+    assert main(["--check", "--sources", str(SOURCES), "--output", str(tmp_path / "no.json")]) == 1
 
 
 def test_every_csv_id_is_catalogued_with_its_csv_facts() -> None:
@@ -170,7 +176,7 @@ def test_every_imported_partial_has_a_known_text() -> None:
 
 
 def test_unsure_titles_stay_unmapped() -> None:
-    _, report = build_from_dir(SHARED)
+    _, report = build_from_dir(SOURCES)
     assert report.unmapped_titles == ["Workers Usage Report", "Workers Weekly Summary"]
     data = _committed()
     for alert_type in ("workers_alert", "workers_uptime", "scriptmonitor_alert_new_resources"):

@@ -7,11 +7,12 @@ tests fail, they do not skip.
 
 from __future__ import annotations
 
-import os
 import re
+import shlex
 import shutil
 import subprocess
 import tomllib
+import urllib.parse
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -21,6 +22,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from cfn.ingest.auth import SecretIndex
+from cfn.ingest.settings import IngestSettings
+from cfn.processors.settings import WorkerSettings
 from tests.promql_exprs import (
     ALERT_RULES,
     DEPLOY,
@@ -560,34 +564,76 @@ def test_k8s_services_and_hpa_point_at_the_deployments() -> None:
 # ---------------------------------------------------------------------------- compose
 
 
-def _docker_compose_works() -> bool:
-    docker = shutil.which("docker")
-    if docker is None:
-        return False
-    try:
-        proc = subprocess.run(
-            [docker, "compose", "version"], capture_output=True, text=True, timeout=60
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return proc.returncode == 0
+def _image_env() -> dict[str, str]:
+    """The ENV of the Dockerfile's last stage: what each process in the image starts with."""
+    text = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ")
+    last_stage = text.split("\nFROM ")[-1]
+    env: dict[str, str] = {}
+    for line in last_stage.splitlines():
+        if line.startswith("ENV "):
+            for word in shlex.split(line)[1:]:
+                name, _, value = word.partition("=")
+                env[name] = value
+    return env
 
 
-def test_docker_compose_config() -> None:
-    """`docker compose config -q` where the compose plugin exists (it needs no engine)."""
-    if not _docker_compose_works():
-        # The structural test below still checks the file; nothing more to run here.
-        return
-    env = {**os.environ, "CFN_INGEST_SECRETS_JSON": '{"default": ["test-secret"]}'}
-    proc = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE), "config", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=DEPLOY,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+def _service_environ(service: dict[str, Any]) -> dict[str, str]:
+    """A compose service's environment over the image's (the `<<` merge is PyYAML's)."""
+    return {**_image_env(), **{k: str(v) for k, v in service["environment"].items()}}
+
+
+def _healthcheck_url(service: dict[str, Any]) -> urllib.parse.SplitResult:
+    (url,) = re.findall(r"urlopen\('([^']+)'", " ".join(service["healthcheck"]["test"]))
+    return urllib.parse.urlsplit(str(url))
+
+
+def _advertised(kafka: dict[str, Any]) -> set[str]:
+    """host:port of each listener the broker advertises."""
+    listeners = kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    return {listener.split("://", 1)[1] for listener in listeners}
+
+
+def test_docker_compose_services_read_their_settings(tmp_path: Path) -> None:
+    """cfn's own settings read each cfn service's environment (over the image's ENV): the ingest
+    listens on every interface at the port compose publishes and its healthcheck asks, with the
+    secrets file compose writes from CFN_INGEST_SECRETS_JSON; the worker serves metrics where
+    its healthcheck and Prometheus look; both reach a listener the broker advertises, and the
+    worker's partitions are the broker's default."""
+    compose = load_yaml(COMPOSE)
+    services = compose["services"]
+    kafka = services["kafka"]
+    scrape_ports = {
+        job["job_name"]: job["dns_sd_configs"][0]["port"]
+        for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]
+        if "dns_sd_configs" in job
+    }
+
+    ingest_service = services["ingest"]
+    environ = _service_environ(ingest_service)
+    (mounted,) = ingest_service["secrets"]
+    assert environ["CFN_INGEST_SECRETS_FILE"] == f"/run/secrets/{mounted['target']}"
+    assert compose["secrets"][mounted["source"]] == {"environment": "CFN_INGEST_SECRETS_JSON"}
+    secrets_file = tmp_path / mounted["target"]
+    secrets_file.write_text('{"default": ["test-webhook-secret"]}')  # CFN_INGEST_SECRETS_JSON
+    ingest = IngestSettings.from_env({**environ, "CFN_INGEST_SECRETS_FILE": str(secrets_file)})
+    index = SecretIndex.load(ingest.secret, ingest.secrets_file)
+    assert index.tenant_for(b"test-webhook-secret") == "default"
+    assert ingest.host == "0.0.0.0"
+    published = [str(port).rsplit(":", 1)[1] for port in ingest_service["ports"]]
+    assert published == [str(ingest.port)]
+    health = _healthcheck_url(ingest_service)
+    assert (health.port, health.path) == (ingest.port, "/readyz")
+    assert scrape_ports["cfn-ingest"] == ingest.port
+    assert ingest.bootstrap in _advertised(kafka)
+
+    worker_service = services["worker"]
+    worker = WorkerSettings.from_env(_service_environ(worker_service))
+    assert worker.metrics_host == "0.0.0.0"
+    health = _healthcheck_url(worker_service)
+    assert (health.port, health.path) == (worker.metrics_port, "/readyz")
+    assert scrape_ports["cfn-worker"] == worker.metrics_port
+    assert worker.bootstrap in _advertised(kafka)
+    assert worker.partitions == int(kafka["environment"]["KAFKA_NUM_PARTITIONS"])
 
 
 def test_docker_compose_structure() -> None:

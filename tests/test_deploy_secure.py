@@ -5,12 +5,11 @@ the passwords as mounted secrets).
 Neither kustomize nor Docker is assumed: the overlay's strategic-merge patches are applied to the
 base objects here, by a small merge of the fields they patch (containers and env by name, volumes
 by name, volumeMounts by mountPath, as Kubernetes' patch strategy says), and the result is
-validated with kubernetes-validate (strict). Where `kubectl` exists, its built-in kustomize must
-give the same objects. The compose files are merged by Compose's rules for what they use
-(mappings merged, `secrets` unique by target, `!reset`). In both, each service's resulting
-environment is then read by cfn's own settings, with every mount path mapped to a real file (a CA
-certificate from a test CA, a password), so the wiring variable -> mount -> secret key is checked
-by the code that reads it.
+validated with kubernetes-validate (strict). The compose files are merged by Compose's rules for
+what they use (mappings merged, `secrets` unique by target, `!reset`). In both, each service's
+resulting environment is then read by cfn's own settings, with every mount path mapped to a real
+file (a CA certificate from a test CA, a password), so the wiring variable -> mount -> secret key
+is checked by the code that reads it.
 """
 
 from __future__ import annotations
@@ -18,8 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
-import subprocess
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -319,37 +316,6 @@ def test_the_placeholder_ca_is_refused_by_cfn(tmp_path: Path) -> None:
     }
     with pytest.raises(ConfigError, match="CFN_KAFKA_SSL_CAFILE"):
         KafkaSecurity.from_env(environ)
-
-
-def _normalized(value: Any) -> Any:
-    """Lists of named items in name order (kustomize and this merge may order them apart)."""
-    if isinstance(value, dict):
-        return {k: _normalized(v) for k, v in value.items()}
-    if isinstance(value, list):
-        items = [_normalized(v) for v in value]
-        if items and all(isinstance(i, dict) and ("name" in i or "mountPath" in i) for i in items):
-            items.sort(key=lambda i: (str(i.get("name")), str(i.get("mountPath"))))
-        return items
-    return value
-
-
-def test_kubectl_kustomize_gives_the_same_objects() -> None:
-    """Where kubectl is installed, its kustomize must build the overlay into what the merge
-    above checked."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed (the merge above still checks the overlay)")
-    proc = subprocess.run(
-        [kubectl, "kustomize", str(SECURE)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    built = {_ref(o): o for o in yaml.safe_load_all(proc.stdout) if o}
-    assert set(built) == set(_overlay_objects())
-    for ref, obj in _overlay_objects().items():
-        assert _normalized(built[ref]) == _normalized(obj), ref
 
 
 # ---------------------------------------------------------------------- compose

@@ -258,35 +258,41 @@ class _CrashingPoll:
 
 @pytest.mark.broker
 def test_a_dead_delivery_thread_is_noticed_without_traffic(
-    kafka: str, topic_factory: Callable[..., str]
+    kafka: str, topic_factory: Callable[..., str], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The probe (the app runs it every second) finds a producer whose delivery thread has
     died and replaces it, with no request needed to find out."""
     topic = topic_factory("sink-idle", partitions=1)
 
-    async def scenario() -> tuple[str | None, str | None, str | None, Outcome]:
+    async def scenario() -> tuple[str | None, str | None, str | None, Outcome, tuple[int, int]]:
         sink = KafkaSink(kafka, ack_timeout=10.0)
         await sink.start()
         try:
             healthy = await sink.probe(topic)
             client = sink._client
-            assert client is not None
+            assert client is not None and sink.replacements == 0
             client.producer = _CrashingPoll(client.producer)  # type: ignore[assignment]
-            await client.closed.wait()  # the thread ended on the next poll
-            noticed = await sink.probe(topic)
-            for _ in range(100):
-                if await sink.probe(topic) is None:
-                    break
-                await asyncio.sleep(0.05)
+            # The thread has ended (its `closed` event is set a moment before it has).
+            await asyncio.to_thread(client.thread.join, 30.0)
+            assert not client.thread.is_alive()
+            noticed = await sink.probe(topic)  # finds it dead and starts the replacement
+            replacing = sink._replacing
+            assert replacing is not None
+            await asyncio.wait_for(asyncio.shield(replacing), 30.0)
             recovered = await sink.probe(topic)
             written = (await sink.send(topic, b"k", b"v", HEADERS)).outcome
+            counts = (sink.replacements, sink.generation)
         finally:
             await sink.stop()
-        return healthy, noticed, recovered, written
+        return healthy, noticed, recovered, written, counts
 
-    healthy, noticed, recovered, written = run(scenario())
+    with caplog.at_level("WARNING", logger="cfn.ingest.sink"):
+        healthy, noticed, recovered, written, counts = run(scenario())
     assert healthy is None
     assert noticed == "producer being replaced"
+    assert counts == (1, 2)  # one replacement, by the probe: a second producer
+    causes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("replacing")]
+    assert causes == ["replacing the Kafka producer (the producer's delivery thread stopped)"]
     assert recovered is None
     assert written is Outcome.ACKED
 

@@ -1,4 +1,4 @@
-"""Builds schemas/catalog.json from the Cloudflare docs seeds and the alert-types CSV."""
+"""Builds schemas/catalog.json from the Cloudflare docs seeds and the alert-types CSV (vendor/)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from typing import Any
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 CATALOG_PATH = REPO_DIR / "schemas" / "catalog.json"
+# The sources as vendored in this repository (vendor/README.md says where they come from).
+VENDOR_DIR = REPO_DIR / "vendor"
 SEED_TYPES = Path("seeds/notification-types.md")
 SEED_WHAT_TO_DO = Path("seeds/what-to-do-on-notification.md")
 ALERT_TYPES_CSV = Path("cloudflare/alert-types.csv")
@@ -465,11 +467,11 @@ def render(catalog: Mapping[str, Any]) -> str:
     return json.dumps(catalog, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def build_from_dir(shared: Path) -> tuple[str, BuildReport]:
-    """Reads the sources under a shared directory and renders the catalogue.
+def build_from_dir(sources: Path) -> tuple[str, BuildReport]:
+    """Reads the sources under a directory and renders the catalogue.
 
     Args:
-        shared: Directory holding seeds/ and cloudflare/.
+        sources: Directory holding seeds/ and cloudflare/, laid out as vendor/ is.
 
     Returns:
         The catalogue JSON text and what was mapped.
@@ -478,11 +480,11 @@ def build_from_dir(shared: Path) -> tuple[str, BuildReport]:
         CatalogBuildError: A source is missing or cannot be parsed.
     """
     try:
-        types_md = (shared / SEED_TYPES).read_text(encoding="utf-8")
-        what_md = (shared / SEED_WHAT_TO_DO).read_text(encoding="utf-8")
-        csv_text = (shared / ALERT_TYPES_CSV).read_text(encoding="utf-8")
+        types_md = (sources / SEED_TYPES).read_text(encoding="utf-8")
+        what_md = (sources / SEED_WHAT_TO_DO).read_text(encoding="utf-8")
+        csv_text = (sources / ALERT_TYPES_CSV).read_text(encoding="utf-8")
     except OSError as exc:
-        raise CatalogBuildError(f"cannot read the sources under {shared}: {exc}") from exc
+        raise CatalogBuildError(f"cannot read the sources under {sources}: {exc}") from exc
     rows = parse_alert_types(csv_text)
     seeds = merge_seeds(parse_seed(types_md), parse_seed(what_md))
     mapped, unmapped = map_titles(seeds, rows)
@@ -494,8 +496,8 @@ def build_from_dir(shared: Path) -> tuple[str, BuildReport]:
     return render(build_catalog(rows, mapped)), report
 
 
-def default_shared_dir(environ: Mapping[str, str] = os.environ) -> Path:
-    """Where the sources live: CFN_SHARED_DIR if set, else `<repo>/../shared`.
+def default_sources_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where the sources live: CFN_CATALOG_SOURCES if set, else the repository's vendor/.
 
     Args:
         environ: The environment to read.
@@ -503,8 +505,8 @@ def default_shared_dir(environ: Mapping[str, str] = os.environ) -> Path:
     Returns:
         The directory.
     """
-    value = environ.get("CFN_SHARED_DIR")
-    return Path(value) if value else REPO_DIR.parent / "shared"
+    value = environ.get("CFN_CATALOG_SOURCES")
+    return Path(value) if value else VENDOR_DIR
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -517,14 +519,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success; 1 when --check finds the committed file stale; 2 when sources are broken.
     """
     parser = argparse.ArgumentParser(prog="python -m tools.build_catalog", description=__doc__)
-    parser.add_argument("--shared", type=Path, help="sources dir (default: $CFN_SHARED_DIR)")
+    parser.add_argument(
+        "--sources",
+        type=Path,
+        help="dir holding seeds/ and cloudflare/ (default: $CFN_CATALOG_SOURCES, else vendor/)",
+    )
     parser.add_argument("--output", type=Path, default=CATALOG_PATH, help="catalogue to write")
     parser.add_argument("--check", action="store_true", help="exit 1 if the catalogue is stale")
     args = parser.parse_args(argv)
-    shared: Path = args.shared or default_shared_dir()
+    sources: Path = args.sources or default_sources_dir()
     output: Path = args.output
     try:
-        text, report = build_from_dir(shared)
+        text, report = build_from_dir(sources)
     except CatalogBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
