@@ -19,6 +19,8 @@ from cfn.schemas import jsonio
 DEFAULT_TENANT = "default"
 # A webhook secret's least length, in bytes: a shorter one can be guessed.
 MIN_SECRET_BYTES = 16
+# The shipped manifests' example secrets begin so; a process given one refuses to start.
+PLACEHOLDER = "PLACEHOLDER"
 
 
 class SecretsError(ValueError):
@@ -72,6 +74,11 @@ class SecretIndex:
             for position, secret in enumerate(items):
                 if not isinstance(secret, str) or not secret:
                     raise SecretsError(f"tenant {tenant!r}: secret #{position + 1} is empty")
+                if min_bytes > 1 and secret.upper().startswith(PLACEHOLDER):
+                    raise SecretsError(
+                        f"tenant {tenant!r}: secret #{position + 1} is a placeholder from the "
+                        "shipped manifests; create the real secret (docs/security.md)"
+                    )
                 if len(secret.encode()) < min_bytes:
                     raise SecretsError(
                         f"tenant {tenant!r}: secret #{position + 1} is shorter than {min_bytes} "

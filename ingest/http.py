@@ -68,6 +68,7 @@ _PHRASES = {
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     501: b"Not Implemented",
+    505: b"HTTP Version Not Supported",
     503: b"Service Unavailable",
 }
 
@@ -209,6 +210,8 @@ class _Refused(Exception):
 def framing_error(version: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, str] | None:
     """(status, message) when a request head's framing is faulty by RFC 9112 (section 6.1 and
     6.3), else None. `headers` have lowercase names."""
+    if version not in ("1.0", "1.1"):
+        return 505, f"HTTP/{version} is not supported: use HTTP/1.1"
     codings: list[bytes] = []
     has_length = False
     for name, value in headers:
@@ -227,6 +230,9 @@ def framing_error(version: str, headers: list[tuple[bytes, bytes]]) -> tuple[int
     if len(codings) > 1:
         return 501, "no transfer coding other than chunked is implemented"
     return None
+
+
+_FRAMING_ERRORS = {400: "bad_framing", 501: "not_implemented", 505: "version_not_supported"}
 
 
 def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -422,7 +428,7 @@ class IngestProtocol(asyncio.Protocol):
         faulty = framing_error(parser.get_http_version(), request.headers)
         if faulty is not None:
             status, message = faulty
-            self._refuse(status, "bad_framing" if status == 400 else "not_implemented", message)
+            self._refuse(status, _FRAMING_ERRORS[status], message)
             raise _Refused
         request.has_body = _declares_body(request.headers)
         request.method = parser.get_method().decode("ascii", "replace")

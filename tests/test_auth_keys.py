@@ -11,7 +11,7 @@ from cfn.schemas import jsonio
 from cfn.schemas.keys import incident_key, incident_record_key
 from tests.payloads import STREAM_LIVE, alert, seed_examples
 
-OLD, NEW, OTHER = "acme-old-4f1e9c", "acme-new-77d2a0", "globex-only-0b3c55"
+OLD, NEW, OTHER = "acme-old-4f1e9c-0123", "acme-new-77d2a0-0123", "globex-only-0b3c55"
 
 
 # ---- SecretIndex -----------------------------------------------------------------------------
@@ -102,8 +102,8 @@ def test_load_with_nothing_configured_resolves_nobody() -> None:
 
 def test_load_merges_the_file_and_the_env_secret(tmp_path: Path) -> None:
     path = write(tmp_path / "secrets.json", {"acme": [OLD, NEW], DEFAULT_TENANT: OTHER})
-    index = SecretIndex.load("env-secret-19ab", path)
-    assert index.tenant_for(b"env-secret-19ab") == DEFAULT_TENANT
+    index = SecretIndex.load("env-secret-19ab-0123", path)
+    assert index.tenant_for(b"env-secret-19ab-0123") == DEFAULT_TENANT
     assert index.tenant_for(OTHER.encode()) == DEFAULT_TENANT  # the file's default is kept
     assert index.tenant_for(OLD.encode()) == index.tenant_for(NEW.encode()) == "acme"
 

@@ -403,7 +403,7 @@ def test_grafana_provisioning_matches_compose() -> None:
 def test_prometheus_scrapes_ingest_and_worker() -> None:
     config = load_yaml(PROMETHEUS_CONFIG)
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    for job, service, port in (("cfn-ingest", "ingest", 8080), ("cfn-worker", "worker", 9464)):
+    for job, service, port in (("cfn-ingest", "ingest", 8081), ("cfn-worker", "worker", 9464)):
         (sd,) = jobs[job]["dns_sd_configs"]
         assert sd["names"] == [service] and sd["port"] == port
         assert service in load_yaml(COMPOSE)["services"]
@@ -489,15 +489,23 @@ def _container(name: str) -> dict[str, Any]:
     return container
 
 
-@pytest.mark.parametrize(("name", "port"), [("cfn-ingest", 8080), ("cfn-worker", 9464)])
-def test_k8s_deployment_probes_and_resources(name: str, port: int) -> None:
+@pytest.mark.parametrize(
+    ("name", "port", "admin"), [("cfn-ingest", 8080, 8081), ("cfn-worker", 9464, 9464)]
+)
+def test_k8s_deployment_probes_and_resources(name: str, port: int, admin: int) -> None:
     container = _container(name)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert port in ports.values()
-    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+    for probe, path, on in (
+        ("livenessProbe", "/healthz", port),
+        ("readinessProbe", "/readyz", admin),
+    ):
         get = container[probe]["httpGet"]
         assert get["path"] == path
-        assert ports.get(get["port"], get["port"]) == port
+        assert ports.get(get["port"], get["port"]) == on
+    annotations = _deployment(name)["spec"]["template"]["metadata"].get("annotations", {})
+    if "prometheus.io/port" in annotations:
+        assert annotations["prometheus.io/port"] == str(admin)
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(container["resources"][kind]), f"{name} {kind}"
     assert container["envFrom"] == [{"configMapRef": {"name": "cfn-config"}}]
@@ -619,11 +627,13 @@ def test_docker_compose_services_read_their_settings(tmp_path: Path) -> None:
     index = SecretIndex.load(ingest.secret, ingest.secrets_file)
     assert index.tenant_for(b"test-webhook-secret") == "default"
     assert ingest.host == "0.0.0.0"
-    published = [str(port).rsplit(":", 1)[1] for port in ingest_service["ports"]]
-    assert published == [str(ingest.port)]
+    published = [str(port).split(":")[-2:] for port in ingest_service["ports"]]
+    assert published == [[str(ingest.port)] * 2, [str(ingest.admin_port)] * 2]
+    assert str(ingest_service["ports"][1]).startswith("127.0.0.1:")  # admin: this machine only
+    assert ingest.admin_host == "0.0.0.0"  # Prometheus, in its own container, scrapes it
     health = _healthcheck_url(ingest_service)
-    assert (health.port, health.path) == (ingest.port, "/readyz")
-    assert scrape_ports["cfn-ingest"] == ingest.port
+    assert (health.port, health.path) == (ingest.admin_port, "/readyz")
+    assert scrape_ports["cfn-ingest"] == ingest.admin_port
     assert ingest.bootstrap in _advertised(kafka)
 
     worker_service = services["worker"]

@@ -107,7 +107,14 @@ def test_error_statuses_have_json_bodies(ingest: Process, kafka: str, prefix: st
 
 def test_secret_rotation_and_tenants_with_sighup(tmp_path: Path, kafka: str, prefix: str) -> None:
     secrets = tmp_path / "secrets.json"
-    secrets.write_bytes(jsonio.dumps({"acme": ["old-acme-0123456789", "new-acme-0123456789"], "globex": ["globex-g1-0123456789"]}))
+    secrets.write_bytes(
+        jsonio.dumps(
+            {
+                "acme": ["old-acme-0123456789", "new-acme-0123456789"],
+                "globex": ["globex-g1-0123456789"],
+            }
+        )
+    )
     process = start_ingest(tmp_path, kafka, prefix, {"CFN_INGEST_SECRETS_FILE": str(secrets)})
     try:
         body = encode(alert())
@@ -117,7 +124,9 @@ def test_secret_rotation_and_tenants_with_sighup(tmp_path: Path, kafka: str, pre
         tenants = sorted(dict(r.headers)["cfn-tenant"].decode() for r in records)
         assert tenants == ["acme", "acme", "globex"]
 
-        secrets.write_bytes(jsonio.dumps({"acme": ["new-acme-0123456789"], "globex": ["globex-g1-0123456789"]}))
+        secrets.write_bytes(
+            jsonio.dumps({"acme": ["new-acme-0123456789"], "globex": ["globex-g1-0123456789"]})
+        )
         process.signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
         while post(process, body, {"cf-webhook-auth": "old-acme-0123456789"}) != 401:
