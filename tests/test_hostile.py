@@ -303,7 +303,9 @@ def test_sigterm_ends_the_process_in_bounded_time_whatever_the_clients_do(
         dripping.sendall(post(encode(alert()))[:-5])  # a body that never ends
         idle = connect(process.port)
         idle.sendall(GET + b"\r\n")
-        clients = [stuck, dripping, idle]
+        pipelined = connect(process.port)  # a long pipeline: the old drain stuck on it
+        pipelined.sendall(post(encode(alert())) + GET * 400)
+        clients = [stuck, dripping, idle, pipelined]
         time.sleep(0.5)
         started = time.monotonic()
         process.signal(signal.SIGTERM)
