@@ -98,6 +98,7 @@ def test_quick_ingest_and_memory_sections(kafka: str, tmp_path: Path) -> None:
     # cfn's app on granian answered its 202s after writing them as cfn does (#30).
     assert positive(entry["ratio_granian_cfn_vs_cfn"])
     assert positive(entry["ratio_granian_bare_vs_bare_http"])
+    assert positive(entry["ratio_granian_kafka_vs_bare_kafka"])
     on_granian = run(read_to_end(kafka, GRANIAN_TOPIC))
     assert len(on_granian) >= entry["granian_cfn"]["ok_rps"] * sizes.wrk_duration * 0.9
     record = on_granian[0]

@@ -7,14 +7,17 @@ has acknowledged. So the webhook does the same work as on `cfn ingest` (authenti
 parse, key, headers, admission, metrics, 202 after the ack) and only the HTTP server differs.
 Its ASGI lifespan (the producer, the probes) runs in the worker's `__rsgi_init__`.
 
-`BareRsgi` is granian's own ceiling beside tests/bench/bare_ingest.py's: it reads the body of any
-POST and answers 202; no Kafka.
+`KafkaRsgi` is the slim webhook beside tests/bench/bare_ingest.py's bare+Kafka: it checks
+`cf-webhook-auth` (cfn's SecretIndex), reads the body, writes it unkeyed with cfn's KafkaSink at
+its defaults (acks=all, idempotent, lz4, 1 ms linger) and answers 202 after the ack. `BareRsgi`
+is granian's own ceiling beside bare_ingest's bare HTTP: it reads the body of any POST and
+answers 202; no Kafka.
 
 Run (one worker process, as `cfn ingest` without --workers):
     CFN_KAFKA_BOOTSTRAP=127.0.0.1:9092 CFN_INGEST_SECRET=... \
     python -m granian --interface rsgi --factory --port 8081 \
         tests.bench.granian_ingest:create_app
-BENCH_GRANIAN_BARE=1 serves the bare handler instead.
+BENCH_GRANIAN_MODE=kafka (with BENCH_GRANIAN_TOPIC) or =bare serves the slim apps instead.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from cfn.ingest.app import IngestApp, Message, Receive, Scope, Send
+from cfn.ingest.auth import SecretIndex
 from cfn.ingest.http import Reply, Request
+from cfn.ingest.sink import KafkaSink, Outcome, SendResult
 
 GRANIAN_VERSION = "2.8.7"  # the version #30 measured; pyproject's bench extra pins it
 
@@ -152,6 +157,39 @@ class GranianIngest:
         return {"type": "lifespan"}, receive, send
 
 
+class KafkaRsgi:
+    """POST with a known `cf-webhook-auth` -> Kafka (acks=all) -> 202; GET -> /readyz."""
+
+    def __init__(self, bootstrap: str, topic: str, secret: str) -> None:
+        self.sink = KafkaSink(bootstrap, ack_timeout=3.0)  # the ingest's default ack timeout
+        self.topic = topic
+        self.secrets = SecretIndex.load(secret, None)
+
+    async def __rsgi__(self, scope: _Scope, proto: _HTTP) -> None:
+        if scope.proto != "http":
+            return
+        if scope.method != "POST":
+            proto.response_bytes(200, _JSON, b'{"status":"ready"}')
+            return
+        presented = scope.headers.get("cf-webhook-auth")
+        if presented is None or self.secrets.tenant_for(presented.encode("latin-1")) is None:
+            proto.response_bytes(401, _JSON, b'{"status":"unauthorized"}')
+            return
+        body = await proto()
+        written: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
+        self.sink.submit(self.topic, None, body, [], written.set_result)
+        if (await written).outcome is Outcome.ACKED:
+            proto.response_bytes(202, _JSON, b'{"status":"accepted"}')
+        else:
+            proto.response_bytes(503, _JSON, b'{"status":"unavailable"}')
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.sink.start())
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.sink.stop())
+
+
 class BareRsgi:
     """POST anything -> read the body -> 202; GET -> 200 (its /readyz). No Kafka."""
 
@@ -165,10 +203,17 @@ class BareRsgi:
             proto.response_bytes(200, _JSON, b'{"status":"ready"}')
 
 
-def create_app() -> GranianIngest | BareRsgi:
+def create_app() -> GranianIngest | KafkaRsgi | BareRsgi:
     """The granian factory (`--factory`): each worker process reads the same environment."""
-    if os.environ.get("BENCH_GRANIAN_BARE") == "1":
+    mode = os.environ.get("BENCH_GRANIAN_MODE", "cfn")
+    if mode == "bare":
         return BareRsgi()
+    if mode == "kafka":
+        return KafkaRsgi(
+            os.environ["CFN_KAFKA_BOOTSTRAP"],
+            os.environ["BENCH_GRANIAN_TOPIC"],
+            os.environ["CFN_INGEST_SECRET"],
+        )
     from cfn.ingest.server import create_app as create_ingest
 
     return GranianIngest(create_ingest())

@@ -14,6 +14,8 @@ For each process count (1 and 2), these servers run side by side on one broker:
 * granian_cfn: cfn's own IngestApp, built as `cfn ingest` builds it, served by granian (RSGI:
   Rust, hyper) instead of cfn's HTTP/1.1 protocol (tests/bench/granian_ingest.py): the same work
   on another server, the measurement #30 decides the HTTP server on;
+* granian_kafka: beside bare_kafka, on granian: check the secret, read the body, the same
+  unkeyed acks=all KafkaSink write, 202 after the ack (the slim app #30's table measured);
 * granian_bare: granian's own ceiling beside bare_http: read the body of any POST, answer 202.
 
 wrk loads each in turn at fixed concurrency, rounds interleaved and rotated; a ratio is the
@@ -57,12 +59,14 @@ CONTENDERS = (
     "go_peer",
     "go_keyed",
     "granian_cfn",
+    "granian_kafka",
     "granian_bare",
 )
 BARE_TOPIC = "bench.bare-raw"
 GO_TOPIC = "bench.go-raw"
 GO_KEYED_TOPIC = "bench.go-keyed-raw"
 GO_PEER = Path(__file__).parent / "go_peer"
+GRANIAN_SLIM_TOPIC = "bench.granian-raw"
 GRANIAN_PREFIX = "bench-granian."
 GRANIAN_TOPIC = topic_names(GRANIAN_PREFIX)["raw"]  # what granian_cfn writes, keyed as cfn's
 
@@ -107,7 +111,8 @@ def _start_bare(ctx: Context, workers: int, with_kafka: bool) -> Process:
     return process
 
 
-def _start_granian(ctx: Context, workers: int, bare: bool) -> Process:
+def _start_granian(ctx: Context, workers: int, mode: str) -> Process:
+    """granian serving tests/bench/granian_ingest.py's app: `mode` cfn, kafka or bare."""
     port = free_port()
     process = Process(
         [sys.executable, *granian_argv(port, workers)],
@@ -117,7 +122,8 @@ def _start_granian(ctx: Context, workers: int, bare: bool) -> Process:
                 "CFN_TOPIC_PREFIX": GRANIAN_PREFIX,
                 "CFN_PARTITIONS": "12",
                 "CFN_INGEST_SECRET": SECRET,
-                "BENCH_GRANIAN_BARE": "1" if bare else "",
+                "BENCH_GRANIAN_MODE": mode,
+                "BENCH_GRANIAN_TOPIC": GRANIAN_SLIM_TOPIC,
             }
         ),
         ctx.tmp / f"granian-{port}.log",
@@ -152,8 +158,9 @@ def start_servers(ctx: Context, workers: int, go_binary: Path) -> dict[str, Proc
         servers["bare_http"] = _start_bare(ctx, workers, with_kafka=False)
         servers["go_peer"] = _start_go(ctx, go_binary, keyed=False)
         servers["go_keyed"] = _start_go(ctx, go_binary, keyed=True)
-        servers["granian_cfn"] = _start_granian(ctx, workers, bare=False)
-        servers["granian_bare"] = _start_granian(ctx, workers, bare=True)
+        servers["granian_cfn"] = _start_granian(ctx, workers, "cfn")
+        servers["granian_kafka"] = _start_granian(ctx, workers, "kafka")
+        servers["granian_bare"] = _start_granian(ctx, workers, "bare")
         for process in servers.values():
             _settled(process)
     except BaseException:
@@ -283,6 +290,8 @@ def bench_workers(ctx: Context, workers: int, script: Path, go_binary: Path) -> 
         "ratio_cfn_vs_go_keyed": _round_ratio(rounds, "cfn", "go_keyed"),
         "ratio_go_keyed_vs_go_peer": _round_ratio(rounds, "go_keyed", "go_peer"),
         "ratio_granian_cfn_vs_cfn": _round_ratio(rounds, "granian_cfn", "cfn"),
+        "ratio_granian_kafka_vs_bare_kafka": _round_ratio(rounds, "granian_kafka", "bare_kafka"),
+        "ratio_granian_kafka_vs_cfn": _round_ratio(rounds, "granian_kafka", "cfn"),
         "ratio_granian_bare_vs_bare_http": _round_ratio(rounds, "granian_bare", "bare_http"),
         "ratio_cfn_vs_go_peer_per_cpu": finite_or_none(
             median(
@@ -316,7 +325,8 @@ def bench_workers(ctx: Context, workers: int, script: Path, go_binary: Path) -> 
 
 
 def run_ingest(ctx: Context) -> dict[str, Any]:
-    run(create_topics(ctx.bootstrap, [BARE_TOPIC, GO_TOPIC, GO_KEYED_TOPIC], 12))
+    topics = [BARE_TOPIC, GO_TOPIC, GO_KEYED_TOPIC, GRANIAN_SLIM_TOPIC]
+    run(create_topics(ctx.bootstrap, topics, 12))
     script = lua_script(ctx.tmp / "post.lua")
     progress("ingest: building the Go peer (tests/bench/go_peer)")
     go_binary = go_build(ctx, GO_PEER)

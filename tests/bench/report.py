@@ -434,10 +434,24 @@ def _granian_rows(entry: dict[str, Any]) -> list[str]:
         f"| {_num(granian['ok_rps'])} | {_num(entry['cfn']['ok_rps'])} (cfn's protocol) "
         f"| {_num(r, 2)} | >= {GRANIAN_ADOPT} (#30: adopt granian) "
         f"| {_met(r, None if r is None else r >= GRANIAN_ADOPT)} |",
+        *_granian_slim_row(entry),
         f"| Bare handler req/s (read the body, 202; no Kafka) on granian RSGI vs on cfn's "
         f"protocol, {w} process(es) "
         f"| {_num(bare['ok_rps'])} | {_num(entry['bare_http']['ok_rps'])} (cfn's protocol) "
         f"| {_num(entry['ratio_granian_bare_vs_bare_http'], 2)} | (the servers' ceilings) | |",
+    ]
+
+
+def _granian_slim_row(entry: dict[str, Any]) -> list[str]:
+    slim = entry.get("granian_kafka")
+    if not slim:
+        return []
+    return [
+        f"| Slim webhook req/s (secret check, body, the same Kafka write, 202 after the ack) "
+        f"on granian RSGI vs bare+Kafka on cfn's protocol, {entry['workers']} process(es) "
+        f"| {_num(slim['ok_rps'])} | {_num(entry['bare_kafka']['ok_rps'])} (bare + Kafka) "
+        f"| {_num(entry['ratio_granian_kafka_vs_bare_kafka'], 2)} | (vs cfn itself: "
+        f"{_num(entry['ratio_granian_kafka_vs_cfn'], 2)}) | |"
     ]
 
 
@@ -460,7 +474,9 @@ def _ingest_detail(ingest: dict[str, Any] | None) -> list[str]:
         "spread over the topic's 12 partitions as cfn's do. `granian_cfn` is cfn's own "
         "IngestApp, built as `cfn ingest` builds it (same settings, secrets and sink), served "
         "by granian's RSGI interface instead of cfn's protocol (tests/bench/granian_ingest.py, "
-        "the same worker count, uvloop, HTTP/1.1); `granian_bare` is granian answering 202 "
+        "the same worker count, uvloop, HTTP/1.1); `granian_kafka` is a slim RSGI app on "
+        "granian that checks the secret, reads the body and makes bare+Kafka's write; "
+        "`granian_bare` is granian answering 202 "
         "to any POST after reading its body, beside `bare HTTP`. "
         f"Latency at {LOAD_FRACTION:.0%} of cfn's peak comes from tests/bench/rate_client.py "
         "(open loop, measured from the scheduled send time, as wrk2 would; wrk2 is not "
