@@ -18,7 +18,7 @@ from cfn.schemas import jsonio
 from cfn.schemas.keys import incident_key
 from tests.bench.cli import run_bench
 from tests.bench.core import Sizes
-from tests.bench.ingest_bench import GO_KEYED_TOPIC, median_run
+from tests.bench.ingest_bench import CONTENDERS, GO_KEYED_TOPIC, GRANIAN_TOPIC, median_run
 from tests.bench.load import parse_wrk, webhook_body
 from tests.kafka_util import read_to_end, run
 
@@ -81,7 +81,7 @@ def test_quick_ingest_and_memory_sections(kafka: str, tmp_path: Path) -> None:
     assert not any("error" in s for s in sections.values()), results["sections"]
 
     (entry,) = sections["ingest"]["by_workers"]
-    for name in ("cfn", "bare_kafka", "bare_http", "go_peer", "go_keyed"):
+    for name in CONTENDERS:
         assert positive(entry[name]["ok_rps"]), entry[name]
         assert entry[name]["non_2xx"] == 0 and entry[name]["socket_errors"] == 0
         assert positive(entry[name]["p99_ms"])
@@ -95,6 +95,14 @@ def test_quick_ingest_and_memory_sections(kafka: str, tmp_path: Path) -> None:
     for record in keyed[:500]:
         assert record.key == incident_key("default", jsonio.loads(record.value)), record.key
     assert len({record.partition for record in keyed}) > 1
+    # cfn's app on granian answered its 202s after writing them as cfn does (#30).
+    assert positive(entry["ratio_granian_cfn_vs_cfn"])
+    assert positive(entry["ratio_granian_bare_vs_bare_http"])
+    assert positive(entry["ratio_granian_kafka_vs_bare_kafka"])
+    on_granian = run(read_to_end(kafka, GRANIAN_TOPIC))
+    assert len(on_granian) >= entry["granian_cfn"]["ok_rps"] * sizes.wrk_duration * 0.9
+    record = on_granian[0]
+    assert record.key == incident_key("default", jsonio.loads(record.value))
     for name in ("cfn", "bare_kafka"):
         half = entry["fixed_rate"][name]
         assert half["ok"] == half["sent"] > 0, half

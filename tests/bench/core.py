@@ -243,6 +243,7 @@ def machine() -> dict[str, Any]:
         "uvloop",
         "httptools",
         "orjson",
+        "granian",
     ):
         try:
             packages[name] = version(name)

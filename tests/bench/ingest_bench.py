@@ -1,6 +1,6 @@
 """Section 1: `cfn ingest` against a bare handler on the same HTTP stack, with and without Kafka.
 
-For each process count (1 and 2), three servers run side by side on one broker:
+For each process count (1 and 2), these servers run side by side on one broker:
 
 * cfn: `cfn ingest` with a secret set (auth, JSON parse, key, headers, metrics, acks=all);
 * bare_kafka: tests/bench/bare_ingest.py, the same acks=all idempotent aiokafka send, nothing else;
@@ -10,7 +10,13 @@ For each process count (1 and 2), three servers run side by side on one broker:
   after the ack (one process, every core; built here with `go build`);
 * go_keyed: the same Go peer keying each record as cfn keys `cfn.raw` (GO_PEER_KEY=incident: it
   decodes the body's fields for the key), so its records spread over the topic's 12 partitions
-  as cfn's do. The goal is set against go_peer; go_keyed shows how much of the gap is the key.
+  as cfn's do. The goal is set against go_peer; go_keyed shows how much of the gap is the key;
+* granian_cfn: cfn's own IngestApp, built as `cfn ingest` builds it, served by granian (RSGI:
+  Rust, hyper) instead of cfn's HTTP/1.1 protocol (tests/bench/granian_ingest.py): the same work
+  on another server, the measurement #30 decides the HTTP server on;
+* granian_kafka: beside bare_kafka, on granian: check the secret, read the body, the same
+  unkeyed acks=all KafkaSink write, 202 after the ack (the slim app #30's table measured);
+* granian_bare: granian's own ceiling beside bare_http: read the body of any POST, answer 202.
 
 wrk loads each in turn at fixed concurrency, rounds interleaved and rotated; a ratio is the
 median over rounds of that round's ratio. Then the fixed-rate client measures latency at a
@@ -26,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cfn.config import topic_names
 from cfn.schemas import jsonio
 from tests.bench.core import (
     LOAD_FRACTION,
@@ -40,15 +47,28 @@ from tests.bench.core import (
     ratio,
     tree_pids,
 )
+from tests.bench.granian_ingest import argv as granian_argv
 from tests.bench.load import WEBHOOK_PATH, WrkResult, lua_script, run_wrk, webhook_body
 from tests.kafka_util import create_topics, run
 from tests.services import Process, free_port, request, start_ingest, wait_ready
 
-CONTENDERS = ("cfn", "bare_kafka", "bare_http", "go_peer", "go_keyed")
+CONTENDERS = (
+    "cfn",
+    "bare_kafka",
+    "bare_http",
+    "go_peer",
+    "go_keyed",
+    "granian_cfn",
+    "granian_kafka",
+    "granian_bare",
+)
 BARE_TOPIC = "bench.bare-raw"
 GO_TOPIC = "bench.go-raw"
 GO_KEYED_TOPIC = "bench.go-keyed-raw"
 GO_PEER = Path(__file__).parent / "go_peer"
+GRANIAN_SLIM_TOPIC = "bench.granian-raw"
+GRANIAN_PREFIX = "bench-granian."
+GRANIAN_TOPIC = topic_names(GRANIAN_PREFIX)["raw"]  # what granian_cfn writes, keyed as cfn's
 
 
 def _start_go(ctx: Context, binary: Path, keyed: bool) -> Process:
@@ -91,6 +111,30 @@ def _start_bare(ctx: Context, workers: int, with_kafka: bool) -> Process:
     return process
 
 
+def _start_granian(ctx: Context, workers: int, mode: str) -> Process:
+    """granian serving tests/bench/granian_ingest.py's app: `mode` cfn, kafka or bare."""
+    port = free_port()
+    process = Process(
+        [sys.executable, *granian_argv(port, workers)],
+        bench_env(
+            {
+                "CFN_KAFKA_BOOTSTRAP": ctx.bootstrap,
+                "CFN_TOPIC_PREFIX": GRANIAN_PREFIX,
+                "CFN_PARTITIONS": "12",
+                "CFN_INGEST_SECRET": SECRET,
+                "BENCH_GRANIAN_MODE": mode,
+                "CFN_INGEST_ADMIN_PORT": "0",  # each granian worker's own, unused here
+                "BENCH_GRANIAN_TOPIC": GRANIAN_SLIM_TOPIC,
+            }
+        ),
+        ctx.tmp / f"granian-{port}.log",
+        port=port,
+    )
+    process.start()
+    wait_ready(process, port, "/readyz")
+    return process
+
+
 def _settled(process: Process, times: int = 20) -> None:
     """/readyz 200 several times in a row: with two workers, each must have its producer."""
     streak = 0
@@ -115,6 +159,9 @@ def start_servers(ctx: Context, workers: int, go_binary: Path) -> dict[str, Proc
         servers["bare_http"] = _start_bare(ctx, workers, with_kafka=False)
         servers["go_peer"] = _start_go(ctx, go_binary, keyed=False)
         servers["go_keyed"] = _start_go(ctx, go_binary, keyed=True)
+        servers["granian_cfn"] = _start_granian(ctx, workers, "cfn")
+        servers["granian_kafka"] = _start_granian(ctx, workers, "kafka")
+        servers["granian_bare"] = _start_granian(ctx, workers, "bare")
         for process in servers.values():
             _settled(process)
     except BaseException:
@@ -188,7 +235,9 @@ def _round_ratio(rounds: list[dict[str, WrkResult]], a: str, b: str) -> float | 
 
 def bench_workers(ctx: Context, workers: int, script: Path, go_binary: Path) -> dict[str, Any]:
     sizes = ctx.sizes
-    progress(f"ingest[{workers}p]: starting cfn ingest, the two bare servers and the Go peers")
+    progress(
+        f"ingest[{workers}p]: starting cfn ingest, the two bare servers, the Go peers and granian"
+    )
     servers = start_servers(ctx, workers, go_binary)
     try:
         if sizes.wrk_warmup > 0:
@@ -241,6 +290,10 @@ def bench_workers(ctx: Context, workers: int, script: Path, go_binary: Path) -> 
         "ratio_cfn_vs_go_peer": _round_ratio(rounds, "cfn", "go_peer"),
         "ratio_cfn_vs_go_keyed": _round_ratio(rounds, "cfn", "go_keyed"),
         "ratio_go_keyed_vs_go_peer": _round_ratio(rounds, "go_keyed", "go_peer"),
+        "ratio_granian_cfn_vs_cfn": _round_ratio(rounds, "granian_cfn", "cfn"),
+        "ratio_granian_kafka_vs_bare_kafka": _round_ratio(rounds, "granian_kafka", "bare_kafka"),
+        "ratio_granian_kafka_vs_cfn": _round_ratio(rounds, "granian_kafka", "cfn"),
+        "ratio_granian_bare_vs_bare_http": _round_ratio(rounds, "granian_bare", "bare_http"),
         "ratio_cfn_vs_go_peer_per_cpu": finite_or_none(
             median(
                 [
@@ -273,7 +326,8 @@ def bench_workers(ctx: Context, workers: int, script: Path, go_binary: Path) -> 
 
 
 def run_ingest(ctx: Context) -> dict[str, Any]:
-    run(create_topics(ctx.bootstrap, [BARE_TOPIC, GO_TOPIC, GO_KEYED_TOPIC], 12))
+    topics = [BARE_TOPIC, GO_TOPIC, GO_KEYED_TOPIC, GRANIAN_SLIM_TOPIC]
+    run(create_topics(ctx.bootstrap, topics, 12))
     script = lua_script(ctx.tmp / "post.lua")
     progress("ingest: building the Go peer (tests/bench/go_peer)")
     go_binary = go_build(ctx, GO_PEER)

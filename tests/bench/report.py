@@ -17,6 +17,10 @@ TARGETS_NOTE = (
 )
 
 
+# #30: granian replaces cfn's own HTTP/1.1 protocol if it keeps the ingest at this share of the
+# req/s cfn's protocol makes, measured in the same run.
+GRANIAN_ADOPT = 0.9
+
 # Resident bytes per key (#18): a dedup id, an open incident.
 MEMORY_TARGETS = {"dedup": 200, "correlate": 400}
 
@@ -60,6 +64,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 ">= 0.6",
                 None if value is None else value >= 0.6,
             )
+            if "granian_cfn" in entry:  # results written before granian was measured have none
+                value = entry["ratio_granian_cfn_vs_cfn"]
+                add(
+                    f"ingest req/s cfn's app on granian / on cfn's protocol (#30: adopt "
+                    f"granian at >= 0.9), {entry['workers']} process(es)",
+                    value,
+                    ">= 0.9",
+                    None if value is None else value >= GRANIAN_ADOPT,
+                )
     pipeline = sections.get("pipeline")
     if pipeline:
         value = pipeline["ratio_cfn_vs_bare"]
@@ -251,6 +264,7 @@ def _summary_rows(sections: dict[str, Any]) -> list[str]:
                     f"| {_num(keyed['ok_rps'])} | {_num(go['ok_rps'])} (Go peer) "
                     f"| {_num(entry['ratio_go_keyed_vs_go_peer'], 2)} | (what the key costs) | |"
                 )
+            rows += _granian_rows(entry)
             at_rate = entry["fixed_rate"]
             rows.append(
                 f"| Ingest p99 ms at {_num(at_rate['rate'])} req/s "
@@ -403,6 +417,44 @@ def _summary_rows(sections: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _granian_rows(entry: dict[str, Any]) -> list[str]:
+    """#30's measurement: the same app and the bare handler on granian vs on cfn's protocol."""
+    granian, bare = entry.get("granian_cfn"), entry.get("granian_bare")
+    if not granian or not bare:  # results written before granian was measured
+        return []
+    w = entry["workers"]
+    r = entry["ratio_granian_cfn_vs_cfn"]
+    per_round = ", ".join(
+        _num(ratio_of(run["granian_cfn"]["ok_rps"], run["cfn"]["ok_rps"]), 2)
+        for run in entry["runs"]
+    )
+    return [
+        f"| Ingest req/s, cfn's app (auth, parse, key, Kafka acks=all) on granian RSGI vs on "
+        f"cfn's own HTTP/1.1 protocol, {w} process(es) (rounds: {per_round}) "
+        f"| {_num(granian['ok_rps'])} | {_num(entry['cfn']['ok_rps'])} (cfn's protocol) "
+        f"| {_num(r, 2)} | >= {GRANIAN_ADOPT} (#30: adopt granian) "
+        f"| {_met(r, None if r is None else r >= GRANIAN_ADOPT)} |",
+        *_granian_slim_row(entry),
+        f"| Bare handler req/s (read the body, 202; no Kafka) on granian RSGI vs on cfn's "
+        f"protocol, {w} process(es) "
+        f"| {_num(bare['ok_rps'])} | {_num(entry['bare_http']['ok_rps'])} (cfn's protocol) "
+        f"| {_num(entry['ratio_granian_bare_vs_bare_http'], 2)} | (the servers' ceilings) | |",
+    ]
+
+
+def _granian_slim_row(entry: dict[str, Any]) -> list[str]:
+    slim = entry.get("granian_kafka")
+    if not slim:
+        return []
+    return [
+        f"| Slim webhook req/s (secret check, body, the same Kafka write, 202 after the ack) "
+        f"on granian RSGI vs bare+Kafka on cfn's protocol, {entry['workers']} process(es) "
+        f"| {_num(slim['ok_rps'])} | {_num(entry['bare_kafka']['ok_rps'])} (bare + Kafka) "
+        f"| {_num(entry['ratio_granian_kafka_vs_bare_kafka'], 2)} | (vs cfn itself: "
+        f"{_num(entry['ratio_granian_kafka_vs_cfn'], 2)}) | |"
+    ]
+
+
 def _ingest_detail(ingest: dict[str, Any] | None) -> list[str]:
     if not ingest:
         return []
@@ -419,7 +471,13 @@ def _ingest_detail(ingest: dict[str, Any] | None) -> list[str]:
         "SHA-256 check of the secret, a JSON check, franz-go with acks=all and idempotence; no "
         "key, so franz-go's sticky partitioner fills one partition at a time); `go_keyed` is the "
         "same program keying each record as cfn keys `cfn.raw` (its incident), so its records "
-        "spread over the topic's 12 partitions as cfn's do. "
+        "spread over the topic's 12 partitions as cfn's do. `granian_cfn` is cfn's own "
+        "IngestApp, built as `cfn ingest` builds it (same settings, secrets and sink), served "
+        "by granian's RSGI interface instead of cfn's protocol (tests/bench/granian_ingest.py, "
+        "the same worker count, uvloop, HTTP/1.1); `granian_kafka` is a slim RSGI app on "
+        "granian that checks the secret, reads the body and makes bare+Kafka's write; "
+        "`granian_bare` is granian answering 202 "
+        "to any POST after reading its body, beside `bare HTTP`. "
         f"Latency at {LOAD_FRACTION:.0%} of cfn's peak comes from tests/bench/rate_client.py "
         "(open loop, measured from the scheduled send time, as wrk2 would; wrk2 is not "
         "installed); cfn and bare alternate, one run per round, and each side's run with the "
