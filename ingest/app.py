@@ -36,6 +36,7 @@ from cfn.schemas import jsonio
 from cfn.schemas.keys import incident_key
 from cfn.schemas.records import DlqRecord
 from cfn.topics import ensure_topics
+from cfn.version import register_build_info
 
 log = logging.getLogger("cfn.ingest")
 
@@ -104,6 +105,7 @@ class IngestApp:
         self.sink = sink
         self.registry = registry
         self.metrics = IngestMetrics.create(registry)
+        register_build_info(registry)
         self.clock = clock
         self.kafka_ready = False
         self.reachability = Reachability(log, registry)

@@ -20,6 +20,7 @@ from cfn.ingest.http import IngestProtocol
 from cfn.ingest.settings import IngestSettings
 from cfn.ingest.sink import KafkaSink
 from cfn.ingest.tls import server_context
+from cfn.logs import LogSettings, configure
 from cfn.runtime import tune_gc
 
 log = logging.getLogger("cfn.ingest")
@@ -53,6 +54,7 @@ def load_secrets(settings: IngestSettings, allow_unauthenticated: bool) -> Secre
 
 def create_app() -> IngestApp:
     """The uvicorn factory: every worker process builds its own app from the environment."""
+    configure(LogSettings.from_env(os.environ))  # (checked by `serve` before any process)
     settings = IngestSettings.from_env()
     tune_gc()  # in each worker process, before the app's own objects exist
     quiet_client_logs()
@@ -73,8 +75,8 @@ def serve(workers: int = 1, allow_unauthenticated: bool = False) -> int:
     """Foreground entry for `cfn ingest`."""
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
+        configure(LogSettings.from_env(os.environ))
         internals.check_versions()
         internals.check_server()
         settings = IngestSettings.from_env()
@@ -107,6 +109,7 @@ def serve(workers: int = 1, allow_unauthenticated: bool = False) -> int:
         lifespan="on",
         access_log=False,
         log_level="warning",
+        log_config=None,  # uvicorn's lines go through cfn's handler (CFN_LOG_FORMAT)
         timeout_keep_alive=max(1, round(settings.keep_alive_timeout)),
         # Connections are capped by the protocol (CFN_INGEST_MAX_CONNECTIONS, a 503), requests
         # in flight by the app (429).

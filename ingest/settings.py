@@ -27,7 +27,7 @@ class IngestSettings:
     topic_prefix: str = "cfn."
     secret: str | None = field(default=None, repr=False)  # never in a repr or a log
     secrets_file: Path | None = None
-    max_body: int = 256 * 1024  # Cloudflare bodies are a few KB; bounds memory (docs/reliability.md)
+    max_body: int = 256 * 1024  # Cloudflare bodies are a few KB; bounds memory held
     ack_timeout: float = 3.0
     max_inflight: int = 512
     # A tenant's limits when the secrets file sets none (ingest/fairness.py, docs/fairness.md).
