@@ -28,7 +28,7 @@ run: deps-run $(STAMP)
 
 ## test: lint, then the whole suite against a real broker and a real Prometheus
 test: deps-test $(STAMP) lint
-	$(BIN)/pytest -m "not faults"
+	$(BIN)/pytest -m "not faults" --durations=30
 
 ## lint: ruff format --check, ruff check, mypy --strict
 lint: $(STAMP)

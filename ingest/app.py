@@ -277,7 +277,15 @@ class IngestApp:
             )
         )
         self._rejecting.add(task)
-        task.add_done_callback(self._rejecting.discard)
+
+        def settled(done: asyncio.Task[None]) -> None:
+            self._rejecting.discard(done)
+            exc = None if done.cancelled() else done.exception()
+            if done.cancelled() or exc is not None:  # the slot and the answer are still owed
+                failure = exc if isinstance(exc, Exception) else asyncio.CancelledError()
+                connection.answer(request, self.failed(request, failure))
+
+        task.add_done_callback(settled)
 
     def connection_refused(self) -> None:
         """A connection over CFN_INGEST_MAX_CONNECTIONS was answered 503 and closed."""
@@ -339,14 +347,17 @@ class IngestApp:
         ack_started: float,
         result: SendResult,
     ) -> None:
-        self._observe_ack(time.perf_counter() - ack_started)
-        if result.outcome is Outcome.ACKED:
-            # request_id is hex: no JSON escaping needed.
-            reply: Reply = (202, _JSON, b'{"status":"accepted","id":"%s"}' % request_id_b)
-            self._accepted.inc()
-        else:
-            reply = self._kafka_failed(result)
-        self._finish(request, connection, tenant, reply)
+        try:
+            self._observe_ack(time.perf_counter() - ack_started)
+            if result.outcome is Outcome.ACKED:
+                # request_id is hex: no JSON escaping needed.
+                reply: Reply = (202, _JSON, b'{"status":"accepted","id":"%s"}' % request_id_b)
+                self._accepted.inc()
+            else:
+                reply = self._kafka_failed(result)
+            self._finish(request, connection, tenant, reply)
+        except Exception as exc:
+            connection.answer(request, self.failed(request, exc))
 
     def _finish(
         self, request: Request, connection: Connection, tenant: _Tenant, reply: Reply

@@ -66,6 +66,7 @@ class SecretIndex:
         """
         by_digest: dict[bytes, str] = {}
         limits: dict[str, TenantLimits] = {}
+        short: str | None = None  # the first secret too short (told after malformed limits)
         for tenant, value in tenants.items():
             secrets, limits[tenant] = _split(tenant, value)
             items = [secrets] if isinstance(secrets, str) else secrets
@@ -74,13 +75,13 @@ class SecretIndex:
             for position, secret in enumerate(items):
                 if not isinstance(secret, str) or not secret:
                     raise SecretsError(f"tenant {tenant!r}: secret #{position + 1} is empty")
-                if min_bytes > 1 and secret.upper().startswith(PLACEHOLDER):
-                    raise SecretsError(
+                if short is None and min_bytes > 1 and secret.upper().startswith(PLACEHOLDER):
+                    short = (
                         f"tenant {tenant!r}: secret #{position + 1} is a placeholder from the "
                         "shipped manifests; create the real secret (docs/security.md)"
                     )
-                if len(secret.encode()) < min_bytes:
-                    raise SecretsError(
+                elif short is None and len(secret.encode()) < min_bytes:
+                    short = (
                         f"tenant {tenant!r}: secret #{position + 1} is shorter than {min_bytes} "
                         "bytes (use a random one, e.g. `openssl rand -hex 32`)"
                     )
@@ -91,6 +92,8 @@ class SecretIndex:
                         f"tenants {other!r} and {tenant!r} share a secret; each needs its own"
                     )
                 by_digest[digest] = tenant
+        if short is not None:
+            raise SecretsError(short)
         return cls(by_digest, limits)
 
     @classmethod

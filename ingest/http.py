@@ -24,7 +24,8 @@ Every state of a connection has a deadline:
 
 Framing follows RFC 9112: Transfer-Encoding in an HTTP/1.0 request, a transfer coding other than
 one final `chunked`, or Transfer-Encoding beside Content-Length is refused (400, or 501 for a
-coding cfn does not implement) and the connection closes. Other refusals: a head over
+coding cfn does not implement; 505 for a version other than 1.0 and 1.1) and the connection
+closes. Other refusals: a head over
 `max_header_bytes` -> 431; bytes that are not HTTP -> 400; over `max_connections` open
 connections -> 503. Each refusal is a JSON answer followed by closing the connection.
 

@@ -281,28 +281,48 @@ def test_the_secrets_file_takes_lists_strings_and_objects_with_limits(tmp_path: 
     path = write(
         tmp_path / "secrets.json",
         {
-            "acme": ["acme-1", "acme-2"],
-            "globex": "globex-1",
-            "initech": {"secrets": ["ini-1"], "max_inflight": 8, "rate": 50, "burst": 100},
-            "umbrella": {"secrets": "umb-1", "rate": 0.5},
+            "acme": ["acme-1-0123456789ab", "acme-2-0123456789ab"],
+            "globex": "globex-1-0123456789ab",
+            "initech": {
+                "secrets": ["ini-1-0123456789ab"],
+                "max_inflight": 8,
+                "rate": 50,
+                "burst": 100,
+            },
+            "umbrella": {"secrets": "umb-1-0123456789ab", "rate": 0.5},
         },
     )
     index = SecretIndex.load(None, path)
-    assert index.tenant_for(b"ini-1") == "initech" and index.tenant_for(b"umb-1") == "umbrella"
+    assert (
+        index.tenant_for(b"ini-1-0123456789ab") == "initech"
+        and index.tenant_for(b"umb-1-0123456789ab") == "umbrella"
+    )
     assert index.limits == {
         "acme": TenantLimits(),
         "globex": TenantLimits(),
         "initech": TenantLimits(8, 50.0, 100),
         "umbrella": TenantLimits(None, 0.5, None),
     }
-    for secret in ("acme-1", "acme-2", "globex-1", "ini-1", "umb-1"):
+    for secret in (
+        "acme-1-0123456789ab",
+        "acme-2-0123456789ab",
+        "globex-1-0123456789ab",
+        "ini-1-0123456789ab",
+        "umb-1-0123456789ab",
+    ):
         assert secret not in repr(index)
 
 
 def test_the_env_secret_joins_a_default_tenant_written_as_an_object(tmp_path: Path) -> None:
-    path = write(tmp_path / "s.json", {DEFAULT_TENANT: {"secrets": "file-1", "max_inflight": 4}})
-    index = SecretIndex.load("env-1", path)
-    assert index.tenant_for(b"env-1") == index.tenant_for(b"file-1") == DEFAULT_TENANT
+    path = write(
+        tmp_path / "s.json", {DEFAULT_TENANT: {"secrets": "file-1-0123456789ab", "max_inflight": 4}}
+    )
+    index = SecretIndex.load("env-1-0123456789ab", path)
+    assert (
+        index.tenant_for(b"env-1-0123456789ab")
+        == index.tenant_for(b"file-1-0123456789ab")
+        == DEFAULT_TENANT
+    )
     assert index.limits[DEFAULT_TENANT] == TenantLimits(max_inflight=4)
 
 

@@ -6,8 +6,10 @@ import asyncio
 from collections.abc import MutableMapping
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
+from cfn.ingest import app as app_module
 from cfn.ingest.app import IngestApp
 from cfn.ingest.auth import SecretIndex
 from cfn.ingest.settings import IngestSettings
@@ -15,7 +17,7 @@ from cfn.ingest.sink import Outcome, SendResult
 from tests.fake_sinks import SubmitBySend
 from tests.payloads import alert, encode
 
-SECRET = "app-test-secret"
+SECRET = "app-test-secret-0123"
 
 
 class RecordingSink(SubmitBySend):
@@ -88,3 +90,75 @@ def test_a_body_in_pieces_is_written_whole() -> None:
     )
     assert status == 202
     assert [(topic, value) for topic, _, value in sink.sent] == [("cfn.raw", body)]
+
+
+class FailingSink(SubmitBySend):
+    """A sink whose `submit` (the raw write) or `send` (the dead letter) raises."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def submit(self, *args: Any, **kwargs: Any) -> None:
+        if self.where == "submit":
+            raise BufferError("Local: Queue full")
+        super().submit(*args, **kwargs)
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> SendResult:
+        if self.where == "send":
+            raise RuntimeError("dead letter write failed")
+        return SendResult(Outcome.ACKED)
+
+
+@pytest.mark.parametrize(
+    ("where", "body", "status"),
+    [
+        ("key", encode(alert()), 400),  # dead-lettered as bad_field
+        ("submit", encode(alert()), 500),
+        ("send", b"not json", 500),
+        ("ack", encode(alert()), 500),
+    ],
+)
+def test_a_failure_at_each_step_answers_and_gives_the_slot_back(
+    monkeypatch: pytest.MonkeyPatch, where: str, body: bytes, status: int
+) -> None:
+    if where == "key":
+
+        def unkeyable(tenant: str, parsed: object) -> bytes:
+            raise RecursionError("maximum recursion depth exceeded")
+
+        monkeypatch.setattr(app_module, "incident_key", unkeyable)
+    registry = CollectorRegistry()
+    app = IngestApp(
+        IngestSettings(secret=SECRET),
+        SecretIndex.load(SECRET, None),
+        FailingSink(where),  # type: ignore[arg-type]
+        registry,
+    )
+    app._connected = True
+    if where == "ack":
+        monkeypatch.setattr(app, "_observe_ack", lambda _: 1 / 0)
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/webhooks/cloudflare",
+        "headers": [(b"cf-webhook-auth", SECRET.encode()), (b"content-length", b"%d" % len(body))],
+    }
+    inbox = [{"type": "http.request", "body": body, "more_body": False}]
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return inbox.pop(0)
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    asyncio.run(app(scope, receive, send))
+    assert statuses == [status]
+    assert app._admission.inflight == 0
+    if status == 500:
+        kinds = {"submit": "BufferError", "send": "RuntimeError", "ack": "ZeroDivisionError"}
+        sample = {"kind": kinds[where]}
+        assert registry.get_sample_value("cfn_ingest_internal_errors_total", sample) == 1
