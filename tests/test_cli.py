@@ -23,7 +23,7 @@ from tests.services import Process, cfn_env, free_port, start_ingest, start_work
 pytestmark = pytest.mark.broker
 
 EXAMPLES = Path(__file__).parent / "data" / "examples"
-SECRET = "cli-test-secret"
+SECRET = "cli-test-secret-0123"
 
 
 def cfn(

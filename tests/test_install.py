@@ -21,7 +21,7 @@ from tests.services import Process, free_port, request, wait_ready
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL = ROOT / "tools" / "install-deps"
 LOCKFILE = ROOT / "tools" / "asyncapi" / "package-lock.json"
-TEST_TOOLS = ("java", "mvn", "prometheus", "promtool", "wrk", "node", "npm")
+TEST_TOOLS = ("java", "mvn", "prometheus", "promtool", "wrk", "go", "node", "npm")
 RUNTIME_PACKAGES = ("cfn", "cfn.ingest", "cfn.processors", "cfn.schemas")
 
 
@@ -63,8 +63,8 @@ def _install(
     if user is not None:
         runuser = shutil.which("runuser")
         assert runuser is not None, "runuser (util-linux) is needed to drop root"
-        argv = [runuser, "-u", user, "--", "env", f"PATH={path}", *argv]
-    env = {"PATH": path}
+        argv = [runuser, "-u", user, "--", "env", f"PATH={path}", f"PYTHON={sys.executable}", *argv]
+    env = {"PATH": path, "PYTHON": sys.executable}  # a python whose venv module works
     if npm_cache is not None:
         env["CFN_NPM_CACHE"] = str(npm_cache)
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
@@ -101,20 +101,25 @@ def test_without_root_or_sudo_it_stops_with_one_line(tmp_path: Path) -> None:
         shared.chmod(0o755)
         try:
             path = _path_with(  # no sudo
-                shared, {"java": None, "mvn": None, "node": None, "npm": None, "apt-get": None}
+                shared,
+                {"java": None, "mvn": None, "go": None, "node": None, "npm": None, "apt-get": None},
             )
             result = _install("test", path, user="nobody")
         finally:
             shutil.rmtree(shared)
     else:
         path = _path_with(  # no sudo
-            tmp_path, {"java": None, "mvn": None, "node": None, "npm": None, "apt-get": None}
+            tmp_path,
+            {"java": None, "mvn": None, "go": None, "node": None, "npm": None, "apt-get": None},
         )
         result = _install("test", path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("cfn: missing prometheus wrk; install them"), lines[0]
+    missing = lines[0].removeprefix("cfn: missing ").partition(";")[0].split()
+    # (as nobody, this venv's python, under /root, may not run: then python3-venv is missing too)
+    assert missing in (["prometheus", "wrk"], ["prometheus", "python3-venv", "wrk"]), lines[0]
+    assert lines[0].startswith("cfn: missing ") and "; install them" in lines[0]
 
 
 def test_test_installs_the_npm_lockfile_into_a_fresh_cache_folder(tmp_path: Path) -> None:

@@ -135,13 +135,23 @@ def _start_granian(ctx: Context, workers: int, mode: str) -> Process:
     return process
 
 
-def _settled(process: Process, times: int = 20) -> None:
-    """/readyz 200 several times in a row: with two workers, each must have its producer."""
-    streak = 0
-    deadline = time.monotonic() + 60
-    while streak < times and time.monotonic() < deadline:
-        streak = streak + 1 if request(process.admin_port, "GET", "/readyz").status == 200 else 0
-        time.sleep(0.05)
+def _settled(process: Process, workers: int, times: int = 20) -> None:
+    """/readyz 200 several times in a row from every process: each must have its producer.
+    cfn's processes answer it on their admin ports (one each, from CFN_INGEST_ADMIN_PORT on);
+    the other servers on the port they serve."""
+    ports = (
+        [process.admin_port + i for i in range(workers)] if process.admin_port else [process.port]
+    )
+    for port in ports:
+        streak = 0
+        deadline = time.monotonic() + 60
+        while streak < times and time.monotonic() < deadline:
+            try:
+                ok = request(port, "GET", "/readyz").status == 200
+            except OSError:  # that process has not bound its admin port yet
+                ok = False
+            streak = streak + 1 if ok else 0
+            time.sleep(0.05)
 
 
 def start_servers(ctx: Context, workers: int, go_binary: Path) -> dict[str, Process]:
@@ -163,7 +173,7 @@ def start_servers(ctx: Context, workers: int, go_binary: Path) -> dict[str, Proc
         servers["granian_kafka"] = _start_granian(ctx, workers, "kafka")
         servers["granian_bare"] = _start_granian(ctx, workers, "bare")
         for process in servers.values():
-            _settled(process)
+            _settled(process, workers)
     except BaseException:
         for process in servers.values():
             process.stop()
