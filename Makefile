@@ -1,10 +1,13 @@
 # The two commands users need are `make run` and `make test`; both set up everything first.
 PYTHON ?= python3
+# make test runs the suite in this many processes (pytest-xdist), each test file in one of them
+# with its own broker; 1 runs it in this process alone.
+TEST_WORKERS ?= 2
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint fmt unit test-faults bench clean deps-run deps-test
+.PHONY: run test lint fmt unit test-faults bench bench-quick clean deps-run deps-test
 
 # System packages (Java, Maven, python3-venv; for tests also Prometheus, wrk, Go and Node):
 # installed when missing, by the same script .ci/run calls (tools/install-deps says what it
@@ -28,7 +31,7 @@ run: deps-run $(STAMP)
 
 ## test: lint, then the whole suite against a real broker and a real Prometheus
 test: deps-test $(STAMP) lint
-	$(BIN)/pytest -m "not faults" --durations=30
+	$(BIN)/pytest -m "not faults and not bench" --durations=30 $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 ## lint: ruff format --check, ruff check, mypy --strict
 lint: $(STAMP)
@@ -40,13 +43,17 @@ fmt: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## unit: the fast tests only (no broker)
+## unit: the fast tests only (no broker, no network)
 unit: $(STAMP)
-	$(BIN)/pytest -m "not broker and not prometheus and not faults"
+	$(BIN)/pytest -m "not broker and not prometheus and not faults and not bench and not slow"
 
 ## test-faults: broker loss, worker crash, Kafka down, flood, hostile input
 test-faults: deps-test $(STAMP)
 	$(BIN)/pytest -m faults
+
+## bench-quick: the bench harness's cheapest sections at tiny sizes (that it still measures)
+bench-quick: deps-test $(STAMP)
+	$(BIN)/pytest -m bench
 
 ## bench: same-run ratio benchmarks; writes tests/bench/results.json and docs/performance.md
 bench: deps-test $(STAMP)

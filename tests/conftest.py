@@ -136,3 +136,12 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafk
         yield broker
     finally:
         broker.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that takes a broker fixture is a broker test, whether its module says so or not,
+    so `make unit` never starts Kafka."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if any(name in names for name in ("kafka", "secure_kafka", "cluster")):
+            item.add_marker(pytest.mark.broker)

@@ -1,7 +1,8 @@
 """Keeps the benchmark harness (tests/bench) from rotting: its cheapest sections, tiny sizes.
 
 It checks that the harness measures something real (finite positive ratios, every server
-answering 2xx, the files it promises), not how fast cfn is.
+answering 2xx, the files it promises), not how fast cfn is. The quick sections (marked `bench`)
+run in `make bench-quick` and CI, not in `make test`.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def test_webhook_body_is_realistic() -> None:
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+@pytest.mark.bench
 def test_quick_ingest_and_memory_sections(kafka: str, tmp_path: Path) -> None:
     sizes = dataclasses.replace(
         Sizes.fast(),
@@ -124,6 +126,7 @@ def test_quick_ingest_and_memory_sections(kafka: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.broker
+@pytest.mark.bench
 def test_quick_security_section(tmp_path: Path) -> None:
     """The SASL_SSL-against-PLAINTEXT section runs on its own secured broker and reports both
     contenders and their ratios."""
@@ -154,6 +157,7 @@ def test_latency_reports_the_run_with_the_median_tail() -> None:
     assert median_run([{"p99_ms": 7.0}]) == {"p99_ms": 7.0}
 
 
+@pytest.mark.bench
 def test_quick_partitions_section(kafka: str, tmp_path: Path) -> None:
     """The same records over 12 and 96 partitions, with a producer per partition and with one
     per worker (and over 96 at the former 0.2 s commit interval): every contender processes them
@@ -189,6 +193,7 @@ def test_quick_partitions_section(kafka: str, tmp_path: Path) -> None:
             )
 
 
+@pytest.mark.bench
 def test_quick_e2e_section(kafka: str, tmp_path: Path) -> None:
     """The Go sender (tests/bench/e2e_sender) posts every pair through a real ingest and worker,
     and the bench's consumer sees every incident version it was answered 202 for."""

@@ -140,10 +140,11 @@ def test_catalog_command() -> None:
 
 
 def test_make_run_starts_prints_endpoints_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    ingest_port, metrics_port = free_port(), free_port()
+    ingest_port, admin_port, metrics_port = free_port(), free_port(), free_port()
     env = cfn_env(
         {
             "CFN_INGEST_PORT": str(ingest_port),
+            "CFN_INGEST_ADMIN_PORT": str(admin_port),
             "CFN_WORKER_METRICS_PORT": str(metrics_port),
             "CFN_PARTITIONS": "2",
         }
@@ -166,6 +167,7 @@ def test_make_run_starts_prints_endpoints_and_stops_on_ctrl_c(tmp_path: Path) ->
             break
     output = "".join(seen)
     assert f"http://127.0.0.1:{ingest_port}/webhooks/cloudflare" in output, output
+    assert f"http://127.0.0.1:{admin_port}/metrics" in output, output  # not the public port
     secret = (tmp_path / ".local" / "secret").read_text().strip()
     assert f"cf-webhook-auth: {secret}" in output
     body = (EXAMPLES / "05-ddos-l7.json").read_bytes()
