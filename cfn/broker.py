@@ -564,6 +564,8 @@ class LocalKafka:
             # Group joins otherwise wait 3 s for more members: tests and `make run` want speed.
             "group.initial.rebalance.delay.ms": "0",
             "log.retention.hours": "168",
+            # The cleaner looks for compactable logs every second (Kafka's default: 15 s).
+            "log.cleaner.backoff.ms": "1000",
         }
         return "".join(f"{k}={v}\n" for k, v in lines.items())
 

@@ -216,3 +216,11 @@ def fold_versions(records: Iterable[Any]) -> dict[str, dict[str, Any]]:
         if known is None or incident["version"] > known["version"]:
             latest[incident["incident_id"]] = incident
     return latest
+
+
+def caught_up(bootstrap: str, group: str, names: dict[str, str], timeout: float = 120.0) -> None:
+    """Block until the worker group `group` has committed everything it consumes (cfn's raw
+    topic and its rate input) to the end offsets: all it will ever write for them is then
+    committed, so a read_committed reader sees every output, and any duplicate."""
+    for role in ("raw", "rate-input", "raw"):  # rate inputs come from raw; raw again is cheap
+        run(wait_caught_up(bootstrap, group, names[role], timeout))

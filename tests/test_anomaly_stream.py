@@ -15,7 +15,7 @@ from cfn.config import topic_names
 from cfn.processors.replay import output_roles
 from cfn.schemas import jsonio
 from cfn.topics import ensure_topics
-from tests.kafka_util import produce_with_headers, run
+from tests.kafka_util import caught_up, produce_with_headers, run
 from tests.payloads import alert, encode
 from tests.records_check import read_checked, wait_for_records
 from tests.services import shadow_replay, start_worker
@@ -84,7 +84,8 @@ def test_an_anomaly_survives_a_kill_mid_episode_and_replays_the_same(
         live = wait_for_records(
             kafka, names["anomalies"], "anomalies", lambda found: len(found) >= 2, 90
         )
-        time.sleep(2)  # anything more would be a duplicate: give it time to show
+        # Anything more would be a duplicate: read once the worker has committed every input.
+        caught_up(kafka, app_id, names)
         live = anomalies(kafka, names["anomalies"])
     finally:
         worker.stop()

@@ -15,7 +15,7 @@ import pytest
 
 from cfn.config import topic_names
 from cfn.topics import ensure_topics
-from tests.kafka_util import produce_with_headers, run
+from tests.kafka_util import caught_up, produce_with_headers, run
 from tests.payloads import alert, encode
 from tests.records_check import read_checked, wait_for_records
 from tests.services import shadow_replay, start_worker
@@ -128,7 +128,8 @@ def test_a_flap_episode_survives_a_kill_and_replays_the_same(
             if len(marked) >= CYCLES or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        time.sleep(2)  # anything more would be a duplicate: give it time to show
+        # Anything more would be a duplicate: read once the worker has committed every input.
+        caught_up(kafka, app_id, names)
         flaps = read(kafka, names["flaps"], "flaps")
         incidents = read(kafka, names["incidents"], "incidents")
     finally:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import TopicPartition
 
 from cfn import internals
 from cfn.topics import ensure_topics
+from tests.kafka_util import produce, read_to_end, run
 
 
 def test_created_topics_answer_offset_lookups_at_once(
@@ -70,3 +73,65 @@ def test_existing_topics_are_left_as_they_are(kafka: str, unique: Callable[[str]
     assert first == [old]
     assert second == [new]
     assert old_count == 3
+
+
+def test_incident_state_is_compacted_to_the_latest_record_of_each_incident(
+    kafka: str, unique: Callable[[str], str]
+) -> None:
+    """cfn.incident-state as cfn creates it, with the cleaner made eager (tiny segments, no
+    dirty ratio to wait for): after the cleaner has run, each incident has only its latest
+    record, and an incident whose last record is a tombstone has no value left."""
+    topic = unique("cfn.incident-state")
+
+    async def scenario() -> None:
+        await ensure_topics(kafka, [("incident-state", topic)], 1, 1)
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+        await admin.start()
+        try:
+            described = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic)]
+            )
+            entries = {name: value for name, value, *_ in described[0].resources[0][4]}
+            assert entries["cleanup.policy"] == "compact"  # cfn's own setting
+            await admin.alter_configs(
+                [
+                    ConfigResource(
+                        ConfigResourceType.TOPIC,
+                        topic,
+                        configs={
+                            "cleanup.policy": "compact",
+                            "segment.ms": "100",
+                            "min.cleanable.dirty.ratio": "0.001",
+                            "min.compaction.lag.ms": "0",
+                            "delete.retention.ms": "100",
+                        },
+                    )
+                ]
+            )
+        finally:
+            await admin.close()
+        # Three versions of "open", two of "resolved" then a tombstone, each batch in its own
+        # segment; the last record only rolls the segment before it (the active one is never
+        # cleaned).
+        for batch in (
+            [(b"open", b"v1"), (b"resolved", b"v1")],
+            [(b"open", b"v2"), (b"resolved", b"v2")],
+            [(b"open", b"v3"), (b"resolved", None)],
+            [(b"roll", b"x")],
+        ):
+            await produce(kafka, topic, batch)  # type: ignore[arg-type]
+            await asyncio.sleep(0.3)
+        await produce(kafka, topic, [(b"roll", b"y")])
+
+    run(scenario())
+    deadline = time.monotonic() + 90
+    while True:
+        records = run(read_to_end(kafka, topic))
+        by_key: dict[bytes, list[bytes | None]] = {}
+        for record in records:
+            by_key.setdefault(record.key, []).append(record.value)
+        compacted = by_key.get(b"open") == [b"v3"] and by_key.get(b"resolved", [None]) == [None]
+        if compacted:
+            break
+        assert time.monotonic() < deadline, f"not compacted in 90 s: {by_key}"
+        time.sleep(1.0)
