@@ -260,12 +260,15 @@ async def _attempt(work: Work, options: dict[str, Any], prefix: str, app_id: str
 
 @pytest.mark.broker
 @pytest.mark.parametrize("role", ["ingest", "worker", "provisioner"])
-def test_role_acls_are_sufficient_and_each_is_needed(
+def test_each_of_a_roles_acls_is_needed(
     role: str, secure_kafka: LocalKafka, unique: Callable[[str], str]
 ) -> None:
-    """The role's ACLs let a SCRAM user do the role's work; then, all at once, one mTLS
-    principal per ACL holds the role's list minus that one, each with its own app id (group,
-    transactions, changelogs), and every one of them must fail."""
+    """Each of the role's ACLs is needed: one mTLS principal per ACL holds the role's list minus
+    that one, each with its own app id (group, transactions, changelogs), and every one of them
+    fails at the role's Kafka operations, re-enacted here with the clients cfn uses (first shown
+    to succeed with the whole list). That the list is enough for cfn's own processes is
+    test_secure_stack's: `cfn ingest` and `cfn worker` run end to end with exactly these ACLs,
+    so an operation cfn starts to need fails that test."""
     token = unique("r")
     shared_prefix = f"{token}."
 
