@@ -33,11 +33,7 @@ that is new to this worker fences, reads the group's committed offsets, restores
 the changelogs (read_committed, to the last stable offset) and seeks, in that order. A task
 whose transaction fails is dropped whole (state included), with every task that shares the
 transaction, and the group is asked to rebalance: they come back through the same restore,
-never with half-applied in-memory state.
-
-Why not faust-streaming's exactly-once: measured here, faust-streaming 0.15.3 lost 14-34 % of
-the notifications across a SIGKILL and crashed a joining worker with ProducerFenced (see the
-README, "Exactly once"). The logic is unchanged and Faust-free either way (`pipeline.py`).
+never with half-applied in-memory state. docs/design.md, "Exactly once", says why.
 """
 
 from __future__ import annotations
@@ -69,10 +65,9 @@ log = logging.getLogger("cfn.worker")
 MAX_RECORDS = 2000  # per poll; bounds the work between two checks of the timers
 # How long the broker may hold the worker's fetch when it has nothing new for it (the client's
 # default is 500 ms). aiokafka keeps one fetch in flight per broker, for every partition it is
-# not still holding records of: raw and repartition alike. Measured with 8 bursts of 6 s at
-# 2,950 POST/s after 3 s idle (docs/reliability.md), the median burst's end-to-end p99 was
-# 775 and 1,081 ms at 500 ms, 418 ms at 100 ms, and 303 and 326 ms at 50 ms. When idle, it
-# costs the broker 20 empty fetches a second per worker.
+# not still holding records of, raw and repartition alike, so after an idle spell a burst's
+# first records wait for the held fetch (docs/design.md). Idle, it costs the broker 20 empty
+# fetches a second per worker.
 FETCH_MAX_WAIT_MS = 50
 COMMIT_TIMEOUT = 30.0  # seconds; under the per-partition producers' transaction timeout (60 s)
 # A shared producer's transaction timeout (CFN_TRANSACTIONS=worker), as Kafka Streams sets for
@@ -84,9 +79,8 @@ RESTORE_TIMEOUT = 600.0  # seconds for the changelogs of the partitions assigned
 ASSIGN_RETRY = 1.0  # seconds between two attempts to open newly assigned tasks
 # Producers started at once when tasks open. Each opens two connections to the broker (the
 # bootstrap and its node), and a broker's accept queue holds 50 (socket.listen.backlog.size):
-# 96 producers starting together overflowed it here (TcpExtListenOverflows), and the kernel
-# retries a dropped SYN after 1 s, which a start over 96 partitions then waited for. 24 at a
-# time started 96 in 0.13-0.17 s; all at once took 0.10-0.25 s, or over 1 s on an overflow.
+# 96 producers starting together can overflow it, and the kernel retries a dropped SYN only
+# after 1 s. 24 at a time stay under the queue and start 96 about as fast as all at once.
 PRODUCER_STARTS = 24
 METADATA_WAIT = 30.0  # seconds for new topics to reach every broker's metadata
 # The shared changelog's record saying that its partition holds everything the per-table
@@ -118,7 +112,7 @@ class ChangelogTable(dict[str, Any]):
     the changelog inside the partition's transaction (one record per key per commit, however
     often the key changed), and loads it back from the changelog on restore. Every table shares
     the app's one changelog topic, its records keyed `<name>:<key>` (`prefix` + key). Reads are
-    plain dict reads (a MutableMapping's Python-level `get` was ~4% of the worker's CPU); writes
+    plain dict reads, at C speed (the worker reads its tables several times per event); writes
     go through `__setitem__`/`__delitem__`, and the bulk writers that would bypass them refuse.
     """
 
@@ -200,12 +194,11 @@ class Txn:
     open: bool = False  # a transaction is open
     pending: list[asyncio.Future[Any]] = field(default_factory=list)  # submitted batches
     # Record batches being filled, one per output (topic, partition); submitted when full or
-    # at commit. Appending to aiokafka's BatchBuilder costs ~1.5 us a record, against ~20 us
-    # for producer.send(), which makes a future and metadata per record. They belong to the
-    # transaction, not to a task: aiokafka queues one batch per partition and a second waits
-    # until the first is sent, so tasks sharing a producer that each submitted their own batch
-    # for one partition (every task's rate inputs of an alert type) waited for a produce
-    # round trip apiece, in every commit round.
+    # at commit. Appending to aiokafka's BatchBuilder costs a fraction of producer.send(),
+    # which makes a future and metadata per record. They belong to the transaction, not to a
+    # task: aiokafka queues one batch per partition and a second waits until the first is sent,
+    # so tasks sharing a producer would each wait a produce round trip for their own batch of
+    # one partition (every task's rate inputs of an alert type), in every commit round.
     builders: dict[tuple[str, int], BatchBuilder] = field(default_factory=dict)
 
 
@@ -290,14 +283,14 @@ class Engine:
         starts = [self._consumer.start()]
         if s.transactions == "worker":
             self._probe = self._reader("read_uncommitted")
-            starts.append(self._probe.start())  # its start is ~1 s: not on the ready path
+            starts.append(self._probe.start())  # in parallel: its start is not on the ready path
         await asyncio.gather(*starts)
         internals.check_consumer(self._consumer)
         self.copartitioned = await self._copartitioned()
         self._legacy = await self._legacy_changelogs()
         if self._probe is not None:
             # Assigned (and paused: it never fetches) so that its client keeps the changelog's
-            # metadata; an ask for the offsets of a topic it does not track took ~0.6 s.
+            # metadata: an ask for the offsets of a topic it does not track fetches it first.
             changelogs = [TopicPartition(self.changelog, p) for p in range(s.partitions)]
             self._probe.assign(changelogs)
             self._probe.pause(*changelogs)
@@ -401,9 +394,9 @@ class Engine:
             enable_idempotence=True,
             compression_type=None if s.compression == "none" else s.compression,
             # The size of the batches the engine fills itself (see Txn.builders): a batch is
-            # submitted when full, and aiokafka holds one queued batch per partition, so small
-            # ones (its default is 16 KiB) made processing wait for a broker round trip every
-            # dozen events. Below the topics' max.message.bytes (1 MiB).
+            # submitted when full, and aiokafka holds one queued batch per partition, so with
+            # its default of 16 KiB processing would wait for a broker round trip every dozen
+            # events. Below the topics' max.message.bytes (1 MiB).
             max_batch_size=512 * 1024,
         )
         internals.check_transactional(producer)
@@ -837,10 +830,8 @@ class Engine:
         """Position the consumer at the group's committed offsets of the new tasks.
 
         A partition without any is left to the consumer, which finds none either and starts at
-        the beginning (auto_offset_reset="earliest"). An explicit seek_to_beginning waits for a
-        round of the fetcher, a 0.5 s long poll on empty partitions: one per partition made a
-        first start over 12 empty partitions take 12 s to ready, and one for all of them took
-        0.36 s over 96.
+        the beginning (auto_offset_reset="earliest"). An explicit seek_to_beginning would wait
+        for a round of the fetcher, a long poll on empty partitions, on a first start.
         """
         for tp, offset in committed.items():
             if offset >= 0:
