@@ -59,9 +59,10 @@ class WorkerSettings:
     # (the cost of a round is per partition, not per transaction: docs/design.md) and it
     # stretches visibility latency.
     max_transactions: float = 0.0
-    # Who writes the transactions (processors/engine.py): one producer per worker, fenced by the
-    # group generation (KIP-447, "worker"): one transaction per commit round however many
-    # partitions it owns; or one per partition, fenced by its transactional id ("partition").
+    # Who writes the transactions (processors/transactions.py): one producer per worker, fenced
+    # by the group generation (KIP-447, "worker"): one transaction per commit round however
+    # many partitions it owns; or one per partition, fenced by its transactional id
+    # ("partition").
     # "worker" is the default for its throughput and latency (docs/design.md, "Exactly once"),
     # as Kafka Streams' exactly_once_v2 is.
     transactions: str = TRANSACTIONS[0]

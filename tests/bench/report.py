@@ -713,7 +713,7 @@ def _memory_detail(memory: dict[str, Any] | None, pipeline: dict[str, Any] | Non
         f"RSS growth (VmRSS) of a fresh process filling {_num(memory['keys'])} keys into "
         "`Deduplicator` (store plus expiry index) and `Correlator` (one open incident per "
         "START: its compact state, which is also its timer-heap entry), in the worker's own "
-        "tables (`processors/engine.py` ChangelogTable, the incidents one with its changelog "
+        "tables (`processors/changelog.py` ChangelogTable, the incidents one with its changelog "
         "format) drained every 1,000 keys as commits do, every string and number a fresh "
         "object as parsing makes them. "
         f"Fill speed relative to the plain dict: dedup "
