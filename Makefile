@@ -55,7 +55,9 @@ test-faults: deps-test $(STAMP)
 bench-quick: deps-test $(STAMP)
 	$(BIN)/pytest -m bench
 
-## bench: same-run ratio benchmarks; writes tests/bench/results.json and docs/performance.md
+## bench: same-run ratio benchmarks; writes tests/bench/results.json, docs/performance.md and its
+## charts (docs/img/bench-*.svg); `python -m tests.bench.report --doc docs/performance.md`
+## writes the page again from results.json without running anything
 bench: deps-test $(STAMP)
 	$(BIN)/python -m tests.bench --doc docs/performance.md
 

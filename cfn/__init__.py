@@ -11,8 +11,10 @@ The rooms, and what may import what:
   key placement (`partition`), environment parsing (`config`), lock-free metrics
   (`fastmetrics`), Kafka reachability and client logs (`health`), the aiokafka and uvicorn
   internals cfn uses (`internals`), GC tuning (`runtime`).
-* The command line (`cli`), the local Kafka (`broker`), `cfn run` (`runner`) and `cfn send` /
-  `cfn tail` (`tools`), which start ingest and processors.
+* The command line (`cli`), the local Kafka (`broker`), `cfn run` (`runner`), the supervision
+  of both in the foreground (`supervisor`) and `cfn send` / `cfn tail` (`tools`), which start
+  ingest and processors.
 
-`cfn.ingest` and `cfn.processors` never import each other (tests/test_layout.py).
+`cfn.ingest` and `cfn.processors` never import each other, and no module imports itself back
+through others (tests/test_layout.py).
 """

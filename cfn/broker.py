@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cfn.acls import Acl
+from cfn.supervisor import StopFlag, supervise
 
 KAFKA_VERSION = "4.4.0"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -767,8 +768,6 @@ def run_broker(
     data_dir: Path, port: int, nodes: int, *, secure: bool = False, ssl_port: int | None = None
 ) -> int:
     """Foreground entry for `cfn broker`: start, print ready, stop on SIGINT/SIGTERM."""
-    from cfn.runner import StopFlag, supervise
-
     kafka = LocalKafka(data_dir=data_dir, port=port, nodes=nodes, secure=secure, ssl_port=ssl_port)
     stop = StopFlag()
     try:

@@ -104,12 +104,12 @@ class Env:
 # Producer compression codecs (Kafka's names); "none" sends batches uncompressed.
 COMPRESSIONS = ("lz4", "zstd", "snappy", "gzip", "none")
 
-# CFN_TRANSACTIONS, who writes the worker's transactions (processors/engine.py), the default
+# CFN_TRANSACTIONS, who writes the worker's transactions (processors/transactions.py), the default
 # first: one producer per worker (KIP-447), or one per partition.
 TRANSACTIONS = ("worker", "partition")
 
 
-# The worker's changelog-backed tables (processors/engine.py). They share one changelog topic,
+# The worker's changelog-backed tables (processors/changelog.py). They share one changelog topic,
 # each record keyed `<table>:<key>`.
 TABLES = ("dedup", "incidents", "rates", "state-retention", "anomalies", "flaps")
 
@@ -121,7 +121,7 @@ def changelog_topic(app_id: str) -> str:
 
 def legacy_changelog_topic(app_id: str, table: str) -> str:
     """A table's own changelog topic, as workers before the shared one wrote them: read once,
-    to migrate their state (processors/engine.py)."""
+    to migrate their state (processors/migration.py)."""
     return f"{app_id}-{table}-changelog"
 
 

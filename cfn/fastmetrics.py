@@ -19,10 +19,9 @@ from prometheus_client.utils import floatToGoString
 class FastHistogram(Collector):
     """An unlabelled histogram for one event loop: `observe` is a bisect and two additions.
 
-    prometheus-client's Histogram takes a lock and walks the buckets on every observation; three
-    of them per request were a measurable share of the ingest's CPU, two per event of the
-    worker's. Both observe and serve /metrics from one event loop, so no lock is needed; the
-    exposition is the same.
+    prometheus-client's Histogram takes a lock and walks the buckets on every observation, and
+    the ingest observes three per request, the worker two per event. Both observe and serve
+    /metrics from one event loop, so no lock is needed; the exposition is the same.
     """
 
     def __init__(

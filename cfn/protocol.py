@@ -1,6 +1,6 @@
 """The two Kafka requests of KIP-447 that aiokafka 0.14 lacks, in aiokafka's own protocol types.
 
-One transactional producer per worker (`CFN_TRANSACTIONS=worker`, see processors/engine.py) is
+One transactional producer per worker (`CFN_TRANSACTIONS=worker`, see processors/transactions.py) is
 only safe when a worker that lost its partitions can no longer commit for them. KIP-447 does
 that with the consumer group's generation instead of a transactional id per partition:
 

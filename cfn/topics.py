@@ -40,9 +40,9 @@ async def _visible(admin: AIOKafkaAdminClient, names: list[str], timeout: float)
     """Wait until every partition of the new topics answers its leader's ListOffsets.
 
     A client that asks sooner is told the topic does not exist, or, once the metadata names a
-    leader, that the leader is not the leader yet: aiokafka's consumer then logged an error and
-    retried its offset lookups with back-off. (Measured, the start took as long either way: the
-    broker creating the partitions is what takes the time.)
+    leader, that the leader is not the leader yet: aiokafka's consumer then logs an error and
+    retries its offset lookups with back-off. Waiting here costs no time: the broker creating
+    the partitions is what takes it.
     """
     deadline = asyncio.get_running_loop().time() + timeout
     waiting: list[str] = list(names)

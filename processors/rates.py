@@ -48,7 +48,7 @@ class RateCounter:
     The watermark is stored quantised to the gcd of the windows and the lateness: every
     decision compares it with window ends (+ lateness), all multiples of that gcd, so the
     quantised value decides exactly as the precise one and needs a write only once per step.
-    No Faust windowed table and no window-close callback: the mapping plus an explicit,
+    There is no windowed table and no window-close callback: the mapping plus an explicit,
     rebuildable heap of window ends is all the state.
 
     With `final_window` set, the final count of every (account_id, alert_type) window of that

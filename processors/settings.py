@@ -55,14 +55,16 @@ class WorkerSettings:
     replication: int = 1
     commit_interval: float = 0.1
     # When set (> 0), commit rounds are spaced so that they write at most this many
-    # transactions a second. Off by default: measured over 96 partitions it did not raise
-    # throughput (make bench, partitions section) and it stretches visibility latency.
+    # transactions a second. Off by default: it does not raise throughput over many partitions
+    # (the cost of a round is per partition, not per transaction: docs/design.md) and it
+    # stretches visibility latency.
     max_transactions: float = 0.0
-    # Who writes the transactions (processors/engine.py): one producer per worker, fenced by the
-    # group generation (KIP-447, "worker"): one transaction per commit round however many
-    # partitions it owns; or one per partition, fenced by its transactional id ("partition").
-    # Measured here "worker" is ahead in events/s at 12 and 96 partitions and in latency
-    # (docs/performance.md), as Kafka Streams moved to it with exactly_once_v2.
+    # Who writes the transactions (processors/transactions.py): one producer per worker, fenced
+    # by the group generation (KIP-447, "worker"): one transaction per commit round however
+    # many partitions it owns; or one per partition, fenced by its transactional id
+    # ("partition").
+    # "worker" is the default for its throughput and latency (docs/design.md, "Exactly once"),
+    # as Kafka Streams' exactly_once_v2 is.
     transactions: str = TRANSACTIONS[0]
     # The worker's part of its transactional id in "worker" mode: unique among live workers.
     # Empty: `cfn worker` keeps one per slot of `state_dir` (processors/identity.py), so that a
@@ -87,8 +89,8 @@ class WorkerSettings:
     dlq_alarm_sample: int = 1000
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
-    # zstd: measured here ~3.5x faster than aiokafka's lz4 (which compresses at level 9, LZ4 HC)
-    # with a better ratio; every Kafka client since 2.1 reads it.
+    # zstd, not lz4: aiokafka's lz4 compresses at level 9 (LZ4 HC), which is slower than zstd's
+    # default level and compresses less; every Kafka client since 2.1 reads zstd.
     compression: str = "zstd"
     security: KafkaSecurity = PLAINTEXT
 

@@ -1,4 +1,4 @@
-"""processors.engine.ChangelogTable: what a commit writes, a restore loads, a move drops."""
+"""processors.changelog.ChangelogTable: what a commit writes, a restore loads, a move drops."""
 
 from __future__ import annotations
 

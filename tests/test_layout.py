@@ -58,3 +58,32 @@ def test_imports_stay_in_their_rooms(module: str, path: Path) -> None:
             n for n in imported if n.startswith("cfn.") and not n.startswith("cfn.schemas")
         )
         assert not others, f"{module}: schemas imports nothing else of cfn's, not {others}"
+
+
+def test_no_module_imports_itself_back() -> None:
+    """The modules' imports, those inside functions included, form no cycle: a lazy import must
+    not hide one (cfn.broker and cfn.runner once imported each other)."""
+    modules = dict(_modules())
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        graph[module] = set()
+        for name in _imports(path):
+            # `from cfn.x import y` names cfn.x and cfn.x.y: the module is whichever exists.
+            for candidate in (name, name.rpartition(".")[0]):
+                if candidate in modules and candidate != module:
+                    graph[module].add(candidate)
+                    break
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycle = [*path[path.index(module) :], module]
+            raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
+        if module in done:
+            return
+        for imported in sorted(graph[module]):
+            visit(imported, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])

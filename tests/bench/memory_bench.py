@@ -2,7 +2,7 @@
 
 Each kind runs in a fresh subprocess (tests/bench/memory_probe.py) so that one's arenas do not
 hide another's growth. dedup and correlate fill the worker's own ChangelogTables
-(processors/engine.py), drained as commits do; the plain dict is the baseline.
+(processors/changelog.py), drained as commits do; the plain dict is the baseline.
 """
 
 from __future__ import annotations
