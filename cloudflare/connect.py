@@ -149,7 +149,7 @@ async def _switch_secret(
     report.add(f"destination {name} ({hook_id}) -> {url}: {verb} with the new secret", True)
     if hook is not None:  # 4: a delivery since the update (or the test POST) used the new one
         report.add(await _confirm(client, hook_id, started, timing), False)
-    if old:
+    if old and hook is not None:  # a new destination replaced no secret: the others stay
         await timing.sleep(timing.settle)  # deliveries made with the old secret finish
         secrets.set_secrets(tenant, [secret])  # 5: the old one(s) retired
         report.add(f"secrets file: {len(old)} old secret(s) of tenant {tenant!r} retired", True)
