@@ -24,7 +24,7 @@ from cfn.schemas import jsonio
 from tests.cloudflare_contract import query_errors, request_errors, response_errors
 from tests.services import free_port
 
-BODY = web.RequestKey("body", Any)
+BODY = web.RequestKey("body", dict[str, Any])
 PREFIX = "/client/v4/accounts/{account_id}/alerting/v3"
 TEST_TEXT = (
     "Hello World! This is a test message sent from https://cloudflare.com. If you are seeing "
@@ -180,7 +180,7 @@ class FakeCloudflare:
             answer = _failure(403, 10000, "Authentication error")
             headers = {}
         else:
-            request[BODY] = body
+            request[BODY] = body if isinstance(body, dict) else {}
             response = await handler(request)
             assert isinstance(response, web.Response) and response.body is not None
             answer = (response.status, jsonio.loads(response.body))  # type: ignore[arg-type]  # bytes here
@@ -244,8 +244,9 @@ class FakeCloudflare:
         return _ok(list(self._of(request).policies.values()))
 
     async def _create_policy(self, request: web.Request) -> web.Response:
+        body: dict[str, Any] = request[BODY]
         policy = {
-            **request[BODY],
+            **body,
             "id": str(uuid.uuid4()),
             "created": now_text(),
             "modified": now_text(),
@@ -258,7 +259,8 @@ class FakeCloudflare:
         policy_id = request.match_info["policy_id"]
         if policy_id not in policies:
             return _fail(404, 17002, "policy not found")
-        policies[policy_id] = {**policies[policy_id], **request[BODY], "modified": now_text()}
+        body: dict[str, Any] = request[BODY]
+        policies[policy_id] = {**policies[policy_id], **body, "modified": now_text()}
         return _ok({"id": policy_id})
 
     async def _history(self, request: web.Request) -> web.Response:
