@@ -7,6 +7,9 @@ The rooms, and what may import what:
 * `cfn.ingest` (folder ingest/): the HTTP intake. Imports schemas and the plumbing below.
 * `cfn.processors` (folder processors/): the worker engine, its changelog tables and the pure
   logic (dedup, correlate, rates, pipeline, replay). Imports schemas and the plumbing below.
+* `cfn.cloudflare` (folder cloudflare/): Cloudflare's account API: connect, rotate, delivery
+  health, reconcile with the Notification History. Imports schemas, the plumbing below and the
+  ingest's secrets-file parser (`cfn.ingest.auth`).
 * The plumbing, in this package itself: Kafka client settings and topic creation (`topics`),
   key placement (`partition`), environment parsing (`config`), lock-free metrics
   (`fastmetrics`), Kafka reachability and client logs (`health`), the aiokafka and uvicorn

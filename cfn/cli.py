@@ -110,6 +110,12 @@ def _tail(args: argparse.Namespace) -> int:
     )
 
 
+def _cloudflare(args: argparse.Namespace) -> int:
+    from cfn.cloudflare.commands import run as run_cloudflare
+
+    return run_cloudflare(args)
+
+
 def _catalog(args: argparse.Namespace) -> int:
     from cfn.schemas.catalog import describe, describe_all, lookup
 
@@ -246,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     tail_cmd.add_argument("--prefix", help="default: CFN_TOPIC_PREFIX")
     tail_cmd.set_defaults(func=_tail)
 
+    _cloudflare_parsers(sub)
+
     catalog = sub.add_parser("catalog", help="what an alert type is and what to do about it")
     catalog.add_argument("alert_type", nargs="?")
     catalog.set_defaults(func=_catalog)
@@ -253,6 +261,48 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = sub.add_parser("fetch-kafka", help="download the Kafka broker jars into the cache")
     fetch.set_defaults(func=_fetch_kafka)
     return parser
+
+
+def _cloudflare_parsers(sub: Any) -> None:
+    """`cfn cloudflare connect|rotate|status|reconcile` and `cfn reconcile` (cfn.cloudflare)."""
+    from cfn.cloudflare.commands import add_common_arguments, add_reconcile_arguments
+
+    cloudflare = sub.add_parser(
+        "cloudflare", help="connect tenants' Cloudflare accounts, rotate secrets, delivery health"
+    )
+    actions = cloudflare.add_subparsers(dest="action", required=True, metavar="ACTION")
+    connect = actions.add_parser(
+        "connect", help="create or update the tenant's webhook destination and policies"
+    )
+    connect.add_argument("--tenant", required=True)
+    connect.add_argument("--url", required=True, help="the ingest's public webhook URL")
+    connect.add_argument("--alert-types", help="comma-separated: one policy per alert type")
+    rotate = actions.add_parser("rotate", help="give the tenant's destination a fresh secret")
+    rotate.add_argument("--tenant", required=True)
+    for parser in (connect, rotate):
+        parser.add_argument(
+            "--settle",
+            default="3s",
+            help="wait after writing the secrets file, for every ingest to reload (default 3s)",
+        )
+        parser.add_argument(
+            "--confirm-timeout",
+            default="60s",
+            help="rotate: wait this long for a delivery with the new secret (default 60s)",
+        )
+    status = actions.add_parser("status", help="each tenant's destination: last success, failure")
+    status.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
+    reconcile = actions.add_parser("reconcile", help="the same as `cfn reconcile`")
+    add_reconcile_arguments(reconcile)
+    for parser in (connect, rotate, status, reconcile):
+        add_common_arguments(parser)
+        parser.set_defaults(func=_cloudflare)
+    top = sub.add_parser(
+        "reconcile", help="Cloudflare's Notification History against cfn.raw: report, --backfill"
+    )
+    add_reconcile_arguments(top)
+    add_common_arguments(top)
+    top.set_defaults(func=_cloudflare)
 
 
 # Commands that set up their own logging: the ingest configures it in its server module (for

@@ -32,6 +32,7 @@ from cfn.ingest.openapi import openapi_document
 from cfn.ingest.settings import IngestSettings
 from cfn.ingest.sink import KafkaSink, Outcome, SendResult
 from cfn.ingest.tls import CertificateError, reload_certificate
+from cfn.ingest.watch import watch
 from cfn.schemas import jsonio
 from cfn.schemas.keys import incident_key
 from cfn.schemas.records import DlqRecord
@@ -571,6 +572,10 @@ class IngestApp:
                     return
                 self._tasks.append(asyncio.create_task(self._connect_loop()))
                 self._tasks.append(asyncio.create_task(self._sweep_loop()))
+                if self.settings.secrets_file is not None and self.secrets is not None:
+                    # Rewrites by `cfn cloudflare` and Kubernetes' Secret updates send no SIGHUP.
+                    watching = watch(self.settings.secrets_file, self.reload_secrets)
+                    self._tasks.append(asyncio.create_task(watching))
                 self._install_sighup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":

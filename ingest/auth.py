@@ -1,8 +1,9 @@
 """Webhook secrets: which tenant a `cf-webhook-auth` value belongs to, reloadable on SIGHUP.
 
-The secrets file also carries each tenant's limits (ingest.fairness): a tenant's value is its
-secret, a list of secrets, or an object {"secrets": [...], "max_inflight": N, "rate": R,
-"burst": B} whose limits are all optional.
+The secrets file also carries each tenant's limits (ingest.fairness) and its Cloudflare account
+(cfn.cloudflare): a tenant's value is its secret, a list of secrets, or an object
+{"secrets": [...], "max_inflight": N, "rate": R, "burst": B, "cloudflare": {"account_id": "...",
+"api_token_file": "..."}} whose other fields are all optional.
 """
 
 from __future__ import annotations
@@ -27,6 +28,40 @@ class SecretsError(ValueError):
     """The secrets configuration is unusable; the message never contains a secret."""
 
 
+@dataclass(frozen=True, slots=True)
+class CloudflareAccount:
+    """A tenant's Cloudflare account, as its entry in the secrets file names it.
+
+    The API token stays in its own file and is read each time it is used (`token`), so a
+    rotated token needs no reload and no object of cfn ever holds it: not a repr, not a log
+    line, not an exception message.
+
+    Attributes:
+        account_id: the Cloudflare account id (32 hex digits in practice; not checked).
+        api_token_file: the file holding the API token (surrounding whitespace is ignored).
+    """
+
+    account_id: str
+    api_token_file: Path
+
+    def token(self) -> str:
+        """The API token, read from `api_token_file` now.
+
+        Raises:
+            SecretsError: the file is unreadable or empty (the message names the file only).
+        """
+        try:
+            token = self.api_token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise SecretsError(
+                f"the Cloudflare API token file {self.api_token_file}: {reason}"
+            ) from None
+        if not token:
+            raise SecretsError(f"the Cloudflare API token file {self.api_token_file} is empty")
+        return token
+
+
 def _digest(secret: bytes) -> bytes:
     return hashlib.sha256(secret).digest()
 
@@ -42,10 +77,12 @@ class SecretIndex:
     Attributes:
         by_digest: sha256(secret) -> tenant.
         limits: every tenant's limits as configured (unset fields: the defaults).
+        cloudflare: the tenants whose entry names a Cloudflare account, and that account.
     """
 
     by_digest: Mapping[bytes, str]
     limits: Mapping[str, TenantLimits] = field(default_factory=dict)
+    cloudflare: Mapping[str, CloudflareAccount] = field(default_factory=dict)
 
     @property
     def tenants(self) -> frozenset[str]:
@@ -58,7 +95,8 @@ class SecretIndex:
     @classmethod
     def from_mapping(cls, tenants: Mapping[str, object], min_bytes: int = 1) -> SecretIndex:
         """Build from {tenant: [secret, ...]}; a single string is a one-item list, and an object
-        {"secrets": ..., "max_inflight": N, "rate": R, "burst": B} adds the tenant's limits.
+        {"secrets": ..., "max_inflight": N, "rate": R, "burst": B, "cloudflare": {...}} adds the
+        tenant's limits and its Cloudflare account.
 
         Raises:
             SecretsError: a tenant has no secrets, a secret is empty, two tenants share one, or
@@ -66,9 +104,12 @@ class SecretIndex:
         """
         by_digest: dict[bytes, str] = {}
         limits: dict[str, TenantLimits] = {}
+        accounts: dict[str, CloudflareAccount] = {}
         short: str | None = None  # the first secret too short (told after malformed limits)
         for tenant, value in tenants.items():
-            secrets, limits[tenant] = _split(tenant, value)
+            secrets, limits[tenant], account = _split(tenant, value)
+            if account is not None:
+                accounts[tenant] = account
             items = [secrets] if isinstance(secrets, str) else secrets
             if not isinstance(items, list) or not items:
                 raise SecretsError(f"tenant {tenant!r}: expected a non-empty list of secrets")
@@ -94,7 +135,7 @@ class SecretIndex:
                 by_digest[digest] = tenant
         if short is not None:
             raise SecretsError(short)
-        return cls(by_digest, limits)
+        return cls(by_digest, limits, accounts)
 
     @classmethod
     def load(cls, secret: str | None, secrets_file: Path | None) -> SecretIndex:
@@ -138,15 +179,17 @@ class SecretIndex:
 
 
 _LIMIT_FIELDS = ("max_inflight", "rate", "burst")
+_FIELDS = ("secrets", *_LIMIT_FIELDS, "cloudflare")
+_CLOUDFLARE_FIELDS = ("account_id", "api_token_file")
 
 
-def _split(tenant: str, value: object) -> tuple[object, TenantLimits]:
-    """(the secrets as given, the limits) of one tenant's value in the file."""
+def _split(tenant: str, value: object) -> tuple[object, TenantLimits, CloudflareAccount | None]:
+    """(the secrets as given, the limits, the Cloudflare account) of one tenant's value."""
     if not isinstance(value, dict):
-        return value, TenantLimits()
+        return value, TenantLimits(), None
     for key in value:
-        if key != "secrets" and key not in _LIMIT_FIELDS:
-            raise SecretsError(f"tenant {tenant!r}: {_unknown(str(key))}")
+        if key not in _FIELDS:
+            raise SecretsError(f"tenant {tenant!r}: {_unknown(str(key), _FIELDS)}")
     if "secrets" not in value:
         raise SecretsError(f'tenant {tenant!r}: the object has no "secrets"')
     max_inflight = _whole(tenant, "max_inflight", value.get("max_inflight"))
@@ -161,9 +204,31 @@ def _split(tenant: str, value: object) -> tuple[object, TenantLimits]:
         )
     if burst is not None and not rate:
         raise SecretsError(f"tenant {tenant!r}: 'burst' needs a 'rate' above 0 beside it")
-    return value["secrets"], TenantLimits(
-        max_inflight, None if rate is None else float(rate), burst
-    )
+    limits = TenantLimits(max_inflight, None if rate is None else float(rate), burst)
+    return value["secrets"], limits, _account(tenant, value.get("cloudflare"))
+
+
+def _account(tenant: str, value: object) -> CloudflareAccount | None:
+    """The tenant's "cloudflare" object, checked: both fields non-empty strings, no others."""
+    if value is None:
+        return None
+    where = f"tenant {tenant!r}: 'cloudflare'"
+    if not isinstance(value, dict):
+        raise SecretsError(
+            f'{where} must be an object {{"account_id": ..., "api_token_file": ...}}, '
+            f"got {_kind(value)}"
+        )
+    for key in value:
+        if key not in _CLOUDFLARE_FIELDS:
+            # The token itself pasted here is the likely mistake: its name is never shown.
+            raise SecretsError(f"{where}: {_unknown(str(key), _CLOUDFLARE_FIELDS)}")
+    fields: dict[str, str] = {}
+    for key in _CLOUDFLARE_FIELDS:
+        item = value.get(key)
+        if not isinstance(item, str) or not item.strip():
+            raise SecretsError(f"{where}: {key!r} must be a non-empty string, got {_kind(item)}")
+        fields[key] = item.strip()
+    return CloudflareAccount(fields["account_id"], Path(fields["api_token_file"]))
 
 
 def _whole(tenant: str, name: str, value: object) -> int | None:
@@ -176,11 +241,11 @@ def _whole(tenant: str, name: str, value: object) -> int | None:
     return value
 
 
-def _unknown(key: str) -> str:
+def _unknown(key: str, known: tuple[str, ...]) -> str:
     """An unknown field, named only when it is a near miss of a real one: any other key might
     be a secret pasted in the wrong place."""
-    close = difflib.get_close_matches(key, ["secrets", *_LIMIT_FIELDS], n=1, cutoff=0.75)
-    fields = "'secrets', 'max_inflight', 'rate', 'burst'"
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
+    fields = ", ".join(repr(name) for name in known)
     if close:
         return f"unknown field {key!r} (did you mean {close[0]!r}?); the fields are {fields}"
     return f"an unknown field (its name is not shown); the fields are {fields}"

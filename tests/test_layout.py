@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("ingest", "processors", "schemas")
+FOLDERS = ("ingest", "processors", "schemas", "cloudflare")
 # package -> the cfn packages it must never import
 FORBIDDEN = {
     "cfn.schemas": ("cfn.ingest", "cfn.processors", "cfn.cli", "cfn.runner", "cfn.broker"),
-    "cfn.ingest": ("cfn.processors", "cfn.cli", "cfn.runner", "cfn.tools"),
-    "cfn.processors": ("cfn.ingest", "cfn.cli", "cfn.runner", "cfn.tools"),
+    "cfn.ingest": ("cfn.processors", "cfn.cli", "cfn.runner", "cfn.tools", "cfn.cloudflare"),
+    "cfn.processors": ("cfn.ingest", "cfn.cli", "cfn.runner", "cfn.tools", "cfn.cloudflare"),
+    # It reads the ingest's secrets file with the ingest's own parser (cfn.ingest.auth).
+    "cfn.cloudflare": ("cfn.processors", "cfn.cli", "cfn.runner", "cfn.tools"),
 }
 
 

@@ -1,0 +1,1 @@
+"""cfn's side of Cloudflare's account API: connect, rotate, delivery health, reconcile."""
