@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint fmt unit test-faults bench clean deps-run deps-test
+.PHONY: run test lint fmt unit test-faults nemesis bench clean deps-run deps-test deps-nemesis
 
 # System packages (Java, Maven, python3-venv; for tests also Prometheus, wrk, Go and Node):
 # installed when missing, by the same script .ci/run calls (tools/install-deps says what it
@@ -14,6 +14,9 @@ deps-run:
 
 deps-test:
 	@PYTHON=$(PYTHON) tools/install-deps test
+
+deps-nemesis:
+	@PYTHON=$(PYTHON) tools/install-deps nemesis
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +50,14 @@ unit: $(STAMP)
 ## test-faults: broker loss, worker crash, Kafka down, flood, hostile input
 test-faults: deps-test $(STAMP)
 	$(BIN)/pytest -m faults
+
+## nemesis: seeded schedules of faults (network through Toxiproxy, brokers, processes) against
+## a 3-node cluster, two ingests and three workers, then a checker over every topic
+SEED ?=
+RUNS ?= 1
+DURATION ?= 180
+nemesis: deps-nemesis $(STAMP)
+	$(BIN)/python -m tests.nemesis --runs $(RUNS) --duration $(DURATION) $(if $(SEED),--seed $(SEED))
 
 ## bench: same-run ratio benchmarks; writes tests/bench/results.json and docs/performance.md
 bench: deps-test $(STAMP)
