@@ -128,7 +128,7 @@ async def run(sends: list[Send], secrets: dict[str, str], ports: list[int]) -> l
                     if 200 <= status < 300:
                         request_id = jsonio.loads(data).get("id")
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                error = type(exc).__name__
+                error = f"{type(exc).__name__}: {exc}"[:200]
             answers.append(
                 Answer(item, number, ingest, send.tenant, send.body, status, request_id,
                        retry_after, sent, time.time(), error)

@@ -97,7 +97,7 @@ class Toxiproxy:
         """Every proxy enabled, every toxic removed."""
         self._call("POST", "/reset")
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
         conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=10)
         try:
             data = None if body is None else jsonio.dumps(body)
@@ -108,4 +108,4 @@ class Toxiproxy:
             conn.close()
         if resp.status >= 300:
             raise ToxiproxyError(f"{method} {path}: {resp.status} {text[:200]!r}")
-        return jsonio.loads(text) if text.strip() else None
+        return text
