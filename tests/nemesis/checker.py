@@ -41,6 +41,7 @@ class History:
         ready: (process name, wall time, /readyz status, 0 for no answer) samples.
         outages: (start, end) wall times when every client link to Kafka was cut.
         final_ready: each process's /readyz status once healed and settled.
+        unsettled: why the workers did not commit every input topic to its end once healed.
     """
 
     answers: list[dict[str, Any]]
@@ -53,6 +54,7 @@ class History:
     ready: list[tuple[str, float, int]] = field(default_factory=list)
     outages: list[tuple[float, float]] = field(default_factory=list)
     final_ready: dict[str, int] = field(default_factory=dict)
+    unsettled: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -231,8 +233,10 @@ def check_rates(history: History) -> list[Violation]:
 
 
 def check_processes(history: History) -> list[Violation]:
-    """No exit the nemesis did not cause; every /readyz truthful."""
+    """No exit the nemesis did not cause; every /readyz truthful; caught up once healed."""
     out: list[Violation] = []
+    if history.unsettled:
+        out.append(Violation("settles", "inputs not processed once healed", history.unsettled))
     if history.exits:
         out.append(
             Violation("no_manual_restart", f"{len(history.exits)} unplanned exits", history.exits)

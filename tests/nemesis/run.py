@@ -391,14 +391,15 @@ def run_once(seed: int, duration: float, folder: Path) -> Outcome:
         heal(cluster, proxy, cast)
         healed = time.time()
         final_ready = wait_ready_all(cast, 120)
-        run(
-            wait_caught_up(cluster.direct_bootstrap, app_id, f"{prefix}raw", timeout=SETTLE_TIMEOUT)
-        )
-        run(
-            wait_caught_up(
-                cluster.direct_bootstrap, app_id, f"{prefix}rate-input", timeout=SETTLE_TIMEOUT
-            )
-        )
+        unsettled = []
+        for topic in ("raw", "rate-input"):
+            try:
+                caught_up = wait_caught_up(
+                    cluster.direct_bootstrap, app_id, f"{prefix}{topic}", SETTLE_TIMEOUT
+                )
+                run(caught_up)
+            except AssertionError as exc:  # a liveness violation: checked with the rest
+                unsettled.append(f"{time.time() - healed:.0f}s after healing: {exc}")
         settled = time.time()
         sampler.stop()
         cast.stop_watching()
@@ -407,6 +408,7 @@ def run_once(seed: int, duration: float, folder: Path) -> Outcome:
         history.ready = sampler.samples
         history.outages = nemesis.outages()
         history.final_ready = final_ready
+        history.unsettled = unsettled
     finally:
         if load is not None and load.poll() is None:
             load.kill()
