@@ -67,7 +67,8 @@ class Cast:
 
     def stop_watching(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def take_down(self, name: str, signum: int) -> None:
         member = self.members[name]
@@ -123,7 +124,8 @@ class ReadySampler:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
@@ -412,6 +414,9 @@ def run_once(seed: int, duration: float, folder: Path) -> Outcome:
     finally:
         if load is not None and load.poll() is None:
             load.kill()
+        # First the supervisor, or it would start again what is being stopped.
+        cast.stop_watching()
+        sampler.stop()
         for name, member in cast.members.items():
             cast.signal(name, signal.SIGCONT)
             member.process.stop(timeout=15)
