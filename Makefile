@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint fmt unit test-faults bench bench-quick clean deps-run deps-test
+.PHONY: run test lint fmt unit test-faults nemesis bench bench-quick clean deps-run deps-test deps-nemesis
 
 # System packages (Java, Maven, python3-venv; for tests also Prometheus, wrk, Go and Node):
 # installed when missing, by the same script .ci/run calls (tools/install-deps says what it
@@ -17,6 +17,9 @@ deps-run:
 
 deps-test:
 	@PYTHON=$(PYTHON) tools/install-deps test
+
+deps-nemesis:
+	@PYTHON=$(PYTHON) tools/install-deps nemesis
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +57,14 @@ test-faults: deps-test $(STAMP)
 ## bench-quick: the bench harness's cheapest sections at tiny sizes (that it still measures)
 bench-quick: deps-test $(STAMP)
 	$(BIN)/pytest -m bench
+
+## nemesis: seeded schedules of faults (network through Toxiproxy, brokers, processes) against
+## a 3-node cluster, two ingests and three workers, then a checker over every topic
+SEED ?=
+RUNS ?= 1
+DURATION ?= 180
+nemesis: deps-nemesis $(STAMP)
+	$(BIN)/python -m tests.nemesis --runs $(RUNS) --duration $(DURATION) $(if $(SEED),--seed $(SEED))
 
 ## bench: same-run ratio benchmarks; writes tests/bench/results.json, docs/performance.md and its
 ## charts (docs/img/bench-*.svg); `python -m tests.bench.report --doc docs/performance.md`

@@ -200,6 +200,8 @@ class Node:
     process: subprocess.Popen[bytes] | None = None
     ssl_port: int | None = None  # the mTLS listener of a secure cluster
     plaintext_port: int | None = None  # an open listener beside them (the bench's baseline)
+    proxy_port: int | None = None  # where clients are told to connect (a fault proxy's port)
+    internal_port: int | None = None  # the brokers' own listener when clients go by proxy
 
     @property
     def log_file(self) -> Path:
@@ -222,6 +224,11 @@ class LocalKafka:
     `plaintext_port` (secure only) adds an unauthenticated PLAINTEXT listener whose anonymous
     clients are super users: `make bench` compares SASL_SSL with PLAINTEXT on one broker. Never
     for anything but measurements on loopback.
+
+    `proxy_port` (plaintext only) advertises node i's client listener at proxy_port + i - 1, a
+    fault proxy that forwards to `port` + i - 1 (tests/nemesis), while brokers and controllers
+    talk directly: an INTERNAL listener on `internal_port` + i - 1 (default port + 30000) is the
+    inter-broker one. `bootstrap` is then the proxies', `direct_bootstrap` the INTERNAL one.
     """
 
     data_dir: Path
@@ -233,11 +240,16 @@ class LocalKafka:
     ssl_port: int | None = None
     users: tuple[str, ...] = ()
     plaintext_port: int | None = None
+    proxy_port: int | None = None
+    internal_port: int | None = None
     members: list[Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         cport = self.controller_port or self.port + 10000
         sport = self.ssl_port or self.port + 20000
+        iport = self.internal_port or self.port + 30000
+        if self.secure and self.proxy_port is not None:
+            raise BrokerError("proxy_port is for a plaintext cluster only")
         self.members = [
             Node(
                 i + 1,
@@ -250,14 +262,23 @@ class LocalKafka:
                     if self.secure and self.plaintext_port is not None
                     else None
                 ),
+                proxy_port=None if self.proxy_port is None else self.proxy_port + i,
+                internal_port=None if self.proxy_port is None else iport + i,
             )
             for i in range(self.nodes)
         ]
 
     @property
     def bootstrap(self) -> str:
-        """The clients' bootstrap: PLAINTEXT, or SASL_SSL (SCRAM-SHA-512) when secure."""
-        return ",".join(f"127.0.0.1:{n.port}" for n in self.members)
+        """The clients' bootstrap: PLAINTEXT (through the proxies when `proxy_port` is set), or
+        SASL_SSL (SCRAM-SHA-512) when secure."""
+        return ",".join(f"127.0.0.1:{n.proxy_port or n.port}" for n in self.members)
+
+    @property
+    def direct_bootstrap(self) -> str:
+        """A bootstrap that never goes through the proxies (the INTERNAL listener when there
+        are proxies; else `bootstrap`): for the harness that injects faults and checks."""
+        return ",".join(f"127.0.0.1:{n.internal_port or n.port}" for n in self.members)
 
     @property
     def plaintext_bootstrap(self) -> str:
@@ -551,6 +572,7 @@ class LocalKafka:
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             **(self._secure_properties(node) if self.secure else {}),
+            **(self._proxied_properties(node) if node.proxy_port is not None else {}),
             "log.dirs": str(node.data_dir / "logs"),
             # Topics are created on purpose by cfn, with the partition count it needs.
             "auto.create.topics.enable": "false",
@@ -569,6 +591,20 @@ class LocalKafka:
             "log.cleaner.backoff.ms": "1000",
         }
         return "".join(f"{k}={v}\n" for k, v in lines.items())
+
+    @staticmethod
+    def _proxied_properties(node: Node) -> dict[str, str]:
+        """Clients are sent to the proxy; brokers and controllers use INTERNAL, directly."""
+        internal = f"INTERNAL://127.0.0.1:{node.internal_port}"
+        return {
+            "listeners": f"PLAINTEXT://127.0.0.1:{node.port},{internal},"
+            f"CONTROLLER://127.0.0.1:{node.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.proxy_port},{internal}",
+            "inter.broker.listener.name": "INTERNAL",
+            "listener.security.protocol.map": (
+                "PLAINTEXT:PLAINTEXT,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT"
+            ),
+        }
 
     def _java(self, libs: Path, main: str, *args: str, gc_log: Path | None = None) -> list[str]:
         # Kafka's own start script logs GC too: a pause there stalls every client at once.
@@ -668,7 +704,7 @@ class LocalKafka:
                     )
             try:
                 options = self.client_options() if self.secure else {}
-                seen = asyncio.run(_count_brokers(self.bootstrap, options))
+                seen = asyncio.run(_count_brokers(self.direct_bootstrap, options))
                 if seen >= want:
                     return
                 last = f"{seen}/{want} brokers registered"

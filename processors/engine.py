@@ -261,6 +261,9 @@ class Engine:
         fresh = [record for record in records if record.offset >= after]
         if not fresh:
             return
+        if raw and 0 <= after < fresh[0].offset:  # cfn.raw has no markers: a jump is a deletion
+            self.pipeline.metrics.raw_skipped.labels(str(tp.partition)).inc(fresh[0].offset - after)
+            log.error("%s %d: offsets %d..%d deleted unread: lost", *tp, after, fresh[0].offset - 1)
         await self._begin(task)
         pipeline = self.pipeline
         for record in fresh:

@@ -60,6 +60,7 @@ class WorkerMetrics:
     task_failures: Counter
     restore_duration: Histogram
     build_info: Gauge
+    raw_skipped: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> WorkerMetrics:
@@ -199,4 +200,11 @@ class WorkerMetrics:
             ),
             # cfn_build_info{version}: 1, the version this worker runs.
             build_info=register_build_info(registry),
+            # cfn.raw records deleted (retention) before this worker read them: lost for good.
+            raw_skipped=Counter(
+                "cfn_raw_records_skipped",
+                "cfn.raw records deleted before they were processed, by partition.",
+                ["partition"],
+                registry=registry,
+            ),
         )

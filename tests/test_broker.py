@@ -75,3 +75,18 @@ def test_missing_java_is_a_clear_message_not_a_traceback(tmp_path: Path) -> None
     assert result.returncode == 2
     assert "`java` was not found on PATH" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_proxied_clients_are_sent_to_the_proxy_and_brokers_talk_directly(tmp_path: Path) -> None:
+    """`proxy_port` (the nemesis's Toxiproxy): only the client listener is advertised there."""
+    kafka = LocalKafka(tmp_path, port=20000, nodes=3, proxy_port=21000, internal_port=22000)
+    assert kafka.bootstrap == "127.0.0.1:21000,127.0.0.1:21001,127.0.0.1:21002"
+    assert kafka.direct_bootstrap == "127.0.0.1:22000,127.0.0.1:22001,127.0.0.1:22002"
+    props = dict(line.split("=", 1) for line in kafka._properties(kafka.members[1]).splitlines())
+    assert props["listeners"].startswith("PLAINTEXT://127.0.0.1:20001,INTERNAL://127.0.0.1:22001")
+    assert props["advertised.listeners"] == (
+        "PLAINTEXT://127.0.0.1:21001,INTERNAL://127.0.0.1:22001"
+    )
+    assert props["inter.broker.listener.name"] == "INTERNAL"
+    plain = LocalKafka(tmp_path, port=20000, nodes=1)
+    assert plain.bootstrap == plain.direct_bootstrap == "127.0.0.1:20000"

@@ -66,6 +66,7 @@ COUNTERS: dict[str, frozenset[str]] = {
     "cfn_unknown_alert_types_total": frozenset(),
     "cfn_rates_dropped_late_total": frozenset({"window"}),
     "cfn_worker_task_failures_total": frozenset({"error"}),
+    "cfn_raw_records_skipped_total": frozenset({"partition"}),
     "cfn_anomalies_total": frozenset({"alert_type"}),
     "cfn_ingest_tenant_requests_total": frozenset({"tenant", "code"}),
     "cfn_ingest_tenant_throttled_total": frozenset({"tenant", "reason"}),

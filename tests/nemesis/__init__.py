@@ -1,0 +1,1 @@
+"""`make nemesis`: seeded schedules of faults against the whole pipeline, and a checker."""
