@@ -702,7 +702,7 @@ def test_dockerfile() -> None:
     # The cfn package and the folders its links point to (pyproject.toml, [tool.setuptools]).
     assert pyproject["tool"]["setuptools"]["packages"]["find"]["include"] == ["cfn", "cfn.*"]
     links = [p.name for p in (ROOT / "cfn").iterdir() if p.is_symlink()]
-    assert sorted(links) == ["ingest", "processors", "schemas"], links
+    assert sorted(links) == ["cloudflare", "ingest", "processors", "schemas"], links
     needed = ["cfn", *links, "pyproject.toml"]
     needed.append(pyproject["project"]["readme"])
     needed.append("LICENSE")  # setuptools puts it in the wheel's metadata
