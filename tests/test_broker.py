@@ -27,6 +27,7 @@ def test_produce_and_consume_round_trip(kafka: str, topic_factory: Callable[...,
     assert sorted((r.key, r.value) for r in records) == sorted(items)
 
 
+@pytest.mark.faults  # the 3-node cluster the fault tests stand on; three JVM starts
 def test_three_node_cluster_accepts_acks_all_with_min_isr_2(tmp_path: Path) -> None:
     cluster = LocalKafka(data_dir=tmp_path / "k3", port=free_port_block(3), nodes=3, heap="384m")
     try:

@@ -693,6 +693,7 @@ def flood_ingest(tmp_path: Path, kafka: str, unique: Callable[[str], str]) -> It
 
 
 @pytest.mark.broker
+@pytest.mark.faults  # a two-minute flood: make test-faults, and CI
 def test_a_flooding_tenant_leaves_the_other_its_share_and_with_a_rate_its_latency(
     flood_ingest: Process,
 ) -> None:

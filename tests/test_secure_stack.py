@@ -201,6 +201,7 @@ def test_a_worker_missing_one_acl_exits_at_start_naming_it(
     assert "cfn acls --role worker" in output
 
 
+@pytest.mark.faults  # a fault injected into a running worker: make test-faults, and CI
 def test_an_acl_removed_while_the_worker_runs_stops_it_naming_the_refusal(
     secure_kafka: LocalKafka, tmp_path: Path
 ) -> None:
