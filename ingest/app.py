@@ -715,7 +715,16 @@ _KAFKA_ANSWERS: dict[Outcome, tuple[int, str, str, bool]] = {
     ),
     Outcome.RETRIABLE: (503, "kafka_unavailable", "Kafka is unavailable ({cause})", True),
     Outcome.RECOVERING: (503, "kafka_unavailable", "Kafka is unavailable ({cause})", True),
-    Outcome.TOO_LARGE: (413, "payload_too_large", "Kafka refused the record as too large", False),
+    # Under CFN_INGEST_MAX_BODY (which start-up keeps below the producer's request size) yet too
+    # large for Kafka: the raw topic's max.message.bytes is smaller than cfn's. An operator must
+    # raise it; a 500 has Cloudflare retry meanwhile, where a 413 would lose the body.
+    Outcome.TOO_LARGE: (
+        500,
+        "kafka_rejected",
+        "Kafka refused the record as too large for the raw topic (its max.message.bytes is "
+        "below CFN_INGEST_MAX_BODY); an operator must act",
+        True,
+    ),
     Outcome.PERMANENT: (
         500,
         "kafka_rejected",

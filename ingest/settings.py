@@ -12,6 +12,10 @@ from pathlib import Path
 from cfn.config import COMPRESSIONS, ConfigError, Env, topic_names
 from cfn.ingest.fairness import TenantLimits
 from cfn.security import PLAINTEXT, KafkaSecurity
+from cfn.topics import RAW_MAX_MESSAGE_BYTES
+
+# The largest CFN_INGEST_MAX_BODY: the raw record's limit less room for its key and headers.
+MAX_BODY_LIMIT = RAW_MAX_MESSAGE_BYTES - 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,12 @@ class IngestSettings:
         return TenantLimits(self.tenant_max_inflight, self.tenant_rate, self.tenant_burst)
 
     def _checked(self) -> IngestSettings:
+        if self.max_body > MAX_BODY_LIMIT:
+            raise ConfigError(
+                f"CFN_INGEST_MAX_BODY must be at most {MAX_BODY_LIMIT} bytes: a body over it "
+                "would not fit the raw topic's records (max.message.bytes "
+                f"{RAW_MAX_MESSAGE_BYTES}, less room for the key and headers)"
+            )
         if not self.tenant_rate < 1e9:  # also refuses "inf", which has no bucket size
             raise ConfigError("CFN_INGEST_TENANT_RATE must be below 1e9 requests per second")
         if self.tenant_burst is not None and not self.tenant_rate:

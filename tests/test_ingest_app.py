@@ -162,3 +162,24 @@ def test_a_failure_at_each_step_answers_and_gives_the_slot_back(
         kinds = {"submit": "BufferError", "send": "RuntimeError", "ack": "ZeroDivisionError"}
         sample = {"kind": kinds[where]}
         assert registry.get_sample_value("cfn_ingest_internal_errors_total", sample) == 1
+
+
+def test_a_max_body_over_what_a_raw_record_holds_is_refused_at_start() -> None:
+    from cfn.config import ConfigError
+    from cfn.ingest.settings import MAX_BODY_LIMIT
+
+    assert IngestSettings.from_env({"CFN_INGEST_MAX_BODY": str(MAX_BODY_LIMIT)}).max_body
+    with pytest.raises(ConfigError, match="CFN_INGEST_MAX_BODY must be at most"):
+        IngestSettings.from_env({"CFN_INGEST_MAX_BODY": str(MAX_BODY_LIMIT + 1)})
+
+
+def test_a_record_kafka_finds_too_large_is_a_500_cloudflare_retries() -> None:
+    sink = RecordingSink()
+    app = IngestApp(
+        IngestSettings(secret=SECRET),
+        SecretIndex.load(SECRET, None),
+        sink,  # type: ignore[arg-type]
+        CollectorRegistry(),
+    )
+    status, _, _ = app._kafka_failed(SendResult(Outcome.TOO_LARGE, "MSG_SIZE_TOO_LARGE"))
+    assert status == 500  # a 413 would tell Cloudflare to drop the body

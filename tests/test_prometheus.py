@@ -57,7 +57,6 @@ UNKNOWN_TYPE = "cfn_prometheus_test_unknown_type"
 DURATIONS = (30, 400, 2000, 9000)  # START-to-END seconds, spread over the histogram buckets
 
 RAW_MAX_REQUEST = 2 * 1024 * 1024  # ingest's producer max_request_size (ingest/sink.py)
-MAX_BODY = 3 * 1024 * 1024  # CFN_INGEST_MAX_BODY here: above what Kafka's producer takes
 
 QUERY_DEADLINE = 90.0  # seconds to wait for every expression to return data
 MIN_LOAD = 20.0  # seconds of load before the first verdict, so [1m] windows have samples
@@ -150,8 +149,7 @@ class Load:
         self.post(encode(alert(account=account)), 401, {})
         self.post(encode(alert(account=account)), 401, {"cf-webhook-auth": "wrong-secret"})
 
-        # Under CFN_INGEST_MAX_BODY but over the producer's max_request_size: Kafka's
-        # "too large", counted as a permanent Kafka error and answered 413.
+        # Over CFN_INGEST_MAX_BODY: 413.
         if n % 10 == 0:
             filler = "x" * (RAW_MAX_REQUEST + 256 * 1024)
             self.post(encode({"text": filler, "account_id": account, "ts": now}), 413)
@@ -286,7 +284,7 @@ def observed(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[O
             tmp,
             kafka,
             prefix,
-            {"CFN_INGEST_SECRET": SECRET, "CFN_INGEST_MAX_BODY": str(MAX_BODY)},
+            {"CFN_INGEST_SECRET": SECRET},
         )
         prometheus = start_prometheus(tmp, ingest.admin_port, worker.port)
         load = Load(ingest.port)
