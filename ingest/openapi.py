@@ -29,6 +29,13 @@ def _status(description: str) -> dict[str, Any]:
 def openapi_document(settings: IngestSettings) -> dict[str, Any]:
     """The document served at /openapi.json; statuses match `ingest.app` exactly."""
     not_allowed = _error("Wrong method for this path.")
+    # /readyz, /metrics and this document are on the admin listener, not the public port.
+    admin = [
+        {
+            "url": f"http://{settings.admin_host}:{settings.admin_port}",
+            "description": "the admin port (CFN_INGEST_ADMIN_HOST, CFN_INGEST_ADMIN_PORT)",
+        }
+    ]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -36,7 +43,9 @@ def openapi_document(settings: IngestSettings) -> dict[str, Any]:
             "version": "1",
             "description": (
                 "Receives Cloudflare Notifications generic webhooks and writes the exact bytes "
-                "to Kafka. 202 means Kafka acknowledged the write with acks=all."
+                "to Kafka. 202 means Kafka acknowledged the write with acks=all. The public port "
+                "serves the webhook and /healthz; the paths with a server of their own are on "
+                "the admin port."
             ),
         },
         "paths": {
@@ -103,15 +112,17 @@ def openapi_document(settings: IngestSettings) -> dict[str, Any]:
                 "get": {"summary": "The process is alive", "responses": {"200": _status("Alive.")}}
             },
             "/readyz": {
+                "servers": admin,
                 "get": {
                     "summary": "The producer is connected and the raw topic exists",
                     "responses": {
                         "200": _status("Ready."),
                         "503": _status("Not ready."),
                     },
-                }
+                },
             },
             "/metrics": {
+                "servers": admin,
                 "get": {
                     "summary": "Prometheus metrics",
                     "responses": {
@@ -120,9 +131,10 @@ def openapi_document(settings: IngestSettings) -> dict[str, Any]:
                             "content": {"text/plain": {"schema": {"type": "string"}}},
                         }
                     },
-                }
+                },
             },
             "/openapi.json": {
+                "servers": admin,
                 "get": {
                     "summary": "This document",
                     "responses": {
@@ -131,7 +143,7 @@ def openapi_document(settings: IngestSettings) -> dict[str, Any]:
                             "content": {"application/json": {"schema": {"type": "object"}}},
                         }
                     },
-                }
+                },
             },
         },
         "components": {

@@ -186,7 +186,7 @@ def run_restarts(
             [r.value for r in run(read_to_end(cluster.bootstrap, f"{prefix}incidents"))],
         )
         up = (
-            metric_lines(ingest.port, "cfn_kafka_up").get("cfn_kafka_up", -1.0),
+            metric_lines(ingest.admin_port, "cfn_kafka_up").get("cfn_kafka_up", -1.0),
             metric_lines(worker.port, "cfn_kafka_up").get("cfn_kafka_up", -1.0),
         )
         for alive in (ingest, worker):
