@@ -153,6 +153,8 @@ def test_the_readme_ten_lines_keep_the_highest_version(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # Ctrl-C's default: pytest-xdist's workers ignore SIGINT, and a child inherits that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         out, err = process.communicate(timeout=12)
