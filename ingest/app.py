@@ -15,7 +15,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from functools import partial
 from typing import Any
 
@@ -227,8 +227,10 @@ class IngestApp:
         request_id_b = b"%032x" % self._random_bits(128)
         parsed, reason, detail = _json_object(body)
         if parsed is None:
-            self._dead_letter(
-                request, connection, tenant, body, received_at, request_id_b, reason, detail
+            self._background(
+                self._reject(
+                    request, connection, tenant, body, received_at, request_id_b, reason, detail
+                )
             )
             return
         if not self._connected:
@@ -237,15 +239,18 @@ class IngestApp:
         try:
             key = incident_key(tenant.slots.name, parsed)
         except Exception as exc:  # a key field no text can be made of (nested too deeply)
-            self._dead_letter(
-                request,
-                connection,
-                tenant,
-                body,
-                received_at,
-                request_id_b,
-                "bad_field",
-                f"the record key cannot be derived from the body ({type(exc).__name__})",
+            detail = f"the record key cannot be derived from the body ({type(exc).__name__})"
+            self._background(
+                self._reject(
+                    request,
+                    connection,
+                    tenant,
+                    body,
+                    received_at,
+                    request_id_b,
+                    "bad_field",
+                    detail,
+                )
             )
             return
         headers = [
@@ -261,32 +266,11 @@ class IngestApp:
             partial(self._written, request, connection, tenant, request_id_b, time.perf_counter()),
         )
 
-    def _dead_letter(
-        self,
-        request: Request,
-        connection: Connection,
-        tenant: _Tenant,
-        body: bytes,
-        received_at: int,
-        request_id_b: bytes,
-        reason: str,
-        detail: str,
-    ) -> None:
-        task = asyncio.create_task(
-            self._reject(
-                request, connection, tenant, body, received_at, request_id_b, reason, detail
-            )
-        )
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` (a dead-letter write and its answer) as a task kept until it ends."""
+        task = asyncio.create_task(work)
         self._rejecting.add(task)
-
-        def settled(done: asyncio.Task[None]) -> None:
-            self._rejecting.discard(done)
-            exc = None if done.cancelled() else done.exception()
-            if done.cancelled() or exc is not None:  # the slot and the answer are still owed
-                failure = exc if isinstance(exc, Exception) else asyncio.CancelledError()
-                connection.answer(request, self.failed(request, failure))
-
-        task.add_done_callback(settled)
+        task.add_done_callback(self._rejecting.discard)
 
     def connection_refused(self) -> None:
         """A connection over CFN_INGEST_MAX_CONNECTIONS was answered 503 and closed."""
@@ -433,36 +417,39 @@ class IngestApp:
 
         The 400 is sent only after the dead letter is acknowledged: Cloudflare does not retry a
         4xx, so the dead letter is the only copy. If it cannot be written, answer 503 instead
-        and let Cloudflare retry.
+        and let Cloudflare retry; if anything raises, answer 500 (and give the slot back).
         """
-        name = tenant.slots.name
-        request_id = request_id_b.decode()
-        record = DlqRecord(
-            dlq_id=f"dlq_{request_id}",
-            reason=reason,
-            detail=detail,
-            stage="ingest",
-            tenant=name,
-            received_at=received_at,
-            source=None,
-            raw_b64=DlqRecord.encode_raw(body),
-            raw_size=len(body),
-        )
-        if not self._connected:
-            reply = self._kafka_failed(self._unconnected)
-        else:
-            result = await self.sink.send(
-                self.settings.dlq_topic,
-                name.encode(),
-                jsonio.dumps(record),
-                [("cfn-tenant", name.encode()), ("cfn-reason", reason.encode())],
+        try:
+            name = tenant.slots.name
+            request_id = request_id_b.decode()
+            record = DlqRecord(
+                dlq_id=f"dlq_{request_id}",
+                reason=reason,
+                detail=detail,
+                stage="ingest",
+                tenant=name,
+                received_at=received_at,
+                source=None,
+                raw_b64=DlqRecord.encode_raw(body),
+                raw_size=len(body),
             )
-            if result.outcome is not Outcome.ACKED:
-                reply = self._kafka_failed(result)
+            if not self._connected:
+                reply = self._kafka_failed(self._unconnected)
             else:
-                self.metrics.dead_letters.labels(reason).inc()
-                reply = self._error(400, reason, detail, request_id=request_id)
-        self._finish(request, connection, tenant, reply)
+                result = await self.sink.send(
+                    self.settings.dlq_topic,
+                    name.encode(),
+                    jsonio.dumps(record),
+                    [("cfn-tenant", name.encode()), ("cfn-reason", reason.encode())],
+                )
+                if result.outcome is not Outcome.ACKED:
+                    reply = self._kafka_failed(result)
+                else:
+                    self.metrics.dead_letters.labels(reason).inc()
+                    reply = self._error(400, reason, detail, request_id=request_id)
+            self._finish(request, connection, tenant, reply)
+        except Exception as exc:
+            connection.answer(request, self.failed(request, exc))
 
     def _kafka_failed(self, result: SendResult) -> Reply:
         """The answer to a failed write."""
@@ -548,7 +535,7 @@ class IngestApp:
                 reply = self.body_timed_out(request)
             else:
                 answered: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-                self.handle(request, body, _FutureConnection(answered))
+                self.handle(request, body, FutureConnection(answered))
                 reply = await answered
         status, head, body = reply
         headers = [
@@ -777,7 +764,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-class _FutureConnection:
+class FutureConnection:
     """The connection of a request served over ASGI: its answer resolves a future."""
 
     __slots__ = ("future",)

@@ -7,7 +7,6 @@ import re
 import signal
 import socket
 import ssl
-import sys
 import time
 import uuid
 import warnings
@@ -19,7 +18,7 @@ import pytest
 
 from cfn.broker import make_ca, sign_certificate
 from tests.payloads import alert, encode
-from tests.services import Process, cfn_env, free_port, wait_ready
+from tests.services import start_ingest
 
 pytestmark = pytest.mark.broker
 
@@ -82,30 +81,21 @@ def https(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Http
     folder = tmp_path_factory.mktemp("https")
     ca, ca_key = make_ca(folder / "ca")
     cert, key = sign_certificate(ca, ca_key, folder / "server", "ingest.local", server=True)
-    port, admin = free_port(), free_port()
-    process = Process(
-        [sys.executable, "-m", "cfn", "ingest"],
-        cfn_env(
-            {
-                "CFN_KAFKA_BOOTSTRAP": kafka,
-                "CFN_TOPIC_PREFIX": f"https{uuid.uuid4().hex[:8]}.",
-                "CFN_INGEST_PORT": str(port),
-                "CFN_INGEST_ADMIN_PORT": str(admin),
-                "CFN_PARTITIONS": "2",
-                "CFN_INGEST_SECRET": SECRET,
-                "CFN_INGEST_TLS_CERTFILE": str(cert),
-                "CFN_INGEST_TLS_KEYFILE": str(key),
-                "CFN_INGEST_HEADER_TIMEOUT": f"{HEADER_TIMEOUT:g}s",
-                "CFN_INGEST_BODY_TIMEOUT": f"{BODY_TIMEOUT:g}s",
-            }
-        ),
-        Path(folder) / "ingest.log",
-        port=port,
+    process = start_ingest(  # ready on its admin port, plain HTTP
+        folder,
+        kafka,
+        f"https{uuid.uuid4().hex[:8]}.",
+        {
+            "CFN_PARTITIONS": "2",
+            "CFN_INGEST_SECRET": SECRET,
+            "CFN_INGEST_TLS_CERTFILE": str(cert),
+            "CFN_INGEST_TLS_KEYFILE": str(key),
+            "CFN_INGEST_HEADER_TIMEOUT": f"{HEADER_TIMEOUT:g}s",
+            "CFN_INGEST_BODY_TIMEOUT": f"{BODY_TIMEOUT:g}s",
+        },
     )
-    process.start()
-    client = Https(port, ssl.create_default_context(cafile=str(ca)))
+    client = Https(process.port, ssl.create_default_context(cafile=str(ca)))
     try:
-        wait_ready(process, admin, "/readyz")  # the admin port is plain HTTP
         answer = client.exchange(
             b"GET /healthz HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n", 5
         )
@@ -203,25 +193,18 @@ def test_sighup_reloads_the_certificate_and_a_bad_pair_keeps_the_old_one(
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.write_bytes(old_cert.read_bytes())
     key.write_bytes(old_key.read_bytes())
-    port, admin = free_port(), free_port()
-    process = Process(
-        [sys.executable, "-m", "cfn", "ingest"],
-        cfn_env(
-            {
-                "CFN_KAFKA_BOOTSTRAP": kafka,
-                "CFN_TOPIC_PREFIX": f"reload{uuid.uuid4().hex[:8]}.",
-                "CFN_INGEST_PORT": str(port),
-                "CFN_INGEST_ADMIN_PORT": str(admin),
-                "CFN_PARTITIONS": "2",
-                "CFN_INGEST_SECRET": SECRET,
-                "CFN_INGEST_TLS_CERTFILE": str(cert),
-                "CFN_INGEST_TLS_KEYFILE": str(key),
-            }
-        ),
-        tmp_path / "ingest.log",
-        port=port,
+    process = start_ingest(
+        tmp_path,
+        kafka,
+        f"reload{uuid.uuid4().hex[:8]}.",
+        {
+            "CFN_PARTITIONS": "2",
+            "CFN_INGEST_SECRET": SECRET,
+            "CFN_INGEST_TLS_CERTFILE": str(cert),
+            "CFN_INGEST_TLS_KEYFILE": str(key),
+        },
     )
-    process.start()
+    port = process.port
 
     def served_name() -> str:
         context = ssl.create_default_context(cafile=str(ca))
@@ -235,7 +218,6 @@ def test_sighup_reloads_the_certificate_and_a_bad_pair_keeps_the_old_one(
         return str(names[0])
 
     try:
-        wait_ready(process, admin, "/healthz")
         assert served_name() == "old.local"
         cert.write_bytes(new_cert.read_bytes())
         key.write_bytes(new_key.read_bytes())

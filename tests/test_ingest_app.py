@@ -42,6 +42,11 @@ def post(messages: list[dict[str, Any]], content_length: int) -> tuple[int, Reco
         registry,
     )
     app._connected = True
+    return serve(app, messages, content_length)[0], sink, registry
+
+
+def serve(app: IngestApp, messages: list[dict[str, Any]], content_length: int) -> list[int]:
+    """One authenticated webhook POST through the app over ASGI; the statuses it sent."""
     scope = {
         "type": "http",
         "method": "POST",
@@ -62,7 +67,7 @@ def post(messages: list[dict[str, Any]], content_length: int) -> tuple[int, Reco
             statuses.append(message["status"])
 
     asyncio.run(app(scope, receive, send))
-    return statuses[0], sink, registry
+    return statuses
 
 
 def test_a_body_cut_short_by_a_disconnect_writes_nothing_and_counts_408() -> None:
@@ -139,24 +144,8 @@ def test_a_failure_at_each_step_answers_and_gives_the_slot_back(
     app._connected = True
     if where == "ack":
         monkeypatch.setattr(app, "_observe_ack", lambda _: 1 / 0)
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/webhooks/cloudflare",
-        "headers": [(b"cf-webhook-auth", SECRET.encode()), (b"content-length", b"%d" % len(body))],
-    }
-    inbox = [{"type": "http.request", "body": body, "more_body": False}]
-    statuses: list[int] = []
-
-    async def receive() -> dict[str, Any]:
-        return inbox.pop(0)
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-
-    asyncio.run(app(scope, receive, send))
-    assert statuses == [status]
+    whole = [{"type": "http.request", "body": body, "more_body": False}]
+    assert serve(app, whole, len(body)) == [status]
     assert app._admission.inflight == 0
     if status == 500:
         kinds = {"submit": "BufferError", "send": "RuntimeError", "ack": "ZeroDivisionError"}

@@ -27,7 +27,7 @@ import os
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
-from cfn.ingest.app import IngestApp, Message, Receive, Scope, Send
+from cfn.ingest.app import FutureConnection, IngestApp, Message, Receive, Scope, Send
 from cfn.ingest.auth import SecretIndex
 from cfn.ingest.http import Reply, Request
 from cfn.ingest.sink import KafkaSink, Outcome, SendResult
@@ -59,19 +59,6 @@ class _HTTP(Protocol):
     def __call__(self) -> Awaitable[bytes]: ...
 
     def response_bytes(self, status: int, headers: _HeaderList, body: bytes) -> None: ...
-
-
-class _Answer:
-    """The connection `IngestApp.handle` answers on: its reply resolves the request's future."""
-
-    __slots__ = ("future",)
-
-    def __init__(self, future: asyncio.Future[Reply]) -> None:
-        self.future = future
-
-    def answer(self, request: Request, reply: Reply) -> None:
-        if not self.future.done():
-            self.future.set_result(reply)
 
 
 def _head_list(head: bytes) -> _HeaderList:
@@ -122,7 +109,7 @@ class GranianIngest:
                 reply = app.too_large(request)
             else:
                 answered: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-                app.handle(request, body, _Answer(answered))
+                app.handle(request, body, FutureConnection(answered))
                 reply = await answered
         status, head, payload = reply
         headers = self._heads.get(head)
