@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from cfn.ingest.http import Reply
+from cfn.ingest.http import Reply, head_fields
 
 log = logging.getLogger("cfn.ingest")
 
@@ -27,11 +27,7 @@ class AdminError(Exception):
 
 def _response(reply: Reply) -> web.Response:
     status, head, body = reply
-    headers = {}
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b": ")
-        if name:
-            headers[name.decode("latin-1")] = value.decode("latin-1")
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head_fields(head)}
     return web.Response(status=status, body=body, headers=headers)
 
 
@@ -57,7 +53,6 @@ class AdminListener:
         self.routes = routes
         self.host = host
         self.port = port
-        self.bound: int | None = None
         self._runner: web.AppRunner | None = None
 
     async def start(self, processes: int) -> int:
@@ -79,7 +74,6 @@ class AdminListener:
                 continue
             self._runner = runner
             bound: int = runner.addresses[-1][1]  # (port 0: the one the system chose)
-            self.bound = bound
             log.info("admin listener on http://%s:%d (/metrics, /readyz)", self.host, bound)
             return bound
         await runner.cleanup()

@@ -26,7 +26,7 @@ from cfn.health import Reachability
 from cfn.ingest.admin import WORKERS_ENV, AdminError, AdminListener
 from cfn.ingest.auth import DEFAULT_TENANT, SecretIndex, SecretsError
 from cfn.ingest.fairness import REASONS, Admission, TenantLimits, TenantSlots
-from cfn.ingest.http import Connection, IngestProtocol, Reply, Request
+from cfn.ingest.http import Connection, IngestProtocol, Reply, Request, head_fields
 from cfn.ingest.metrics import IngestMetrics
 from cfn.ingest.openapi import openapi_document
 from cfn.ingest.settings import IngestSettings
@@ -538,10 +538,7 @@ class IngestApp:
                 self.handle(request, body, FutureConnection(answered))
                 reply = await answered
         status, head, body = reply
-        headers = [
-            (name.lower(), value)
-            for name, _, value in (line.partition(b": ") for line in head.split(b"\r\n") if line)
-        ]
+        headers = [(name.lower(), value) for name, value in head_fields(head)]
         headers.append((b"content-length", b"%d" % len(body)))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -144,6 +144,16 @@ class HttpApp(Protocol):
     def body_timed_out(self, request: Request) -> Reply: ...
 
 
+def head_fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    """A reply's head lines (b"name: value\\r\\n"...) as (name, value) pairs."""
+    fields = []
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b": ")
+        if name:
+            fields.append((name, value))
+    return fields
+
+
 def error_reply(status: int, error: str, message: str) -> bytes:
     """A whole JSON error answer that closes the connection (the protocol's own refusals)."""
     body = jsonio.dumps({"error": error, "message": message})
@@ -234,13 +244,6 @@ def framing_error(version: str, headers: list[tuple[bytes, bytes]]) -> tuple[int
 
 
 _FRAMING_ERRORS = {400: "bad_framing", 501: "not_implemented", 505: "version_not_supported"}
-
-
-def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
-            return True
-    return False
 
 
 # uvicorn's date and server headers, joined once per second (they change once per second).
@@ -416,6 +419,8 @@ class IngestProtocol(asyncio.Protocol):
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self.reading.expect_continue = True  # type: ignore[union-attr]
+        elif name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            self.reading.has_body = True  # type: ignore[union-attr]
         self.reading.headers.append((name, value))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
@@ -431,7 +436,6 @@ class IngestProtocol(asyncio.Protocol):
             status, message = faulty
             self._refuse(status, _FRAMING_ERRORS[status], message)
             raise _Refused
-        request.has_body = _declares_body(request.headers)
         request.method = parser.get_method().decode("ascii", "replace")
         request.keep_alive = parser.should_keep_alive()
         request.head_done = True

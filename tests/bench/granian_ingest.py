@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from cfn.ingest.app import FutureConnection, IngestApp, Message, Receive, Scope, Send
 from cfn.ingest.auth import SecretIndex
-from cfn.ingest.http import Reply, Request
+from cfn.ingest.http import Reply, Request, head_fields
 from cfn.ingest.sink import KafkaSink, Outcome, SendResult
 
 GRANIAN_VERSION = "2.8.7"  # the version #30 measured; pyproject's bench extra pins it
@@ -63,12 +63,7 @@ class _HTTP(Protocol):
 
 def _head_list(head: bytes) -> _HeaderList:
     """A reply's head lines (b"name: value\\r\\n"...) as RSGI's (name, value) pairs."""
-    pairs: _HeaderList = []
-    for line in head.split(b"\r\n"):
-        if line:
-            name, _, value = line.partition(b": ")
-            pairs.append((name.decode("latin-1"), value.decode("latin-1")))
-    return pairs
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in head_fields(head)]
 
 
 class GranianIngest:
