@@ -57,9 +57,13 @@ def _npm_cache(tmp_path: Path, ready: bool) -> Path:
 
 
 def _install(
-    purpose: str, path: str, user: str | None = None, npm_cache: Path | None = None
+    purpose: str,
+    path: str,
+    user: str | None = None,
+    npm_cache: Path | None = None,
+    script: Path = INSTALL,
 ) -> subprocess.CompletedProcess[str]:
-    argv = ["bash", str(INSTALL), purpose]
+    argv = ["bash", str(script), purpose]
     if user is not None:
         runuser = shutil.which("runuser")
         assert runuser is not None, "runuser (util-linux) is needed to drop root"
@@ -104,7 +108,13 @@ def test_without_root_or_sudo_it_stops_with_one_line(tmp_path: Path) -> None:
                 shared,
                 {"java": None, "mvn": None, "go": None, "node": None, "npm": None, "apt-get": None},
             )
-            result = _install("test", path, user="nobody")
+            # A copy nobody can read: the clone may sit in a folder only its owner can enter
+            # (mktemp -d makes them so).
+            script = shared / "tools" / "install-deps"
+            script.parent.mkdir()
+            shutil.copy(INSTALL, script)
+            script.chmod(0o755)
+            result = _install("test", path, user="nobody", script=script)
         finally:
             shutil.rmtree(shared)
     else:
