@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import signal
 import time
@@ -273,18 +274,33 @@ def test_a_paused_worker_is_fenced_when_it_wakes(kafka: str, tmp_path: Path, mod
 
 
 async def freeze_in_transaction(
-    kafka: str, worker: Process, topics: list[str], tries: int = 200
+    kafka: str,
+    worker: Process,
+    topics: list[str],
+    feed: list[tuple[bytes, bytes, list[tuple[str, bytes]]]],
+    raw: str,
+    timeout: float = 120,
 ) -> dict[TopicPartition, int]:
     """Stop `worker` (SIGSTOP) at a random moment until it is stopped with a transaction open
     on `topics`; returns the partitions that transaction holds back, each with its high
-    watermark. Between two stops the worker runs 50 ms. A commit it had already sent completes
-    in milliseconds: a partition still behind 0.3 s after the stop is held by the worker."""
+    watermark. Between two stops the worker runs 20-80 ms. A commit it had already sent
+    completes in milliseconds: a partition still behind 0.3 s after the stop is held by the
+    worker. `feed` goes to `raw` a chunk at a time whenever the worker is within 600 records of
+    the end of what it was given, so it is never idle (an idle worker opens no transaction),
+    however fast or slow the machine."""
     committed = AIOKafkaConsumer(bootstrap_servers=kafka, isolation_level="read_committed")
     uncommitted = AIOKafkaConsumer(bootstrap_servers=kafka, isolation_level="read_uncommitted")
     await asyncio.gather(committed.start(), uncommitted.start())
+    rng, sent = random.Random(7), 0
     try:
         tps = [tp for topic in topics for tp in await partitions_of(kafka, topic)]
-        for _ in range(tries):
+        raw_tps = await partitions_of(kafka, raw)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            given = await uncommitted.end_offsets(raw_tps)
+            if sum(given.values()) - await asyncio.to_thread(processed, worker) < 600:
+                assert sent < len(feed), "the feed ran out before a stop caught a transaction"
+                sent += await produce_with_headers(kafka, raw, feed[sent : sent + 1500])
             worker.signal(signal.SIGSTOP)
             await asyncio.sleep(0.3)
             stable = await committed.end_offsets(tps)
@@ -293,10 +309,10 @@ async def freeze_in_transaction(
             if held:
                 return held
             worker.signal(signal.SIGCONT)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(rng.uniform(0.02, 0.08))
     finally:
         await asyncio.gather(committed.stop(), uncommitted.stop())
-    raise AssertionError(f"{tries} stops, none in an open transaction")
+    raise AssertionError(f"no stop in {timeout:.0f}s caught the worker in an open transaction")
 
 
 async def stable_past(kafka: str, marks: dict[TopicPartition, int], timeout: float) -> float:
@@ -332,12 +348,14 @@ def test_a_restarted_worker_aborts_the_transaction_it_left_open_at_once(
     written.append(changelog_topic(app_id))
     env = {"CFN_LOG_LEVEL": "INFO"}
     worker = start_worker(tmp_path, kafka, prefix, app_id, env, partitions=PARTITIONS)
-    run(produce_with_headers(kafka, f"{prefix}raw", work.records))
+    raw, backlog = f"{prefix}raw", work.records[:3000]
+    run(produce_with_headers(kafka, raw, backlog))
     deadline = time.monotonic() + 60
     while processed(worker) < 500:  # busy with the backlog: a transaction a commit round
         assert time.monotonic() < deadline, "the worker made no progress"
         time.sleep(0.05)
-    left_open = run(freeze_in_transaction(kafka, worker, written))
+    feed = work.records[len(backlog) :]
+    left_open = run(freeze_in_transaction(kafka, worker, written, feed, raw))
     worker.kill()
     killed_at = time.monotonic()
 
