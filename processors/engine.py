@@ -500,9 +500,10 @@ class Engine:
                     return False
                 if time.monotonic() >= deadline or self._closing:
                     log.warning(
-                        "could not open tasks %s (%s); asking the group to rebalance",
+                        "could not open tasks %s (%s%s); asking the group to rebalance",
                         partitions,
                         type(exc).__name__,
+                        f": {exc}" if str(exc) else "",
                     )
                     self.metrics.task_failures.labels(type(exc).__name__).inc()
                     internals.request_rejoin(self.consumer)
@@ -527,6 +528,7 @@ class Engine:
         processors/restore.py)."""
         txns, fresh = self.producers.for_tasks(partitions, self.consumer)
         tasks = {p: Task(p, txn) for p, txn in txns.items()}
+        step = "fencing the previous owner"
         try:
             # start() runs init_transactions: the previous owner's open transaction under the
             # same id is aborted (its offsets and changelog writes with it) and it is fenced.
@@ -535,21 +537,30 @@ class Engine:
                 # Stable offsets: a transaction of the previous owner that holds offsets of
                 # these partitions has ended (one producer per worker is fenced only by the
                 # group generation, so its last transaction may still be under way).
+                step = "waiting for the committed offsets to be stable"
                 committed = await self._committed(partitions)
             for table in self.tables.values():
                 table.drop(set(partitions))
+            step = "restoring the changelog"
             async with asyncio.timeout(RESTORE_TIMEOUT):
                 await self.restorer.restore(partitions)
             restore.seek(self.consumer, self.raw_topic, tasks, committed)
+        except TimeoutError as exc:
+            await self._abandon(partitions, fresh)
+            raise TimeoutError(f"timed out {step}") from exc
         except BaseException:
-            await asyncio.gather(*(stop_producer(txn.producer) for txn in fresh))
-            if self.producers.shared in fresh:
-                self.producers.shared = None
-            for table in self.tables.values():
-                table.drop(set(partitions))
-            self.migration.forget(partitions)
+            await self._abandon(partitions, fresh)
             raise
         self.tasks.update(tasks)
+
+    async def _abandon(self, partitions: list[int], fresh: list[Txn]) -> None:
+        """Undo a half-open `_open_tasks`: its new producers stopped, its state dropped."""
+        await asyncio.gather(*(stop_producer(txn.producer) for txn in fresh))
+        if self.producers.shared in fresh:
+            self.producers.shared = None
+        for table in self.tables.values():
+            table.drop(set(partitions))
+        self.migration.forget(partitions)
 
     async def _committed(self, partitions: list[int]) -> dict[TopicPartition, int]:
         tps = [TopicPartition(t, p) for p in partitions for t in (self.raw_topic, self.rate_topic)]

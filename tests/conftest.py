@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,40 +11,14 @@ import pytest
 
 from cfn.broker import BrokerError, LocalKafka
 from tests.kafka_util import create_topics, run
+from tests.services import free_block
 
-
-def _free_port_pair() -> int:
-    """A port p such that p and p+10000 (the controller port) are both free on loopback."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if port + 10000 > 65535:
-            continue
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 10000))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair on loopback")
+CONTROLLER_OFFSET = 10000  # cfn.broker's controller port is the node's port + 10000
 
 
 def free_port_block(size: int) -> int:
-    """A first port p such that p..p+size-1 and their controller ports are all free."""
-    for _ in range(200):
-        base = _free_port_pair()
-        ok = True
-        for p in range(base, base + size):
-            for q in (p, p + 10000):
-                try:
-                    with socket.socket() as s:
-                        s.bind(("127.0.0.1", q))
-                except OSError:
-                    ok = False
-        if ok and base + size + 10000 < 65535:
-            return base
-    raise RuntimeError("no free port block on loopback")
+    """A first port p such that p..p+size-1 and their controller ports (+10000) are all free."""
+    return free_block(size, spread=(0, CONTROLLER_OFFSET))
 
 
 @pytest.fixture(scope="session")
@@ -95,15 +68,9 @@ def repo_root() -> Path:
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports (held open together while chosen)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """`count` distinct free loopback ports."""
+    base = free_block(count)
+    return list(range(base, base + count))
 
 
 # SCRAM users the secured broker formats in (quicker than add_scram_user, which starts a JVM).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,12 +17,34 @@ from typing import Any
 
 from cfn.schemas import jsonio
 
+# Ports for listeners are drawn below Linux's ephemeral range (ip_local_port_range, 32768 and up):
+# a test that restarts a process on its port would otherwise find it taken, now and then, by a
+# client's outgoing connection made while the listener was down (EADDRINUSE).
+LISTEN_PORTS = (12000, 22000)  # + 10000 for a controller port stays below 32768
+
+
+def free_block(size: int, spread: tuple[int, ...] = (0,)) -> int:
+    """A first port p such that p..p+size-1, each plus every offset in `spread`, are free."""
+    rng = random.SystemRandom()
+    for _ in range(500):
+        base = rng.randrange(LISTEN_PORTS[0], LISTEN_PORTS[1] - size)
+        wanted = [p + offset for p in range(base, base + size) for offset in spread]
+        if all(_bindable(port) for port in wanted):
+            return base
+    raise RuntimeError(f"no {size} free ports on loopback in {LISTEN_PORTS}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+    return free_block(1)
 
 
 @dataclass
