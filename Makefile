@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint fmt unit test-faults nemesis bench bench-quick clean deps-run deps-test deps-nemesis
+.PHONY: run test lint fmt unit test-faults nemesis nemesis-ci bench bench-quick clean deps-run deps-test deps-nemesis
 
 # System packages (Java, Maven, python3-venv; for tests also Prometheus, wrk, Go and Node):
 # installed when missing, by the same script .ci/run calls (tools/install-deps says what it
@@ -34,7 +34,7 @@ run: deps-run $(STAMP)
 
 ## test: lint, then the whole suite against a real broker and a real Prometheus
 test: deps-test $(STAMP) lint
-	$(BIN)/pytest -m "not faults and not bench" --durations=30 $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+	$(BIN)/pytest -m "not faults and not bench and not nemesis" --durations=30 $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 ## lint: ruff format --check, ruff check, mypy --strict
 lint: $(STAMP)
@@ -48,7 +48,7 @@ fmt: $(STAMP)
 
 ## unit: the fast tests only (no broker, no network)
 unit: $(STAMP)
-	$(BIN)/pytest -m "not broker and not prometheus and not faults and not bench and not slow"
+	$(BIN)/pytest -m "not broker and not prometheus and not faults and not bench and not slow and not nemesis"
 
 ## test-faults: broker loss, worker crash, Kafka down, flood, hostile input
 test-faults: deps-test $(STAMP)
@@ -65,6 +65,10 @@ RUNS ?= 1
 DURATION ?= 180
 nemesis: deps-nemesis $(STAMP)
 	$(BIN)/python -m tests.nemesis --runs $(RUNS) --duration $(DURATION) $(if $(SEED),--seed $(SEED))
+
+## nemesis-ci: three fixed seeds of 2 minutes, and a build with dedup off that must fail the checker
+nemesis-ci: deps-nemesis $(STAMP)
+	$(BIN)/pytest -m nemesis --durations=0
 
 ## bench: same-run ratio benchmarks; writes tests/bench/results.json, docs/performance.md and its
 ## charts (docs/img/bench-*.svg); `python -m tests.bench.report --doc docs/performance.md`

@@ -187,11 +187,13 @@ def start_worker(
     *,
     partitions: int = 4,
     wait: bool = True,
+    module: str = "cfn worker",
 ) -> Process:
-    """Start `cfn worker` with its own metrics port and wait until it has its partitions."""
+    """Start `cfn worker` (or another `python -m` command line, `module`) with its own metrics
+    port and wait until it has its partitions."""
     port = free_port()
     process = Process(
-        [sys.executable, "-m", "cfn", "worker"],
+        [sys.executable, "-m", *module.split()],
         cfn_env(
             {
                 "CFN_KAFKA_BOOTSTRAP": bootstrap,

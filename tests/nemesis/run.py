@@ -310,11 +310,20 @@ class Outcome:
     folder: Path
 
 
-def run_once(seed: int, duration: float, folder: Path) -> Outcome:
-    """Start everything, load it for `duration` seconds under the seed's faults, heal, settle,
-    read every topic and check it."""
+def run_once(
+    seed: int,
+    duration: float,
+    folder: Path,
+    *,
+    faults: list[Fault] | None = None,
+    worker_module: str = "cfn worker",
+) -> Outcome:
+    """Start everything, load it for `duration` seconds under the seed's faults (or `faults`),
+    heal, settle, read every topic and check it. `worker_module` is the workers' `python -m` command
+    line (tests.nemesis.broken for a deliberately broken one)."""
     folder.mkdir(parents=True, exist_ok=True)
-    faults = draw(seed, duration, brokers=BROKERS, ingests=INGESTS, workers=WORKERS)
+    if faults is None:
+        faults = draw(seed, duration, brokers=BROKERS, ingests=INGESTS, workers=WORKERS)
     print(f"nemesis: seed {seed}, {len(faults)} faults, logs in {folder}", flush=True)
     for fault in faults:
         print(f"  {fault.describe()}", flush=True)
@@ -357,6 +366,7 @@ def run_once(seed: int, duration: float, folder: Path) -> Outcome:
                 env,
                 partitions=PARTITIONS,
                 wait=i == WORKERS - 1,
+                module=worker_module,
             )
             cast.add(f"worker-{i}", worker, worker.port)
         ready = wait_ready_all(cast, 120)
@@ -372,18 +382,11 @@ def run_once(seed: int, duration: float, folder: Path) -> Outcome:
         )
         ports = [cast.members[f"ingest-{i}"].process.port for i in range(INGESTS)]
         load_started = time.time()
-        load = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.nemesis.load",
-                str(plan_file),
-                str(answers_file),
-                *map(str, ports),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=(folder / "load.log").open("wb"),
-        )
+        command = [sys.executable, "-m", "tests.nemesis.load", str(plan_file), str(answers_file)]
+        with (folder / "load.log").open("wb") as load_log:  # the child keeps its own copy
+            load = subprocess.Popen(
+                [*command, *map(str, ports)], stdout=subprocess.DEVNULL, stderr=load_log
+            )
         nemesis = Nemesis(cluster, proxy, cast)
         nemesis.schedule(faults, load_started)
         nemesis.join(duration + 300)
