@@ -74,6 +74,9 @@ class WorkerSettings:
     # Where `cfn worker` keeps its worker id between restarts (processors/identity.py).
     state_dir: str = field(default_factory=default_state_dir)
     session_timeout: float = 15.0
+    # SIGTERM to exit, whatever Kafka does: the last commit (COMMIT_TIMEOUT) and leaving the
+    # group get this long, then the process exits (keep it under the pod's grace period).
+    shutdown_timeout: float = 45.0
     dedup_window: float = 24 * 3600.0
     orphan_end_hold: float = 600.0
     stale_after: float = 24 * 3600.0
@@ -126,6 +129,7 @@ class WorkerSettings:
             worker_id=env.raw("CFN_WORKER_ID") or "",
             state_dir=env.text("CFN_STATE_DIR", default_state_dir()),
             session_timeout=env.duration("CFN_SESSION_TIMEOUT", cls.session_timeout),
+            shutdown_timeout=env.duration("CFN_WORKER_SHUTDOWN_TIMEOUT", cls.shutdown_timeout),
             dedup_window=env.duration("CFN_DEDUP_WINDOW", cls.dedup_window),
             orphan_end_hold=env.duration("CFN_ORPHAN_END_HOLD", cls.orphan_end_hold),
             stale_after=env.duration("CFN_INCIDENT_STALE_AFTER", cls.stale_after),

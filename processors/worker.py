@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -159,7 +162,7 @@ async def _serve(settings: WorkerSettings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, _stopper(stop, signum, settings.shutdown_timeout))
     reachability = Reachability(log, registry)
     runner = web.AppRunner(metrics_app(registry, engine, reachability), access_log=None)
     await runner.setup()
@@ -183,6 +186,32 @@ async def _serve(settings: WorkerSettings) -> None:
         if probe is not None:
             probe.cancel()
         await runner.cleanup()
+
+
+def _stopper(stop: asyncio.Event, signum: int, timeout: float) -> Callable[[], None]:
+    """The handler of `signum`: the first signal stops the worker cleanly, with a deadline;
+    past it, or at a second signal, the process exits at once. A clean stop waits for Kafka
+    (the last commit, leaving the group), and aiokafka's consumer waits for a coordinator for
+    ever; a transaction left open is aborted by the next owner, so exactly-once holds."""
+    name = signal.Signals(signum).name
+
+    def handle() -> None:
+        if stop.is_set():
+            log.warning("%s again; exiting now", name)
+            os._exit(1)
+        log.info("%s: stopping (at most %.0fs)", name, timeout)
+        stop.set()
+        deadline = threading.Timer(timeout, _give_up, (timeout,))
+        deadline.daemon = True
+        deadline.start()
+
+    return handle
+
+
+def _give_up(timeout: float) -> None:
+    log.error("not stopped %.0fs after the signal (Kafka unreachable?); exiting now", timeout)
+    logging.shutdown()
+    os._exit(1)
 
 
 async def watch_kafka(engine: Engine, reachability: Reachability, stop: asyncio.Event) -> None:

@@ -14,6 +14,7 @@ import queue
 import re
 import resource
 import select
+import signal
 import socket
 import threading
 import time
@@ -1182,3 +1183,38 @@ def test_flood_of_distinct_incidents_keeps_state_bounded_by_ttls() -> None:
     assert peak_dedup < n_ids // 5 and peak_incidents < n_ids // 5
     assert len(dedup_store) == len(incident_store) == len(dedup) == 0
     assert sum(len(h) for h in correlator._timers.values()) == 0
+
+
+def test_a_worker_whose_kafka_is_gone_stops_within_its_shutdown_timeout(tmp_path: Path) -> None:
+    """SIGTERM with every broker gone: a clean stop would wait for Kafka for ever (the last
+    commit, leaving the group), so the worker exits CFN_WORKER_SHUTDOWN_TIMEOUT after the
+    signal, saying so; a second signal ends it at once."""
+    token = uuid.uuid4().hex[:8]
+    broker = LocalKafka(tmp_path / "kafka", port=free_port_block(1))
+    workers: list[Process] = []
+    try:
+        broker.start()
+        env = {"CFN_WORKER_SHUTDOWN_TIMEOUT": "4s", "CFN_LOG_LEVEL": "INFO"}
+        for n in range(2):
+            (where := tmp_path / f"w{n}").mkdir()
+            workers.append(start_worker(where, broker.bootstrap, f"g{token}.", token, env))
+        broker.stop()
+        patient, hasty = workers
+        assert patient.proc is not None and hasty.proc is not None
+        time.sleep(2.0)  # the workers now find Kafka gone
+        signalled = time.monotonic()
+        patient.signal(signal.SIGTERM)
+        hasty.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        hasty.signal(signal.SIGTERM)
+        assert hasty.proc.wait(5) == 1
+        hasty_took = time.monotonic() - signalled
+        assert patient.proc.wait(15) == 1
+        took = time.monotonic() - signalled
+    finally:
+        for worker in workers:
+            worker.kill()
+        broker.stop()
+    assert "SIGTERM again; exiting now" in hasty.output and hasty_took < 3.0, hasty.output
+    assert "not stopped 4s after the signal" in patient.output, patient.output
+    assert 4.0 <= took < 8.0, f"stopped {took:.1f}s after SIGTERM"

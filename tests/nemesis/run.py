@@ -45,6 +45,7 @@ class Member:
     process: Process
     ready_port: int
     down: bool = False
+    holds: int = 0  # faults holding it down now
     restarts: int = 0
 
 
@@ -71,8 +72,12 @@ class Cast:
             self._thread.join()
 
     def take_down(self, name: str, signum: int) -> None:
+        """Stop `name` with `signum` and hold it down until every fault holding it brings it up:
+        a graceful stop can outlast its planned slot and overlap the next fault on the same
+        process, and two starts would leave one process untracked, holding the other's port."""
         member = self.members[name]
         with self.lock:
+            member.holds += 1
             member.down = True
         proc = member.process.proc
         if proc is not None and proc.poll() is None:
@@ -86,8 +91,13 @@ class Cast:
     def bring_up(self, name: str) -> None:
         member = self.members[name]
         with self.lock:
-            member.process.start()
-            member.restarts += 1
+            member.holds -= 1
+            if member.holds > 0:
+                return
+            proc = member.process.proc
+            if proc is None or proc.poll() is not None:
+                member.process.start()
+                member.restarts += 1
             member.down = False
 
     def signal(self, name: str, signum: int) -> None:
