@@ -5,6 +5,8 @@ skipped version, a stale table, a miscount, a lying /readyz, a crash)."""
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from cfn.schemas import jsonio
 from cfn.schemas.payload import Notification, parse
 from tests.nemesis.checker import History, RawRecord, check
 from tests.nemesis.load import plan
+from tests.nemesis.report import BEGIN, END, load, render, write_doc
 from tests.nemesis.schedule import WEIGHTS, draw
 
 EPOCH = 1_765_000_000
@@ -144,3 +147,41 @@ def test_an_answer_record_round_trips() -> None:
 
     answer = Answer(1, 0, 0, "acme", "{}", 202, "id", None, 1.0, 2.0, None)
     assert jsonio.loads(jsonio.dumps(dataclasses.asdict(answer)))["request_id"] == "id"
+
+
+def test_the_report_sums_up_runs_per_fault_kind(tmp_path: Path) -> None:
+    def fault(kind: str, gap: float, back: float | None) -> dict[str, object]:
+        return {"kind": kind, "gap_without_202_s": gap, "first_202_after_heal_s": back}
+
+    runs = {
+        "seed-1": {
+            "seed": 1,
+            "duration": 180,
+            "violations": [],
+            "faults": [fault("latency", 3.0, 0.5)],
+        },
+        "seed-2": {
+            "seed": 2,
+            "duration": 180,
+            "violations": [{"check": "settles"}],
+            "faults": [fault("latency", 9.0, 2.5), fault("quorum_loss", 30.0, None)],
+        },
+        "broken": {
+            "seed": 7,
+            "duration": 30,
+            "worker": "tests.nemesis.broken dedup",
+            "violations": [{}],
+            "faults": [],
+        },
+    }
+    for name, outcome in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "outcome.json").write_text(json.dumps(outcome))
+    text = render(load(sorted(tmp_path.iterdir())))
+    assert text.startswith("2 runs (seeds 1, 2) of 180 s of load each: violations in seeds [2].")
+    assert "| latency | 2 | 9.0 | 1.5 / 2.5 |" in text
+    assert "| quorum_loss | 1 | 30.0 | - (1 with no 202 after it) |" in text
+    doc = tmp_path / "page.md"
+    doc.write_text(f"before\n{BEGIN}\nold\n{END}\nafter\n")
+    write_doc(doc, text)
+    assert doc.read_text() == f"before\n{BEGIN}\n{text}\n{END}\nafter\n"

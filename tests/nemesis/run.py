@@ -437,7 +437,47 @@ def run_once(
         proxy.stop()
     violations = check(history)
     figures = figures_of(history, nemesis.applied, load_started, load_ended, healed, settled, cast)
-    return Outcome(seed, nemesis.applied, violations, figures, folder)
+    outcome = Outcome(seed, nemesis.applied, violations, figures, folder)
+    record = {
+        "seed": seed,
+        "duration": duration,
+        "worker": worker_module,
+        "violations": [dataclasses.asdict(v) for v in violations],
+        "faults": fault_records(history, nemesis.applied, load_started, load_ended),
+        "figures": {name: value for name, value in figures},
+    }
+    (folder / "outcome.json").write_text(json.dumps(record, indent=1, default=str))
+    return outcome
+
+
+def fault_records(
+    history: History, applied: list[Applied], load_started: float, load_ended: float
+) -> list[dict[str, object]]:
+    """Each fault as applied, with what the load saw of it: the longest time without a 202
+    that overlaps the fault (its start to its heal), and the time from its heal to the next
+    202 (None: no 202 came after it)."""
+    accepted = sorted(a["done"] for a in history.answers if a["status"] == 202)
+    points = [load_started, *[t for t in accepted if load_started <= t <= load_ended], load_ended]
+    out: list[dict[str, object]] = []
+    for fault in applied:
+        gaps = [
+            later - earlier
+            for earlier, later in itertools.pairwise(points)
+            if earlier <= fault.healed and later >= fault.started
+        ]
+        after = [t for t in accepted if t >= fault.healed]
+        out.append(
+            {
+                "kind": fault.fault.kind,
+                "describe": fault.fault.describe(),
+                "planned_s": fault.fault.duration,
+                "applied_s": round(fault.healed - fault.started, 1),
+                "gap_without_202_s": round(max(gaps, default=0.0), 1),
+                "first_202_after_heal_s": round(min(after) - fault.healed, 1) if after else None,
+                "error": fault.error,
+            }
+        )
+    return out
 
 
 def read_history(bootstrap: str, prefix: str, answers_file: Path) -> History:

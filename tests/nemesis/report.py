@@ -1,0 +1,81 @@
+"""`python -m tests.nemesis.report [--doc docs/reliability.md] [FOLDER ...]`: the nemesis runs
+kept under .local/nemesis/ (each run's outcome.json), summed up per fault kind. With --doc, the
+summary replaces what stands between the markers in that file; otherwise it is printed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+BEGIN, END = "<!-- nemesis-report:begin -->", "<!-- nemesis-report:end -->"
+ROOT = Path(__file__).resolve().parents[2] / ".local" / "nemesis"
+
+
+def load(folders: list[Path]) -> list[dict[str, Any]]:
+    outcomes = []
+    for folder in folders:
+        path = folder / "outcome.json"
+        if path.exists():
+            outcomes.append(json.loads(path.read_text()))
+    return outcomes
+
+
+def render(outcomes: list[dict[str, Any]]) -> str:
+    """Markdown: the runs (seeds, lengths, violations) and a table per fault kind."""
+    runs = [o for o in outcomes if o.get("worker", "cfn worker") == "cfn worker"]
+    if not runs:
+        return "No nemesis runs recorded yet (`make nemesis`)."
+    seeds = sorted(o["seed"] for o in runs)
+    violated = sorted(o["seed"] for o in runs if o["violations"])
+    lengths = sorted({int(o["duration"]) for o in runs})
+    lines = [
+        f"{len(runs)} runs (seeds {', '.join(map(str, seeds))}) of "
+        f"{' or '.join(f'{n} s' for n in lengths)} of load each: "
+        + (f"violations in seeds {violated}." if violated else "**0 violations**."),
+        "",
+        "| Fault | Drawn | Longest gap without a 202 during it (s) "
+        "| First 202 after its heal (s): median / max |",
+        "|---|---|---|---|",
+    ]
+    by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for outcome in runs:
+        for fault in outcome["faults"]:
+            by_kind[fault["kind"]].append(fault)
+    for kind, faults in sorted(by_kind.items()):
+        gap = max(f["gap_without_202_s"] for f in faults)
+        back = [f["first_202_after_heal_s"] for f in faults]
+        known = [b for b in back if b is not None]
+        never = len(back) - len(known)
+        recovery = f"{statistics.median(known):.1f} / {max(known):.1f}" if known else "-"
+        if never:
+            recovery += f" ({never} with no 202 after it)"
+        lines.append(f"| {kind} | {len(faults)} | {gap:.1f} | {recovery} |")
+    return "\n".join(lines)
+
+
+def write_doc(doc: Path, text: str) -> None:
+    page = doc.read_text()
+    start, stop = page.index(BEGIN) + len(BEGIN), page.index(END)
+    doc.write_text(page[:start] + "\n" + text + "\n" + page[stop:])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--doc", type=Path, help="write the summary into this page")
+    parser.add_argument("folders", nargs="*", type=Path, help="run folders (default: all kept)")
+    args = parser.parse_args()
+    folders = args.folders or sorted(p for p in ROOT.glob("seed-*") if p.is_dir())
+    text = render(load(folders))
+    if args.doc:
+        write_doc(args.doc, text)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
