@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from cfn.acls import Acl
+from cfn.kafka import aiokafka_options, java_properties
+from cfn.security import PLAINTEXT, KafkaSecurity, Secret
 from cfn.supervisor import StopFlag, supervise
 
 KAFKA_VERSION = "4.4.0"
@@ -362,15 +364,20 @@ class LocalKafka:
             password: its password (default: the one this class created for it).
             cafile: the CA to trust (default this one; pass `untrusted_ca_file()` to fail).
         """
+        return aiokafka_options(self.bootstrap, self.client_security(user, password, cafile))
+
+    def client_security(
+        self, user: str | None = None, password: str | None = None, cafile: Path | None = None
+    ) -> KafkaSecurity:
+        """The settings of a SCRAM-SHA-512 client of `bootstrap` (arguments as `client_options`)."""
         user = user or ADMIN_USER
-        return {
-            "bootstrap_servers": self.bootstrap,
-            "security_protocol": "SASL_SSL",
-            "ssl_context": self.ssl_context(cafile),
-            "sasl_mechanism": SCRAM_MECHANISM,
-            "sasl_plain_username": user,
-            "sasl_plain_password": self.password(user) if password is None else password,
-        }
+        return KafkaSecurity(
+            protocol="SASL_SSL",
+            sasl_mechanism=SCRAM_MECHANISM,
+            username=user,
+            password=Secret(self.password(user) if password is None else password),
+            cafile=cafile or self.ca_file,
+        )
 
     def client_env(self, user: str | None = None) -> dict[str, str]:
         """The CFN_KAFKA_* variables that log a cfn process in over SASL_SSL as `user`
@@ -387,11 +394,9 @@ class LocalKafka:
 
     def mtls_options(self, cn: str) -> dict[str, Any]:
         """aiokafka keyword arguments for a client of `ssl_bootstrap` that is User:<cn>."""
-        return {
-            "bootstrap_servers": self.ssl_bootstrap,
-            "security_protocol": "SSL",
-            "ssl_context": self.ssl_context(certificate=self.client_certificate(cn)),
-        }
+        cert, key = self.client_certificate(cn)
+        security = KafkaSecurity(protocol="SSL", cafile=self.ca_file, certfile=cert, keyfile=key)
+        return aiokafka_options(self.ssl_bootstrap, security)
 
     def client_certificate(self, cn: str) -> tuple[Path, Path]:
         """(certfile, keyfile) of a client certificate for `cn`, signed by this CA (made once
@@ -494,18 +499,14 @@ class LocalKafka:
         return [_scram_argument(u, passwords[u]) for u in wanted] if formatting else []
 
     def _admin_client_properties(self, password: str) -> str:
-        jaas = (
-            "org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f'username="{ADMIN_USER}" password="{password}";'
+        security = KafkaSecurity(
+            protocol="SASL_SSL",
+            sasl_mechanism=SCRAM_MECHANISM,
+            username=ADMIN_USER,
+            password=Secret(password),
+            cafile=self.tls_dir / "ca.pem",
         )
-        lines = {
-            "security.protocol": "SASL_SSL",
-            "sasl.mechanism": SCRAM_MECHANISM,
-            "sasl.jaas.config": jaas,
-            "ssl.truststore.type": "PEM",
-            "ssl.truststore.location": str(self.tls_dir / "ca.pem"),
-        }
-        return "".join(f"{k}={v}\n" for k, v in lines.items())
+        return "".join(f"{k}={v}\n" for k, v in java_properties(security).items())
 
     def _secure_properties(self, node: Node) -> dict[str, str]:
         properties = self._locked_properties(node)
@@ -703,8 +704,8 @@ class LocalKafka:
                         f"see {node.log_file}"
                     )
             try:
-                options = self.client_options() if self.secure else {}
-                seen = asyncio.run(_count_brokers(self.direct_bootstrap, options))
+                security = self.client_security() if self.secure else PLAINTEXT
+                seen = asyncio.run(_count_brokers(self.direct_bootstrap, security))
                 if seen >= want:
                     return
                 last = f"{seen}/{want} brokers registered"
@@ -759,7 +760,7 @@ class LocalKafka:
                 node.process.wait()
 
 
-async def _count_brokers(bootstrap: str, options: dict[str, Any] | None = None) -> int:
+async def _count_brokers(bootstrap: str, security: KafkaSecurity) -> int:
     import logging
 
     from aiokafka.admin import AIOKafkaAdminClient
@@ -767,8 +768,7 @@ async def _count_brokers(bootstrap: str, options: dict[str, Any] | None = None) 
     # "Unable connect" warnings are the expected answer while the JVM starts.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
-    kwargs = {"bootstrap_servers": bootstrap, **(options or {})}
-    admin = AIOKafkaAdminClient(request_timeout_ms=3000, **kwargs)
+    admin = AIOKafkaAdminClient(**aiokafka_options(bootstrap, security, request_timeout_ms=3000))
     await admin.start()
     try:
         cluster = await admin.describe_cluster()

@@ -29,6 +29,7 @@ from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from cfn.kafka import librdkafka_config
 from cfn.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
@@ -175,8 +176,7 @@ def producer_config(
 ) -> dict[str, Any]:
     """librdkafka's settings for the ingest's producer (and the bench's bare baseline)."""
     timeout_ms = max(1000, int(ack_timeout * 1000))
-    config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
+    options: dict[str, Any] = {
         "client.id": "cfn-ingest",
         "acks": "all",
         "enable.idempotence": True,
@@ -205,9 +205,8 @@ def producer_config(
         # per retry by librdkafka; its errors still reach the error callback.
         "log_level": 0,
         "log.connection.close": False,
-        **security.librdkafka_options(),
     }
-    return config
+    return librdkafka_config(bootstrap, security, options)
 
 
 class _Client:

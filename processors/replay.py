@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from cfn import internals
 from cfn.config import topic_names
+from cfn.kafka import aiokafka_options
 from cfn.partition import partition_for
 from cfn.processors.metrics import WorkerMetrics
 from cfn.processors.pipeline import Output, Pipeline, header_map
@@ -143,8 +144,7 @@ async def _read(
     """The range of `cfn.raw` and its committed records, reporting progress as it reads."""
     topic = settings.topic("raw")
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
-        **settings.security.client_options(),
+        **aiokafka_options(settings.bootstrap, settings.security),
         enable_auto_commit=False,
         group_id=None,
         isolation_level="read_committed",
@@ -357,8 +357,7 @@ async def _write(
         security=settings.security,
     )
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap,
-        **settings.security.client_options(),
+        **aiokafka_options(settings.bootstrap, settings.security),
         acks="all",
         enable_idempotence=True,
         linger_ms=5,

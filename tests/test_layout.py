@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cfn.kafka import AIOKAFKA_KEYS, LIBRDKAFKA_KEYS
+
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("ingest", "processors", "schemas", "cloudflare")
 # package -> the cfn packages it must never import
@@ -89,3 +91,50 @@ def test_no_module_imports_itself_back() -> None:
 
     for module in sorted(graph):
         visit(module, [])
+
+
+# The only module that names a Kafka client's connection settings (bootstrap, TLS, SASL).
+BUILDER = ROOT / "cfn" / "kafka.py"
+
+
+def _hand_built(tree: ast.AST) -> list[str]:
+    """Where a module names a connection setting itself: a keyword argument (aiokafka's names)
+    or a string (a dict key, a subscript, a lookup: aiokafka's or librdkafka's names). The
+    settings object itself, `KafkaSecurity(sasl_mechanism=...)`, is what the builder reads."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _name(node.func) != "KafkaSecurity":  # the settings
+            found += [
+                f"line {node.lineno}: {k.arg}=" for k in node.keywords if k.arg in AIOKAFKA_KEYS
+            ]
+        elif isinstance(node, ast.Constant) and node.value in AIOKAFKA_KEYS | LIBRDKAFKA_KEYS:
+            found.append(f"line {node.lineno}: {node.value!r}")
+    return found
+
+
+def _name(func: ast.expr) -> str:
+    return func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+
+
+@pytest.mark.parametrize(("module", "path"), _modules(), ids=lambda v: str(v))
+def test_only_the_builder_makes_kafka_client_settings(module: str, path: Path) -> None:
+    """Every shipped Kafka client gets bootstrap, TLS and SASL from cfn.kafka."""
+    if path.resolve() == BUILDER:
+        return
+    found = _hand_built(ast.parse(path.read_text(), str(path)))
+    assert not found, f"{module} builds Kafka connection settings by hand ({found}): use cfn.kafka"
+
+
+def test_the_builder_check_sees_settings_built_by_hand() -> None:
+    hand_built = """
+AIOKafkaConsumer(bootstrap_servers=b, group_id=None)
+make(**{"sasl.password": p})
+options["ssl_context"] = context
+"""
+    assert sorted(_hand_built(ast.parse(hand_built))) == [
+        "line 2: bootstrap_servers=",
+        "line 3: 'sasl.password'",
+        "line 4: 'ssl_context'",
+    ]
+    built = "AIOKafkaConsumer(**aiokafka_options(b, KafkaSecurity(sasl_mechanism=m)), group_id=g)"
+    assert _hand_built(ast.parse(built)) == []

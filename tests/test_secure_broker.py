@@ -27,6 +27,7 @@ from aiokafka.errors import (
 
 from cfn.acls import Acl
 from cfn.broker import BrokerError, LocalKafka, connection_help
+from cfn.kafka import aiokafka_options
 from cfn.security import KafkaSecurity
 from tests.conftest import free_port_block, free_ports
 from tests.kafka_util import run
@@ -269,7 +270,7 @@ def test_cfn_broker_secure_prints_settings_that_connect(tmp_path: Path) -> None:
 
         async def topics() -> set[str]:
             admin = AIOKafkaAdminClient(
-                bootstrap_servers=exports["CFN_KAFKA_BOOTSTRAP"], **security.client_options()
+                **aiokafka_options(exports["CFN_KAFKA_BOOTSTRAP"], security)
             )
             await admin.start()
             try:
