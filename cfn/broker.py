@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cfn.acls import Acl
+from cfn.config import CommandSettings
 from cfn.kafka import aiokafka_options, java_properties
 from cfn.security import PLAINTEXT, KafkaSecurity, Secret
 from cfn.supervisor import StopFlag, supervise
@@ -35,10 +36,7 @@ class BrokerError(Exception):
 
 def cache_dir() -> Path:
     """Where the Kafka jars live: outside the tracked tree, shared by every checkout."""
-    base = os.environ.get("CFN_KAFKA_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cfn", "kafka"
-    )
-    return Path(base) / KAFKA_VERSION
+    return CommandSettings.from_env().kafka_cache / KAFKA_VERSION
 
 
 def require_tool(name: str, install_hint: str) -> str:

@@ -19,6 +19,7 @@ The password is held in a `Secret`, whose repr and str never show it.
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -77,12 +78,13 @@ class KafkaSecurity:
         return self.protocol.startswith("SASL_")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> KafkaSecurity:
-        """Read and check CFN_KAFKA_* security variables.
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> KafkaSecurity:
+        """Read and check CFN_KAFKA_* security variables (default: the process environment).
 
         Raises:
             ConfigError: a bad value or combination; the message names the variable.
         """
+        environ = os.environ if environ is None else environ
         env = Env(environ)
         protocol = env.choice("CFN_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", PROTOCOLS)
         security = KafkaSecurity(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import signal
 import time
@@ -23,10 +22,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from cfn.access import AccessDenied, diagnose
 from cfn.health import Reachability
-from cfn.ingest.admin import WORKERS_ENV, AdminError, AdminListener
+from cfn.ingest.admin import AdminError, AdminListener
 from cfn.ingest.auth import DEFAULT_TENANT, SecretIndex, SecretsError
 from cfn.ingest.fairness import REASONS, Admission, TenantLimits, TenantSlots
-from cfn.ingest.http import Connection, IngestProtocol, Reply, Request, head_fields
+from cfn.ingest.http import Connection, IngestProtocol, Limits, Reply, Request, head_fields
 from cfn.ingest.metrics import IngestMetrics
 from cfn.ingest.openapi import openapi_document
 from cfn.ingest.settings import IngestSettings
@@ -102,6 +101,7 @@ class IngestApp:
     ) -> None:
         self.settings = settings
         self.max_body = settings.max_body
+        self.limits = Limits.of(settings)
         self.secrets = secrets
         self.sink = sink
         self.registry = registry
@@ -550,7 +550,7 @@ class IngestApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    await self.admin.start(int(os.environ.get(WORKERS_ENV, "1")))
+                    await self.admin.start(self.settings.workers)
                 except AdminError as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return

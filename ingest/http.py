@@ -41,12 +41,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import unquote
 
 import httptools
 
 from cfn.schemas import jsonio
+
+if TYPE_CHECKING:
+    from cfn.ingest.settings import IngestSettings
 
 log = logging.getLogger("cfn.ingest")
 
@@ -128,6 +131,7 @@ class Connection(Protocol):
 
 class HttpApp(Protocol):
     max_body: int
+    limits: Limits
 
     def check(self, request: Request) -> Reply | None: ...
 
@@ -169,7 +173,8 @@ def error_reply(status: int, error: str, message: str) -> bytes:
 
 
 class Limits(NamedTuple):
-    """The connection limits, from CFN_INGEST_* variables (ingest.settings)."""
+    """The connection limits (CFN_INGEST_*, ingest.settings), which the app carries: uvicorn
+    builds the protocol with only its own config and the app."""
 
     max_header_bytes: int
     header_timeout: float
@@ -178,30 +183,16 @@ class Limits(NamedTuple):
     max_connections: int
     shutdown_timeout: float
 
-
-_limits: Limits | None = None
-
-
-def _configured() -> Limits:
-    """The limits from CFN_* variables, once per process.
-
-    From the environment rather than passed in: uvicorn pickles the protocol class to start
-    `--workers` processes, and only a module-level class survives that.
-    """
-    global _limits
-    if _limits is None:
-        from cfn.ingest.settings import IngestSettings
-
-        s = IngestSettings.from_env()
-        _limits = Limits(
-            s.max_header_bytes,
-            s.header_timeout,
-            s.body_timeout,
-            s.write_timeout,
-            s.max_connections,
-            s.shutdown_timeout,
+    @classmethod
+    def of(cls, settings: IngestSettings) -> Limits:
+        return cls(
+            settings.max_header_bytes,
+            settings.header_timeout,
+            settings.body_timeout,
+            settings.write_timeout,
+            settings.max_connections,
+            settings.shutdown_timeout,
         )
-    return _limits
 
 
 def direct_app(app: Any) -> HttpApp:
@@ -268,7 +259,7 @@ class IngestProtocol(asyncio.Protocol):
         self.app = direct_app(config.loaded_app)
         self.server_state = server_state
         self.keep_alive_timeout: float = config.timeout_keep_alive
-        self.limits = limits = _configured()
+        self.limits = limits = self.app.limits
         self.max_head = limits.max_header_bytes
         self.head_timeout = limits.header_timeout
         self.body_timeout = limits.body_timeout

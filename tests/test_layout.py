@@ -138,3 +138,74 @@ options["ssl_context"] = context
     ]
     built = "AIOKafkaConsumer(**aiokafka_options(b, KafkaSecurity(sasl_mechanism=m)), group_id=g)"
     assert _hand_built(ast.parse(built)) == []
+
+
+# The modules that read the process environment, and why: the settings objects, each read once
+# per process, and `cfn run`, which hands its environment on to the processes it starts.
+ENVIRON_READERS = {
+    "cfn.config": "CommandSettings: the commands that start no service",
+    "cfn.logs": "LogSettings",
+    "cfn.security": "KafkaSecurity",
+    "cfn.ingest.settings": "IngestSettings",
+    "cfn.processors.settings": "WorkerSettings",
+    "cfn.cloudflare.settings": "CloudflareSettings",
+    "cfn.runner": "the environment of the ingest and worker it starts",
+}
+# The modules that set variables for the processes they start, and read none.
+ENVIRON_WRITERS = {"cfn.ingest.server": "--workers and --allow-unauthenticated, for uvicorn's"}
+_WRITES = ("pop", "update", "__setitem__", "__delitem__")
+
+
+def _environ_uses(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, "read" or "write") of each use of os.environ, os.getenv and their kin."""
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    uses = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "os":
+            if any(a.name in ("environ", "environb", "getenv", "getenvb") for a in node.names):
+                uses.append((node.lineno, "read"))  # a bare name could hide anything
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "os"
+            and node.attr in ("environ", "environb", "getenv", "getenvb", "putenv", "unsetenv")
+        ):
+            parent = parents.get(node)
+            written = (
+                isinstance(parent, ast.Subscript) and isinstance(parent.ctx, ast.Store | ast.Del)
+            ) or (isinstance(parent, ast.Attribute) and parent.attr in _WRITES)
+            uses.append((node.lineno, "write" if written else "read"))
+    return uses
+
+
+@pytest.mark.parametrize(("module", "path"), _modules(), ids=lambda v: str(v))
+def test_only_the_settings_read_the_environment(module: str, path: Path) -> None:
+    """Every setting is read once, in a settings object: nothing else reads os.environ."""
+    uses = _environ_uses(ast.parse(path.read_text(), str(path)))
+    if module in ENVIRON_READERS:
+        return
+    allowed = ("write",) if module in ENVIRON_WRITERS else ()
+    wrong = [f"line {line}: {kind}" for line, kind in uses if kind not in allowed]
+    assert not wrong, f"{module} uses the environment ({wrong}): read it in a settings object"
+
+
+def test_the_environment_check_tells_reads_from_writes() -> None:
+    source = """
+import os
+from os import getenv
+a = os.environ.get("X")
+b = {**os.environ}
+os.environ["Y"] = "1"
+os.environ.pop("Y", None)
+del os.environ["Z"]
+c = os.getenv("X")
+"""
+    assert sorted(_environ_uses(ast.parse(source))) == [
+        (3, "read"),
+        (4, "read"),
+        (5, "read"),
+        (6, "write"),
+        (7, "write"),
+        (8, "write"),
+        (9, "read"),
+    ]
