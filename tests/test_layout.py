@@ -13,13 +13,31 @@ from cfn.kafka import AIOKAFKA_KEYS, LIBRDKAFKA_KEYS
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("ingest", "processors", "schemas", "cloudflare")
 # package -> the cfn packages it must never import
+# The development broker and the supervision of `cfn run`: the shell's, never a service's.
+DEVELOPMENT = ("cfn.broker", "cfn.supervisor")
 FORBIDDEN = {
-    "cfn.schemas": ("cfn.ingest", "cfn.processors", "cfn.cli", "cfn.runner", "cfn.broker"),
-    "cfn.ingest": ("cfn.processors", "cfn.cli", "cfn.runner", "cfn.tools", "cfn.cloudflare"),
-    "cfn.processors": ("cfn.ingest", "cfn.cli", "cfn.runner", "cfn.tools", "cfn.cloudflare"),
+    "cfn.schemas": ("cfn.ingest", "cfn.processors", "cfn.cli", "cfn.runner", *DEVELOPMENT),
+    "cfn.ingest": (
+        "cfn.processors",
+        "cfn.cli",
+        "cfn.runner",
+        "cfn.tools",
+        "cfn.cloudflare",
+        *DEVELOPMENT,
+    ),
+    "cfn.processors": (
+        "cfn.ingest",
+        "cfn.cli",
+        "cfn.runner",
+        "cfn.tools",
+        "cfn.cloudflare",
+        *DEVELOPMENT,
+    ),
     # It reads the ingest's secrets file with the ingest's own parser (cfn.ingest.auth).
-    "cfn.cloudflare": ("cfn.processors", "cfn.cli", "cfn.runner", "cfn.tools"),
+    "cfn.cloudflare": ("cfn.processors", "cfn.cli", "cfn.runner", "cfn.tools", *DEVELOPMENT),
 }
+# The only modules that start the development broker: `cfn broker`, `cfn fetch-kafka`, `cfn run`.
+BROKER_USERS = ("cfn.cli", "cfn.runner")
 
 
 def _imports(path: Path) -> set[str]:
@@ -64,9 +82,19 @@ def test_imports_stay_in_their_rooms(module: str, path: Path) -> None:
         assert not others, f"{module}: schemas imports nothing else of cfn's, not {others}"
 
 
+@pytest.mark.parametrize(("module", "path"), _modules(), ids=lambda v: str(v))
+def test_only_the_shell_starts_the_development_broker(module: str, path: Path) -> None:
+    """The plumbing and the services never import the local broker, so it is shipped only as
+    the development part of the command line."""
+    if module in (*BROKER_USERS, *DEVELOPMENT):
+        return
+    wrong = sorted(n for n in _imports(path) if n.startswith(DEVELOPMENT))
+    assert not wrong, f"{module} imports the development broker ({wrong})"
+
+
 def test_no_module_imports_itself_back() -> None:
     """The modules' imports, those inside functions included, form no cycle: a lazy import must
-    not hide one (cfn.broker and cfn.runner once imported each other)."""
+    not hide one."""
     modules = dict(_modules())
     graph: dict[str, set[str]] = {}
     for module, path in modules.items():
