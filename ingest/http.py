@@ -1,39 +1,11 @@
 """cfn's HTTP/1.1 connection: httptools (llhttp) parsing, the ingest's limits, the app called
 directly.
 
-uvicorn runs the process (the listening socket, TLS, `--workers`, signals, the lifespan); this
-class replaces its protocol and ASGI's per-request machinery.
-
-The app (`HttpApp`) sees each request twice:
-
-* `check`, when its head is complete: the answer it gets from the head alone (a wrong secret,
-  a declared body over the limit, an unknown path), or None to read the body;
-* `handle`, with the whole body: it answers later through `Connection.answer`, at most once.
-
-Every state of a connection has a deadline:
-
-* reading a head: `header_timeout` after its first byte, or after the connection opened -> 408;
-* reading a body: `body_timeout` in total, from the read that ended its head -> 408;
-* idle between requests: the keep-alive timeout, which bytes that begin no request (stray CRLFs)
-  do not reset;
-* after an answer sent while body bytes are still owed: the answer goes out, the write side is
-  shut, and the connection closes within `LINGER` seconds (the owed bytes are never parsed);
-* writing: a client that stops reading for `write_timeout` is cut off;
-* shutdown: open connections are closed, answered ones at once, and cut off after
-  `shutdown_timeout` whatever the client does.
-
-Framing follows RFC 9112: Transfer-Encoding in an HTTP/1.0 request, a transfer coding other than
-one final `chunked`, or Transfer-Encoding beside Content-Length is refused (400, or 501 for a
-coding cfn does not implement; 505 for a version other than 1.0 and 1.1) and the connection
-closes. Other refusals: a head over
-`max_header_bytes` -> 431; bytes that are not HTTP -> 400; over `max_connections` open
-connections -> 503. Each refusal is a JSON answer followed by closing the connection.
-
-Requests on one connection are answered in order (HTTP/1.1 pipelining), by a loop rather than
-recursion; a refusal waits for the answers owed to the complete requests before it. Reading
-pauses while `PIPELINE_DEPTH` requests wait, and answers wait while the transport's buffer is
-full, so a client that pipelines without reading cannot make the process buffer without end.
-An exception from the app answers 500 and closes the connection.
+uvicorn runs the process; this protocol replaces its own and ASGI's per-request machinery. The
+app (`HttpApp`) sees each request twice: `check` with its head (an answer from the head alone,
+or None to read the body), then `handle` with the whole body, answering later through
+`Connection.answer`. Every state of a connection has a deadline, framing follows RFC 9112, and
+pipelined requests are answered in order (docs/design.md, "What is the protocol's own").
 """
 
 from __future__ import annotations
@@ -244,7 +216,16 @@ LINGER = 2.0  # seconds a connection closing with body bytes owed waits for its 
 
 
 class IngestProtocol(asyncio.Protocol):
-    """The protocol class for `uvicorn.run(http=...)`, built by uvicorn per connection."""
+    """The protocol class for `uvicorn.run(http=...)`, built by uvicorn per connection.
+
+    The deadlines: a head within `header_timeout` of its first byte (or of the connection) and a
+    body within `body_timeout` in total, else 408; idle between requests, the keep-alive timeout
+    (stray CRLFs do not reset it); a connection answered with body bytes owed closes within
+    `LINGER`; a client that reads nothing for `write_timeout` is cut off; at shutdown, answered
+    connections close at once and the rest after `shutdown_timeout`. Refusals (431 for a head
+    over `max_header_bytes`, 400/501/505 for bad framing, 503 over `max_connections`) are a JSON
+    answer and the connection closed; reading pauses while `PIPELINE_DEPTH` requests wait.
+    """
 
     open_connections = 0  # in this process: the connection cap counts them
 
