@@ -10,13 +10,14 @@ The rooms, and what may import what:
 * `cfn.cloudflare` (folder cloudflare/): Cloudflare's account API: connect, rotate, delivery
   health, reconcile with the Notification History. Imports schemas, the plumbing below and the
   ingest's secrets-file parser (`cfn.ingest.auth`).
-* The plumbing, in this package itself: Kafka client settings and topic creation (`topics`),
-  key placement (`partition`), environment parsing (`config`), lock-free metrics
+* The plumbing, in this package itself: every Kafka client's settings (`kafka`, from
+  `security`), topic creation (`topics`), key placement (`partition`), environment parsing,
+  the topic roles and the commands' settings (`config`), lock-free metrics
   (`fastmetrics`), Kafka reachability and client logs (`health`), the aiokafka and uvicorn
   internals cfn uses (`internals`), GC tuning (`runtime`).
-* The command line (`cli`), the local Kafka (`broker`), `cfn run` (`runner`), the supervision
-  of both in the foreground (`supervisor`) and `cfn send` / `cfn tail` (`tools`), which start
-  ingest and processors.
+* The command line (`cli`), the development broker (`broker`, imported by the command line
+  only), `cfn run` (`runner`), the supervision of both in the foreground (`supervisor`) and
+  `cfn send` / `cfn tail` (`tools`), which start ingest and processors.
 
 `cfn.ingest` and `cfn.processors` never import each other, and no module imports itself back
 through others (tests/test_layout.py).

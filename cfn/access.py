@@ -15,6 +15,7 @@ import ssl
 from aiokafka import errors as Errors
 from aiokafka.conn import collect_hosts, create_conn
 
+from cfn.kafka import connection_options
 from cfn.security import KafkaSecurity
 
 # What each authorization error means for cfn's roles (see `cfn acls`).
@@ -76,7 +77,7 @@ async def probe(bootstrap: str, security: KafkaSecurity, timeout: float = 5.0) -
     """
     if security.protocol == "PLAINTEXT":
         return
-    options = security.client_options()
+    options = connection_options(security)
     refused: AccessDenied | None = None
     try:  # as the clients read it (a missing port is 9092); theirs is the error to report
         hosts = collect_hosts(bootstrap, randomize=False)
@@ -91,11 +92,7 @@ async def probe(bootstrap: str, security: KafkaSecurity, timeout: float = 5.0) -
                     port,
                     client_id="cfn-probe",
                     request_timeout_ms=int(timeout * 1000),
-                    ssl_context=options.get("ssl_context"),
-                    security_protocol=security.protocol,
-                    sasl_mechanism=options.get("sasl_mechanism"),
-                    sasl_plain_username=options.get("sasl_plain_username"),
-                    sasl_plain_password=options.get("sasl_plain_password"),
+                    **options,
                 )
         except ssl.SSLCertVerificationError as exc:
             source = security.cafile or "the system's trust store"

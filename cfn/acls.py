@@ -1,8 +1,8 @@
 """The least-privilege Kafka ACLs of cfn's roles, as data, and as `kafka-acls` commands.
 
-Each ACL here was found necessary against Apache Kafka 4.4 with StandardAuthorizer, by
-tests/test_acls.py: a principal holding a role's list can do what the role does, and one holding
-the list minus any single entry cannot. What is *not* listed is implied by what is:
+Each ACL here is necessary against Apache Kafka 4.4 with StandardAuthorizer, as tests/test_acls.py
+shows: a principal holding a role's list can do what the role does, and one holding the list
+minus any single entry cannot. What is *not* listed is implied by what is:
 
 * DESCRIBE on a topic, group or transactional id is implied by READ or WRITE on it (Kafka's
   authorizer rule), so metadata, offsets lookups and FindCoordinator need no ACL of their own;

@@ -1,4 +1,8 @@
-"""A local Apache Kafka (KRaft) for development, tests and `make run`: `cfn broker`."""
+"""The development broker: a local Apache Kafka (KRaft) for `cfn broker`, `cfn run` and the tests.
+
+Never part of a deployment: only the command line imports it (tests/test_layout.py). What only
+the tests do to a secure one (ACLs, added users, client certificates) is in tests/secure_kafka.py.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,17 @@ import json
 import os
 import secrets
 import shutil
-import ssl
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cfn.acls import Acl
+from cfn.config import CommandSettings
+from cfn.kafka import aiokafka_options, java_properties
+from cfn.security import PLAINTEXT, KafkaSecurity, Secret
 from cfn.supervisor import StopFlag, supervise
 
 KAFKA_VERSION = "4.4.0"
@@ -33,10 +37,7 @@ class BrokerError(Exception):
 
 def cache_dir() -> Path:
     """Where the Kafka jars live: outside the tracked tree, shared by every checkout."""
-    base = os.environ.get("CFN_KAFKA_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cfn", "kafka"
-    )
-    return Path(base) / KAFKA_VERSION
+    return CommandSettings.from_env().kafka_cache / KAFKA_VERSION
 
 
 def require_tool(name: str, install_hint: str) -> str:
@@ -219,7 +220,7 @@ class LocalKafka:
     SCRAM-SHA-512 on `port`, mutual TLS on `ssl_port` (default port + 20000), a CA made on the
     first start, StandardAuthorizer with `admin` as the only user allowed anything until ACLs
     say otherwise. `users` are SCRAM users created, with random passwords, when the storage is
-    formatted (quicker than `add_scram_user` later, which starts a JVM).
+    formatted (quicker than adding one later, which starts a JVM).
 
     `plaintext_port` (secure only) adds an unauthenticated PLAINTEXT listener whose anonymous
     clients are super users: `make bench` compares SASL_SSL with PLAINTEXT on one broker. Never
@@ -316,14 +317,6 @@ class LocalKafka:
         """Client properties of the admin user for Kafka's tools (`--command-config`); 0600."""
         return self.data_dir / "admin.properties"
 
-    @property
-    def admin_user(self) -> str:
-        return ADMIN_USER
-
-    @property
-    def admin_password(self) -> str:
-        return self.password(ADMIN_USER)
-
     def password(self, user: str) -> str:
         """The password of a SCRAM user this class created.
 
@@ -342,16 +335,6 @@ class LocalKafka:
         _write_private(path, self.password(user))
         return path
 
-    def ssl_context(
-        self, cafile: Path | None = None, certificate: tuple[Path, Path] | None = None
-    ) -> ssl.SSLContext:
-        """A client TLS context trusting `cafile` (default: this CA), host names checked,
-        presenting `certificate` (certfile, keyfile) when given."""
-        context = ssl.create_default_context(cafile=str(cafile or self.ca_file))
-        if certificate is not None:
-            context.load_cert_chain(str(certificate[0]), str(certificate[1]))
-        return context
-
     def client_options(
         self, user: str | None = None, password: str | None = None, cafile: Path | None = None
     ) -> dict[str, Any]:
@@ -360,17 +343,22 @@ class LocalKafka:
         Args:
             user: the SASL user (default admin).
             password: its password (default: the one this class created for it).
-            cafile: the CA to trust (default this one; pass `untrusted_ca_file()` to fail).
+            cafile: the CA to trust (default this one).
         """
+        return aiokafka_options(self.bootstrap, self.client_security(user, password, cafile))
+
+    def client_security(
+        self, user: str | None = None, password: str | None = None, cafile: Path | None = None
+    ) -> KafkaSecurity:
+        """The settings of a SCRAM-SHA-512 client of `bootstrap` (arguments as `client_options`)."""
         user = user or ADMIN_USER
-        return {
-            "bootstrap_servers": self.bootstrap,
-            "security_protocol": "SASL_SSL",
-            "ssl_context": self.ssl_context(cafile),
-            "sasl_mechanism": SCRAM_MECHANISM,
-            "sasl_plain_username": user,
-            "sasl_plain_password": self.password(user) if password is None else password,
-        }
+        return KafkaSecurity(
+            protocol="SASL_SSL",
+            sasl_mechanism=SCRAM_MECHANISM,
+            username=user,
+            password=Secret(self.password(user) if password is None else password),
+            cafile=cafile or self.ca_file,
+        )
 
     def client_env(self, user: str | None = None) -> dict[str, str]:
         """The CFN_KAFKA_* variables that log a cfn process in over SASL_SSL as `user`
@@ -384,76 +372,6 @@ class LocalKafka:
             "CFN_KAFKA_SASL_PASSWORD_FILE": str(self.password_file(user).resolve()),
             "CFN_KAFKA_SSL_CAFILE": str(self.ca_file.resolve()),
         }
-
-    def mtls_options(self, cn: str) -> dict[str, Any]:
-        """aiokafka keyword arguments for a client of `ssl_bootstrap` that is User:<cn>."""
-        return {
-            "bootstrap_servers": self.ssl_bootstrap,
-            "security_protocol": "SSL",
-            "ssl_context": self.ssl_context(certificate=self.client_certificate(cn)),
-        }
-
-    def client_certificate(self, cn: str) -> tuple[Path, Path]:
-        """(certfile, keyfile) of a client certificate for `cn`, signed by this CA (made once
-        per CN). On `ssl_bootstrap` it authenticates as User:<cn>."""
-        self._need_secure()
-        folder = self.tls_dir / "clients"
-        cert, key = folder / f"{cn}.pem", folder / f"{cn}.key"
-        if cn == BROKER_CN:
-            raise BrokerError(f"{BROKER_CN!r} is the broker's own (super user) name")
-        if not (cert.exists() and key.exists()):
-            sign_certificate(self.ca_file, self.tls_dir / "ca.key", folder, cn)
-        return cert, key
-
-    def untrusted_ca_file(self) -> Path:
-        """A CA certificate that did not sign the broker's: clients trusting it must fail."""
-        self._need_secure()
-        folder = self.tls_dir / "untrusted"
-        if not (folder / "ca.pem").exists():
-            make_ca(folder, "cfn untrusted CA")
-        return folder / "ca.pem"
-
-    def add_scram_user(self, name: str) -> str:
-        """Create a SCRAM-SHA-512 user with a random password on the running cluster (Kafka's
-        ConfigCommand as admin; a JVM start, a few seconds) and return the password, which is
-        also kept in `passwords_file`."""
-        self._need_secure()
-        if not name or not all(c.isalnum() or c in "-_." for c in name):
-            raise BrokerError(f"{name!r} is not a plain user name (letters, digits, - _ .)")
-        password = secrets.token_hex(24)
-        # The password goes to the tool in a 0600 file, not on its command line.
-        config = self.data_dir / "secrets" / f"scram-{name}.properties"
-        _write_private(
-            config, f"{SCRAM_MECHANISM}=iterations={SCRAM_ITERATIONS},password={password}\n"
-        )
-        try:
-            self._tool(
-                "org.apache.kafka.tools.ConfigCommand",
-                "--bootstrap-server", self.bootstrap,
-                "--command-config", str(self.admin_properties),
-                "--alter", "--entity-type", "users", "--entity-name", name,
-                "--add-config-file", str(config),
-            )  # fmt: skip
-        finally:
-            config.unlink(missing_ok=True)
-        self._save_passwords({**self._passwords(), name: password})
-        return password
-
-    def apply_acls(self, acls: Iterable[Acl], timeout: float = 30.0) -> None:
-        """Create ACL bindings as admin, and return once the broker enforces them."""
-        asyncio.run(self.apply_acls_async(acls, timeout))
-
-    def remove_acls(self, acls: Iterable[Acl], timeout: float = 30.0) -> None:
-        """Delete exactly these ACL bindings as admin, once the broker no longer has them."""
-        asyncio.run(self.remove_acls_async(acls, timeout))
-
-    async def apply_acls_async(self, acls: Iterable[Acl], timeout: float = 30.0) -> None:
-        """`apply_acls` from inside an event loop."""
-        await _alter_acls(self.client_options(), list(acls), create=True, timeout=timeout)
-
-    async def remove_acls_async(self, acls: Iterable[Acl], timeout: float = 30.0) -> None:
-        """`remove_acls` from inside an event loop."""
-        await _alter_acls(self.client_options(), list(acls), create=False, timeout=timeout)
 
     def _need_secure(self) -> None:
         if not self.secure:
@@ -494,18 +412,14 @@ class LocalKafka:
         return [_scram_argument(u, passwords[u]) for u in wanted] if formatting else []
 
     def _admin_client_properties(self, password: str) -> str:
-        jaas = (
-            "org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f'username="{ADMIN_USER}" password="{password}";'
+        security = KafkaSecurity(
+            protocol="SASL_SSL",
+            sasl_mechanism=SCRAM_MECHANISM,
+            username=ADMIN_USER,
+            password=Secret(password),
+            cafile=self.tls_dir / "ca.pem",
         )
-        lines = {
-            "security.protocol": "SASL_SSL",
-            "sasl.mechanism": SCRAM_MECHANISM,
-            "sasl.jaas.config": jaas,
-            "ssl.truststore.type": "PEM",
-            "ssl.truststore.location": str(self.tls_dir / "ca.pem"),
-        }
-        return "".join(f"{k}={v}\n" for k, v in lines.items())
+        return "".join(f"{k}={v}\n" for k, v in java_properties(security).items())
 
     def _secure_properties(self, node: Node) -> dict[str, str]:
         properties = self._locked_properties(node)
@@ -544,19 +458,6 @@ class LocalKafka:
             "allow.everyone.if.no.acl.found": "false",
             "super.users": f"User:{ADMIN_USER};User:{BROKER_CN}",
         }
-
-    def _tool(self, main: str, *args: str) -> str:
-        """Run one of Kafka's command-line tools from the jars; its stdout, or a BrokerError."""
-        result = subprocess.run(
-            self._java(cache_dir() / "libs", main, *args),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
-            raise BrokerError(f"{main.rsplit('.', 1)[-1]} failed: " + " | ".join(tail))
-        return result.stdout
 
     def _properties(self, node: Node) -> str:
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.members)
@@ -703,8 +604,8 @@ class LocalKafka:
                         f"see {node.log_file}"
                     )
             try:
-                options = self.client_options() if self.secure else {}
-                seen = asyncio.run(_count_brokers(self.direct_bootstrap, options))
+                security = self.client_security() if self.secure else PLAINTEXT
+                seen = asyncio.run(_count_brokers(self.direct_bootstrap, security))
                 if seen >= want:
                     return
                 last = f"{seen}/{want} brokers registered"
@@ -712,10 +613,6 @@ class LocalKafka:
                 last = f"{type(exc).__name__}: {exc}"
             time.sleep(0.5)
         raise BrokerError(f"broker not ready after {timeout:.0f}s ({last}); see {self.data_dir}")
-
-    def kill(self, node_id: int) -> None:
-        """SIGKILL one node: the fault tests use this to lose a broker mid-stream."""
-        self.stop_node(node_id, kill=True)
 
     def stop_node(self, node_id: int, *, kill: bool = False, timeout: float = 60.0) -> None:
         """Stop one node: SIGTERM (a controlled shutdown) or SIGKILL (a crash)."""
@@ -733,16 +630,6 @@ class LocalKafka:
             process.kill()
             process.wait()
 
-    def restart_node(
-        self, node_id: int, *, kill: bool = False, down_for: float = 0.0, timeout: float = 90.0
-    ) -> None:
-        """Stop one node, keep it down `down_for` seconds, start it on the same storage and
-        wait until every node is registered again (a rolling restart is this, node by node)."""
-        self.stop_node(node_id, kill=kill)
-        time.sleep(down_for)
-        self.start_node(self.members[node_id - 1])
-        self.wait_ready(timeout)
-
     def stop(self, timeout: float = 30.0) -> None:
         """Stop every node with SIGTERM (controlled shutdown), then SIGKILL stragglers."""
         for node in self.members:
@@ -759,7 +646,7 @@ class LocalKafka:
                 node.process.wait()
 
 
-async def _count_brokers(bootstrap: str, options: dict[str, Any] | None = None) -> int:
+async def _count_brokers(bootstrap: str, security: KafkaSecurity) -> int:
     import logging
 
     from aiokafka.admin import AIOKafkaAdminClient
@@ -767,8 +654,7 @@ async def _count_brokers(bootstrap: str, options: dict[str, Any] | None = None) 
     # "Unable connect" warnings are the expected answer while the JVM starts.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
-    kwargs = {"bootstrap_servers": bootstrap, **(options or {})}
-    admin = AIOKafkaAdminClient(request_timeout_ms=3000, **kwargs)
+    admin = AIOKafkaAdminClient(**aiokafka_options(bootstrap, security, request_timeout_ms=3000))
     await admin.start()
     try:
         cluster = await admin.describe_cluster()
@@ -832,77 +718,3 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     path.chmod(0o600)
-
-
-# Kafka's wire codes (org.apache.kafka.common.resource / acl).
-_RESOURCE_CODE = {"TOPIC": 2, "GROUP": 3, "CLUSTER": 4, "TRANSACTIONAL_ID": 5}
-_PATTERN_CODE = {"LITERAL": 3, "PREFIXED": 4}
-_OPERATION_CODE = {
-    "ALL": 2,
-    "READ": 3,
-    "WRITE": 4,
-    "CREATE": 5,
-    "DELETE": 6,
-    "ALTER": 7,
-    "DESCRIBE": 8,
-    "IDEMPOTENT_WRITE": 12,
-}
-_ANY = 1
-_ALLOW, _DENY = 3, 2
-
-
-def _binding(acl: Acl) -> tuple[int, str, int, str, str, int, int]:
-    return (
-        _RESOURCE_CODE[acl.resource_type],
-        acl.name,
-        _PATTERN_CODE[acl.pattern],
-        acl.principal,
-        acl.host,
-        _OPERATION_CODE[acl.operation],
-        _ALLOW if acl.allow else _DENY,
-    )
-
-
-async def _alter_acls(
-    options: dict[str, Any], acls: list[Acl], *, create: bool, timeout: float
-) -> None:
-    """Create or delete ACL bindings with CreateAcls / DeleteAcls (aiokafka 0.14's admin client
-    has no ACL calls, but ships the protocol's requests), then wait until DescribeAcls, answered
-    by the broker's authorizer, shows the change: from then on it is enforced."""
-    from aiokafka.client import AIOKafkaClient
-    from aiokafka.protocol.admin import (
-        CreateAclsRequest,
-        DeleteAclsRequest,
-        DescribeAclsRequest,
-    )
-
-    client = AIOKafkaClient(request_timeout_ms=int(timeout * 1000), **options)
-    await client.bootstrap()
-    try:
-        node = client.get_random_node()
-        for acl in acls:
-            request = (CreateAclsRequest if create else DeleteAclsRequest)(*_binding(acl))
-            response = await client.send(node, request)
-            results = response.creation_responses if create else response.filter_responses
-            for error_code, error_message, *_ in results:
-                if error_code:
-                    verb = "creating" if create else "deleting"
-                    raise BrokerError(f"{verb} {acl} failed: {error_code} {error_message}")
-        deadline = time.monotonic() + timeout
-        for principal in sorted({acl.principal for acl in acls}):
-            wanted = {_binding(a) for a in acls if a.principal == principal}
-            while True:
-                describe = DescribeAclsRequest(_ANY, None, _ANY, principal, None, _ANY, _ANY)
-                answer = await client.send(node, describe)
-                present = {
-                    (rtype, name, pattern, p, host, op, perm)
-                    for rtype, name, pattern, entries in answer.resources
-                    for p, host, op, perm in entries
-                }
-                if (wanted <= present) if create else not (wanted & present):
-                    break
-                if time.monotonic() > deadline:
-                    raise BrokerError(f"ACLs of {principal} not applied after {timeout:.0f}s")
-                await asyncio.sleep(0.05)
-    finally:
-        await client.close()

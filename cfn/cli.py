@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cfn.config import OUTPUT_ROLES, TRANSACTIONS, ConfigError
+from cfn.config import OUTPUT_ROLES, CommandSettings, ConfigError
 from cfn.logs import LogSettings, configure
 
 
@@ -35,7 +34,7 @@ def _acls(args: argparse.Namespace) -> int:
                 app_id=args.app_id,
                 bootstrap=args.bootstrap,
                 command_config=args.command_config,
-                transactions=os.environ.get("CFN_TRANSACTIONS", TRANSACTIONS[0]),
+                transactions=CommandSettings.from_env().transactions,
                 upgrading=args.upgrading,
             )
         )
@@ -83,7 +82,7 @@ def _replay(args: argparse.Namespace) -> int:
 def _send(args: argparse.Namespace) -> int:
     from cfn.tools import send
 
-    secret = args.secret or os.environ.get("CFN_INGEST_SECRET")
+    secret = args.secret or CommandSettings.from_env().ingest_secret
     local = Path(".local/secret")
     if secret is None and local.exists():
         secret = local.read_text().strip()
@@ -95,14 +94,15 @@ def _tail(args: argparse.Namespace) -> int:
     from cfn.tools import tail
 
     try:
-        security = KafkaSecurity.from_env(os.environ)
+        security = KafkaSecurity.from_env()
     except ConfigError as exc:
         print(f"cfn tail: {exc}", file=sys.stderr)
         return 2
+    settings = CommandSettings.from_env()
     return tail(
         args.topic,
-        args.bootstrap or os.environ.get("CFN_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-        args.prefix or os.environ.get("CFN_TOPIC_PREFIX", "cfn."),
+        args.bootstrap or settings.bootstrap,
+        args.prefix or settings.topic_prefix,
         from_beginning=args.from_beginning,
         limit=args.max,
         idle=args.idle,
@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action=_Version, help="print cfn's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    settings = CommandSettings.from_env()
 
     broker = sub.add_parser("broker", help="run a local Apache Kafka (KRaft) in the foreground")
     broker.add_argument("--port", type=int, default=9092, help="first broker port (default 9092)")
@@ -174,17 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
     acls.add_argument("--role", required=True, choices=("ingest", "worker", "provisioner"))
     acls.add_argument(
         "--prefix",
-        default=os.environ.get("CFN_TOPIC_PREFIX", "cfn."),
+        default=settings.topic_prefix,
         help="topic prefix (default: CFN_TOPIC_PREFIX, else cfn.)",
     )
     acls.add_argument(
         "--app-id",
-        default=os.environ.get("CFN_APP_ID", "cfn"),
+        default=settings.app_id,
         help="the worker's app id (default: CFN_APP_ID, else cfn)",
     )
     acls.add_argument(
         "--bootstrap",
-        default=os.environ.get("CFN_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        default=settings.bootstrap,
         help="for --bootstrap-server (default: CFN_KAFKA_BOOTSTRAP)",
     )
     acls.add_argument(
@@ -315,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command not in OWN_LOGGING:
         try:
-            configure(LogSettings.from_env(os.environ))
+            configure(LogSettings.from_env())
         except ConfigError as exc:
             print(f"cfn {args.command}: {exc}", file=sys.stderr)
             sys.exit(2)

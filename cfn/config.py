@@ -1,9 +1,12 @@
-"""Reading CFN_* settings from a mapping, with errors that name the variable."""
+"""Reading CFN_* settings from a mapping, with errors that name the variable; the topic roles."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -125,21 +128,53 @@ def legacy_changelog_topic(app_id: str, table: str) -> str:
     return f"{app_id}-{table}-changelog"
 
 
-# The topics the worker writes for subscribers (beside its internal rate-input and changelog).
-OUTPUT_ROLES = ("events", "incidents", "incident-state", "rates", "anomalies", "flaps", "dlq")
+# Every topic cfn uses, by role: the one list (a new output topic starts here). Its name is
+# CFN_TOPIC_PREFIX + role.
+TOPIC_ROLES = (
+    "raw",
+    "events",
+    "incidents",
+    "incident-state",
+    "rates",
+    "anomalies",
+    "flaps",
+    "dlq",
+    "rate-input",
+)
+# The topics the worker writes for subscribers (`cfn tail`, `cfn replay`, the ACLs): all but the
+# ingest's raw input and the worker's internal repartition topic.
+OUTPUT_ROLES = tuple(role for role in TOPIC_ROLES if role not in ("raw", "rate-input"))
 
 
 def topic_names(prefix: str) -> dict[str, str]:
     """Every topic cfn uses, by role, under one prefix (CFN_TOPIC_PREFIX)."""
-    roles = (
-        "raw",
-        "events",
-        "incidents",
-        "incident-state",
-        "rates",
-        "anomalies",
-        "flaps",
-        "dlq",
-        "rate-input",
-    )
-    return {role: f"{prefix}{role}" for role in roles}
+    return {role: f"{prefix}{role}" for role in TOPIC_ROLES}
+
+
+@dataclass(frozen=True)
+class CommandSettings:
+    """What the `cfn` commands that start no service read (`acls`, `send`, `tail`, `run`, the
+    local broker); the ingest, the worker and `cfn cloudflare` have settings of their own."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = "cfn."
+    app_id: str = "cfn"
+    transactions: str = TRANSACTIONS[0]
+    ingest_secret: str | None = field(default=None, repr=False)  # never in a repr or a log
+    kafka_cache: Path = Path("~/.cache/cfn/kafka")  # the local broker's jars, every version
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> CommandSettings:
+        env = Env(os.environ if environ is None else environ)
+        cache = env.raw("CFN_KAFKA_CACHE")
+        if cache is None:
+            xdg = env.raw("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+            cache = os.path.join(xdg, "cfn", "kafka")
+        return cls(
+            bootstrap=env.text("CFN_KAFKA_BOOTSTRAP", cls.bootstrap),
+            topic_prefix=env.text("CFN_TOPIC_PREFIX", cls.topic_prefix),
+            app_id=env.text("CFN_APP_ID", cls.app_id),
+            transactions=env.text("CFN_TRANSACTIONS", cls.transactions),
+            ingest_secret=env.raw("CFN_INGEST_SECRET"),
+            kafka_cache=Path(cache),
+        )

@@ -196,8 +196,8 @@ def commit_offsets_as_member(producer: Any, consumer: Any) -> None:
 
 
 class MemberTxnOffsetCommit(TxnOffsetCommitHandler):  # type: ignore[misc]
-    """aiokafka's handler, with the v3 request and its stale-member answers. One class (a class
-    made per commit was a reference cycle per commit round for the full collections)."""
+    """aiokafka's handler, with the v3 request and its stale-member answers; one class for every
+    commit, so that no commit round leaves a reference cycle behind."""
 
     def __init__(self, sender: Any, offsets: Any, group_id: str, coordinator: Any) -> None:
         super().__init__(sender, offsets, group_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -32,12 +33,14 @@ class LogSettings:
     format: str = "text"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> LogSettings:
-        """Read CFN_LOG_LEVEL (a level name, any case) and CFN_LOG_FORMAT (`text` or `json`).
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> LogSettings:
+        """Read CFN_LOG_LEVEL (a level name, any case) and CFN_LOG_FORMAT (`text` or `json`)
+        from `environ` (default: the process environment).
 
         Raises:
             ConfigError: a value is not one of those; the message names the variable.
         """
+        environ = os.environ if environ is None else environ
         level = environ.get("CFN_LOG_LEVEL", DEFAULT_LEVEL)
         if level.strip().upper() not in LEVELS:
             raise ConfigError(f"CFN_LOG_LEVEL must be one of {', '.join(LEVELS)}, not {level!r}")

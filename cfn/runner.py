@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from cfn.broker import BrokerError, LocalKafka
+from cfn.config import CommandSettings
 from cfn.supervisor import StopFlag, supervise
 
 LOCAL = Path(".local")
@@ -18,7 +19,7 @@ LOCAL = Path(".local")
 
 def _secret() -> str:
     """CFN_INGEST_SECRET, else one generated once and kept in .local/secret (mode 600)."""
-    given = os.environ.get("CFN_INGEST_SECRET")
+    given = CommandSettings.from_env().ingest_secret
     if given:
         return given
     path = LOCAL / "secret"

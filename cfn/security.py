@@ -1,9 +1,7 @@
-"""How every Kafka client of cfn connects: TLS, SASL and their settings, in one place.
+"""How every Kafka client of cfn connects: the TLS and SASL settings, read once.
 
-The ingest's producer, the worker's consumer and producers, the admin client that creates
-topics, the changelog reader, `replay` and `tail` all take their connection options from
-`KafkaSecurity.client_options()` (the ingest's librdkafka producer from
-`KafkaSecurity.librdkafka_options()`), built once from CFN_KAFKA_* variables:
+`KafkaSecurity` is built from CFN_KAFKA_* variables; `cfn.kafka` turns it into each client's
+options (aiokafka's, librdkafka's, Kafka's tools'):
 
 | variable | meaning |
 |---|---|
@@ -21,11 +19,11 @@ The password is held in a `Secret`, whose repr and str never show it.
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cfn.config import ConfigError, Env
 
@@ -80,15 +78,16 @@ class KafkaSecurity:
         return self.protocol.startswith("SASL_")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> KafkaSecurity:
-        """Read and check CFN_KAFKA_* security variables.
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> KafkaSecurity:
+        """Read and check CFN_KAFKA_* security variables (default: the process environment).
 
         Raises:
             ConfigError: a bad value or combination; the message names the variable.
         """
+        environ = os.environ if environ is None else environ
         env = Env(environ)
         protocol = env.choice("CFN_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", PROTOCOLS)
-        security = cls(
+        security = KafkaSecurity(
             protocol=protocol,
             sasl_mechanism=env.raw("CFN_KAFKA_SASL_MECHANISM"),
             username=env.raw("CFN_KAFKA_SASL_USERNAME"),
@@ -155,37 +154,6 @@ class KafkaSecurity:
         if not self.check_hostname:
             context.check_hostname = False
         return context
-
-    def client_options(self) -> dict[str, Any]:
-        """Keyword arguments for any aiokafka client (producer, consumer, admin)."""
-        options: dict[str, Any] = {"security_protocol": self.protocol}
-        if self.tls:
-            options["ssl_context"] = self.ssl_context()
-        if self.sasl:
-            assert self.password is not None  # checked at start
-            options["sasl_mechanism"] = self.sasl_mechanism
-            options["sasl_plain_username"] = self.username
-            options["sasl_plain_password"] = self.password.reveal()
-        return options
-
-    def librdkafka_options(self) -> dict[str, Any]:
-        """The same settings for a librdkafka client (the ingest's producer)."""
-        options: dict[str, Any] = {"security.protocol": self.protocol.lower()}
-        if self.tls:
-            # "probe": librdkafka looks for the system's trust store, as ssl_context() uses it.
-            options["ssl.ca.location"] = "probe" if self.cafile is None else str(self.cafile)
-            if self.certfile is not None and self.keyfile is not None:
-                options["ssl.certificate.location"] = str(self.certfile)
-                options["ssl.key.location"] = str(self.keyfile)
-            options["ssl.endpoint.identification.algorithm"] = (
-                "https" if self.check_hostname else "none"
-            )
-        if self.sasl:
-            assert self.password is not None  # checked at start
-            options["sasl.mechanism"] = self.sasl_mechanism
-            options["sasl.username"] = self.username
-            options["sasl.password"] = self.password.reveal()
-        return options
 
 
 PLAINTEXT = KafkaSecurity()

@@ -12,6 +12,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 
 from cfn.config import topic_names
+from cfn.kafka import aiokafka_options
 from cfn.schemas import jsonio
 from cfn.security import PLAINTEXT, KafkaSecurity
 
@@ -66,8 +67,7 @@ async def _tail(
 ) -> int:
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
-        **security.client_options(),
+        **aiokafka_options(bootstrap, security),
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",  # only what cfn committed, never aborted writes

@@ -11,6 +11,7 @@ from aiokafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedErr
 from aiokafka.structs import TopicPartition
 
 from cfn import internals
+from cfn.kafka import aiokafka_options
 from cfn.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ async def ensure_topics(
     mismatch is logged, because keyed co-partitioning depends on it.
     """
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **security.client_options()
+        **aiokafka_options(bootstrap, security, request_timeout_ms=timeout_ms)
     )
     internals.check_admin(admin)
     await admin.start()

@@ -38,6 +38,7 @@ from cfn.cloudflare.records import Silence, Webhook
 from cfn.cloudflare.secretsfile import SecretsFile
 from cfn.cloudflare.settings import CloudflareSettings
 from cfn.ingest.auth import SecretsError
+from cfn.kafka import aiokafka_options
 from cfn.partition import default_partitioner
 from cfn.schemas import jsonio
 from cfn.schemas.keys import incident_key
@@ -196,8 +197,7 @@ def _count(metrics: ReconcileMetrics, result: TenantResult) -> None:
 async def read_raw(settings: CloudflareSettings, since: datetime) -> dict[str, list[Seen]]:
     """Every body of `cfn.raw` accepted since `since`, by tenant."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
-        **settings.security.client_options(),
+        **aiokafka_options(settings.bootstrap, settings.security),
         enable_auto_commit=False,
         group_id=None,
     )
@@ -249,8 +249,7 @@ async def write_backfill(
     """Write the missed records of `result` into `cfn.raw`, marked as from the history, keyed
     and partitioned as the ingest would key their bodies. Returns how many were written."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap,
-        **settings.security.client_options(),
+        **aiokafka_options(settings.bootstrap, settings.security),
         acks="all",
         enable_idempotence=True,
         partitioner=default_partitioner,

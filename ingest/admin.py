@@ -18,8 +18,6 @@ from cfn.ingest.http import Reply, head_fields
 
 log = logging.getLogger("cfn.ingest")
 
-WORKERS_ENV = "CFN_INGEST_WORKERS"  # set by `cfn ingest --workers N` for its processes
-
 
 class AdminError(Exception):
     """No admin port of the range could be bound."""

@@ -1,39 +1,11 @@
 """cfn's HTTP/1.1 connection: httptools (llhttp) parsing, the ingest's limits, the app called
 directly.
 
-uvicorn runs the process (the listening socket, TLS, `--workers`, signals, the lifespan); this
-class replaces its protocol and ASGI's per-request machinery.
-
-The app (`HttpApp`) sees each request twice:
-
-* `check`, when its head is complete: the answer it gets from the head alone (a wrong secret,
-  a declared body over the limit, an unknown path), or None to read the body;
-* `handle`, with the whole body: it answers later through `Connection.answer`, at most once.
-
-Every state of a connection has a deadline:
-
-* reading a head: `header_timeout` after its first byte, or after the connection opened -> 408;
-* reading a body: `body_timeout` in total, from the read that ended its head -> 408;
-* idle between requests: the keep-alive timeout, which bytes that begin no request (stray CRLFs)
-  do not reset;
-* after an answer sent while body bytes are still owed: the answer goes out, the write side is
-  shut, and the connection closes within `LINGER` seconds (the owed bytes are never parsed);
-* writing: a client that stops reading for `write_timeout` is cut off;
-* shutdown: open connections are closed, answered ones at once, and cut off after
-  `shutdown_timeout` whatever the client does.
-
-Framing follows RFC 9112: Transfer-Encoding in an HTTP/1.0 request, a transfer coding other than
-one final `chunked`, or Transfer-Encoding beside Content-Length is refused (400, or 501 for a
-coding cfn does not implement; 505 for a version other than 1.0 and 1.1) and the connection
-closes. Other refusals: a head over
-`max_header_bytes` -> 431; bytes that are not HTTP -> 400; over `max_connections` open
-connections -> 503. Each refusal is a JSON answer followed by closing the connection.
-
-Requests on one connection are answered in order (HTTP/1.1 pipelining), by a loop rather than
-recursion; a refusal waits for the answers owed to the complete requests before it. Reading
-pauses while `PIPELINE_DEPTH` requests wait, and answers wait while the transport's buffer is
-full, so a client that pipelines without reading cannot make the process buffer without end.
-An exception from the app answers 500 and closes the connection.
+uvicorn runs the process; this protocol replaces its own and ASGI's per-request machinery. The
+app (`HttpApp`) sees each request twice: `check` with its head (an answer from the head alone,
+or None to read the body), then `handle` with the whole body, answering later through
+`Connection.answer`. Every state of a connection has a deadline, framing follows RFC 9112, and
+pipelined requests are answered in order (docs/design.md, "What is the protocol's own").
 """
 
 from __future__ import annotations
@@ -41,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import unquote
 
 import httptools
 
 from cfn.schemas import jsonio
+
+if TYPE_CHECKING:
+    from cfn.ingest.settings import IngestSettings
 
 log = logging.getLogger("cfn.ingest")
 
@@ -128,6 +103,7 @@ class Connection(Protocol):
 
 class HttpApp(Protocol):
     max_body: int
+    limits: Limits
 
     def check(self, request: Request) -> Reply | None: ...
 
@@ -169,7 +145,8 @@ def error_reply(status: int, error: str, message: str) -> bytes:
 
 
 class Limits(NamedTuple):
-    """The connection limits, from CFN_INGEST_* variables (ingest.settings)."""
+    """The connection limits (CFN_INGEST_*, ingest.settings), which the app carries: uvicorn
+    builds the protocol with only its own config and the app."""
 
     max_header_bytes: int
     header_timeout: float
@@ -178,30 +155,16 @@ class Limits(NamedTuple):
     max_connections: int
     shutdown_timeout: float
 
-
-_limits: Limits | None = None
-
-
-def _configured() -> Limits:
-    """The limits from CFN_* variables, once per process.
-
-    From the environment rather than passed in: uvicorn pickles the protocol class to start
-    `--workers` processes, and only a module-level class survives that.
-    """
-    global _limits
-    if _limits is None:
-        from cfn.ingest.settings import IngestSettings
-
-        s = IngestSettings.from_env()
-        _limits = Limits(
-            s.max_header_bytes,
-            s.header_timeout,
-            s.body_timeout,
-            s.write_timeout,
-            s.max_connections,
-            s.shutdown_timeout,
+    @classmethod
+    def of(cls, settings: IngestSettings) -> Limits:
+        return cls(
+            settings.max_header_bytes,
+            settings.header_timeout,
+            settings.body_timeout,
+            settings.write_timeout,
+            settings.max_connections,
+            settings.shutdown_timeout,
         )
-    return _limits
 
 
 def direct_app(app: Any) -> HttpApp:
@@ -253,7 +216,16 @@ LINGER = 2.0  # seconds a connection closing with body bytes owed waits for its 
 
 
 class IngestProtocol(asyncio.Protocol):
-    """The protocol class for `uvicorn.run(http=...)`, built by uvicorn per connection."""
+    """The protocol class for `uvicorn.run(http=...)`, built by uvicorn per connection.
+
+    The deadlines: a head within `header_timeout` of its first byte (or of the connection) and a
+    body within `body_timeout` in total, else 408; idle between requests, the keep-alive timeout
+    (stray CRLFs do not reset it); a connection answered with body bytes owed closes within
+    `LINGER`; a client that reads nothing for `write_timeout` is cut off; at shutdown, answered
+    connections close at once and the rest after `shutdown_timeout`. Refusals (431 for a head
+    over `max_header_bytes`, 400/501/505 for bad framing, 503 over `max_connections`) are a JSON
+    answer and the connection closed; reading pauses while `PIPELINE_DEPTH` requests wait.
+    """
 
     open_connections = 0  # in this process: the connection cap counts them
 
@@ -268,7 +240,7 @@ class IngestProtocol(asyncio.Protocol):
         self.app = direct_app(config.loaded_app)
         self.server_state = server_state
         self.keep_alive_timeout: float = config.timeout_keep_alive
-        self.limits = limits = _configured()
+        self.limits = limits = self.app.limits
         self.max_head = limits.max_header_bytes
         self.head_timeout = limits.header_timeout
         self.body_timeout = limits.body_timeout

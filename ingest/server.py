@@ -13,19 +13,16 @@ from prometheus_client import CollectorRegistry
 from cfn import internals
 from cfn.config import ConfigError
 from cfn.health import quiet_client_logs
-from cfn.ingest.admin import WORKERS_ENV
 from cfn.ingest.app import IngestApp
 from cfn.ingest.auth import SecretIndex, SecretsError
 from cfn.ingest.http import IngestProtocol
-from cfn.ingest.settings import IngestSettings
+from cfn.ingest.settings import UNAUTHENTICATED_ENV, WORKERS_ENV, IngestSettings
 from cfn.ingest.sink import KafkaSink
 from cfn.ingest.tls import server_context
 from cfn.logs import LogSettings, configure
 from cfn.runtime import tune_gc
 
 log = logging.getLogger("cfn.ingest")
-
-UNAUTHENTICATED_ENV = "CFN_INGEST_ALLOW_UNAUTHENTICATED"
 
 
 class StartupError(Exception):
@@ -54,12 +51,11 @@ def load_secrets(settings: IngestSettings, allow_unauthenticated: bool) -> Secre
 
 def create_app() -> IngestApp:
     """The uvicorn factory: every worker process builds its own app from the environment."""
-    configure(LogSettings.from_env(os.environ))  # (checked by `serve` before any process)
+    configure(LogSettings.from_env())  # (checked by `serve` before any process)
     settings = IngestSettings.from_env()
     tune_gc()  # in each worker process, before the app's own objects exist
     quiet_client_logs()
-    allow = os.environ.get(UNAUTHENTICATED_ENV) == "1"
-    secrets = load_secrets(settings, allow)
+    secrets = load_secrets(settings, settings.allow_unauthenticated)
     sink = KafkaSink(
         settings.bootstrap,
         ack_timeout=settings.ack_timeout,
@@ -76,7 +72,7 @@ def serve(workers: int = 1, allow_unauthenticated: bool = False) -> int:
     import uvicorn
 
     try:
-        configure(LogSettings.from_env(os.environ))
+        configure(LogSettings.from_env())
         internals.check_versions()
         internals.check_server()
         settings = IngestSettings.from_env()

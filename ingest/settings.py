@@ -14,6 +14,11 @@ from cfn.ingest.fairness import TenantLimits
 from cfn.security import PLAINTEXT, KafkaSecurity
 from cfn.topics import RAW_MAX_MESSAGE_BYTES
 
+# Set by `cfn ingest` for the processes it starts (uvicorn's workers inherit its environment):
+# how many there are, each binding an admin port of its own, and --allow-unauthenticated.
+WORKERS_ENV = "CFN_INGEST_WORKERS"
+UNAUTHENTICATED_ENV = "CFN_INGEST_ALLOW_UNAUTHENTICATED"
+
 # The largest CFN_INGEST_MAX_BODY: the raw record's limit less room for its key and headers.
 MAX_BODY_LIMIT = RAW_MAX_MESSAGE_BYTES - 64 * 1024
 
@@ -55,6 +60,8 @@ class IngestSettings:
     security: KafkaSecurity = PLAINTEXT
     tls_certfile: Path | None = None  # HTTPS at the ingest itself (no proxy in front)
     tls_keyfile: Path | None = None
+    workers: int = 1  # processes of `cfn ingest --workers`
+    allow_unauthenticated: bool = False  # `cfn ingest --allow-unauthenticated`
 
     @functools.cached_property
     def raw_topic(self) -> str:  # read per request: computed once
@@ -108,6 +115,8 @@ class IngestSettings:
             security=KafkaSecurity.from_env(environ),
             tls_certfile=_tls_file(env, "CFN_INGEST_TLS_CERTFILE"),
             tls_keyfile=_tls_file(env, "CFN_INGEST_TLS_KEYFILE"),
+            workers=env.integer(WORKERS_ENV, cls.workers, minimum=1),
+            allow_unauthenticated=env.raw(UNAUTHENTICATED_ENV) == "1",
         )._checked()
 
     @property

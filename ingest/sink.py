@@ -1,16 +1,9 @@
-"""The durable write: one acks=all send per request, bounded by the ack timeout.
+"""The durable write: one acks=all send per request on librdkafka's producer, bounded by the ack
+timeout.
 
-The producer is librdkafka's (confluent-kafka), not aiokafka's. Measured here under wrk, a bare
-handler awaiting each ack made about 1.5x the requests per second with it (2.0x with a 1 ms
-linger): librdkafka batches, compresses and talks to the brokers on its own threads, so the
-event loop only hands each record over and resolves its future. It also recovers an idempotent
-producer from a sequence gap by itself (KIP-360), which aiokafka cannot.
-
-The bridge to asyncio: `produce` is a non-blocking call into librdkafka's queue; one thread per
-producer serves its delivery reports (`poll`) and hands each batch of them to the event loop in
-one `call_soon_threadsafe`. That thread also flushes and closes the producer, so delivery
-callbacks only ever run on it. Each record's wait is bounded by one shared sweeper, not a timer
-per request.
+`produce` is a non-blocking call into librdkafka's queue; one thread per producer serves its
+delivery reports and hands each batch of them to the event loop at once, and also flushes and
+closes the producer. One sweeper bounds every record's wait (why librdkafka: docs/design.md).
 """
 
 from __future__ import annotations
@@ -29,6 +22,7 @@ from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from cfn.kafka import librdkafka_config
 from cfn.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
@@ -82,12 +76,6 @@ class DeliveryFailed(Exception):
 
 class KafkaUnavailable(Exception):
     """A producer could not reach Kafka at start; the message is librdkafka's error name."""
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    # Marks a failure of a record nobody awaits any more as seen (no "never retrieved" log).
-    if not future.cancelled():
-        future.exception()
 
 
 def _codes(*names: str) -> frozenset[int]:
@@ -175,8 +163,7 @@ def producer_config(
 ) -> dict[str, Any]:
     """librdkafka's settings for the ingest's producer (and the bench's bare baseline)."""
     timeout_ms = max(1000, int(ack_timeout * 1000))
-    config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
+    options: dict[str, Any] = {
         "client.id": "cfn-ingest",
         "acks": "all",
         "enable.idempotence": True,
@@ -184,8 +171,7 @@ def producer_config(
         "linger.ms": linger_ms,
         # Far longer than the ack timeout (the sweeper answers 503 then): a record librdkafka
         # times out while in flight makes it bump the producer's epoch, and records it then
-        # retries under the new epoch are not deduplicated by the broker. Measured: at 3 s, a
-        # SIGKILLed leader left 24 acknowledged records twice in cfn.raw; see MESSAGE_TIMEOUT_S.
+        # retries under the new epoch are not deduplicated by the broker (MESSAGE_TIMEOUT_S).
         "message.timeout.ms": int(max(MESSAGE_TIMEOUT_S, ack_timeout) * 1000),
         "request.timeout.ms": timeout_ms,
         "message.max.bytes": max_request_size,
@@ -205,9 +191,8 @@ def producer_config(
         # per retry by librdkafka; its errors still reach the error callback.
         "log_level": 0,
         "log.connection.close": False,
-        **security.librdkafka_options(),
     }
-    return config
+    return librdkafka_config(bootstrap, security, options)
 
 
 class _Client:

@@ -31,6 +31,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from cfn import internals
 from cfn.access import AccessDenied, denial
 from cfn.config import OUTPUT_ROLES, changelog_topic
+from cfn.kafka import aiokafka_options
 from cfn.partition import partition_for
 from cfn.processors import restore
 from cfn.processors.changelog import ChangelogTable, changelog_records
@@ -92,7 +93,7 @@ class Engine:
         self.changelog = changelog_topic(settings.app_id)
         self.denied: AccessDenied | None = None  # Kafka refused a permission: the worker stops
         self._stop: asyncio.Event | None = None
-        client_options = settings.security.client_options()  # one TLS context for all
+        client_options = aiokafka_options(settings.bootstrap, settings.security)  # one TLS context
         self._client_options = client_options
         self.tasks: dict[int, Task] = {}
         self.producers = Producers(settings, client_options)
@@ -120,7 +121,6 @@ class Engine:
         s = self.settings
         session_ms = int(s.session_timeout * 1000)
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap,
             **self._client_options,
             group_id=s.app_id,
             client_id=f"{s.app_id}-worker",

@@ -293,9 +293,8 @@ class Pipeline:
     def _flap_opening(n: Notification, incident_id: str, partition: int) -> Output:
         """An incident opened: through the repartition topic to its alert type's partition,
         which holds every flap key of that type (the flap key includes it). Keyed like the rate
-        sums, a task's transaction writes to the few partitions of the types it saw; keyed by
-        flap key, every task wrote to every partition, and one worker over 96 partitions
-        fell to a third of its throughput over 12."""
+        sums, a task's transaction writes to the few partitions of the types it saw, where a
+        flap key would spread every task's transaction over every partition."""
         fields = [n.tenant, n.account_id or "", n.policy_id or "", n.alert_type or ""]
         opening = {
             "o": fields,

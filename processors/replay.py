@@ -23,7 +23,8 @@ from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from cfn import internals
-from cfn.config import topic_names
+from cfn.config import OUTPUT_ROLES, topic_names
+from cfn.kafka import aiokafka_options
 from cfn.partition import partition_for
 from cfn.processors.metrics import WorkerMetrics
 from cfn.processors.pipeline import Output, Pipeline, header_map
@@ -33,10 +34,6 @@ from cfn.topics import ensure_topics
 
 FAR_FUTURE = 4_102_444_800.0  # closes every window and fires every timer at the end
 SHADOW = "replay."  # the default output prefix is SHADOW + CFN_TOPIC_PREFIX (see above)
-# Roles the worker writes only for itself: the rate repartition topic is read back by the
-# worker, and a replay does that step in memory.
-INTERNAL_ROLES = ("raw", "rate-input")
-
 Ranges = dict[TopicPartition, tuple[int, int]]
 
 
@@ -67,11 +64,6 @@ def choose_prefix(live_prefix: str, output_prefix: str | None, live: bool) -> st
 
 
 LIVE_SKIPPED = ("incident-state",)  # tables the live worker keeps; see run_replay
-
-
-def output_roles() -> list[str]:
-    """Every topic role the pipeline emits for others to read, from `cfn.config.topic_names`."""
-    return [role for role in topic_names("") if role not in INTERNAL_ROLES]
 
 
 @dataclass(frozen=True)
@@ -143,8 +135,7 @@ async def _read(
     """The range of `cfn.raw` and its committed records, reporting progress as it reads."""
     topic = settings.topic("raw")
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
-        **settings.security.client_options(),
+        **aiokafka_options(settings.bootstrap, settings.security),
         enable_auto_commit=False,
         group_id=None,
         isolation_level="read_committed",
@@ -333,7 +324,7 @@ def format_plan(plan: Plan) -> str:
 def _plan_topics(prefix: str, outputs: list[Output], live: bool) -> dict[str, int]:
     names = topic_names(prefix)
     skipped = LIVE_SKIPPED if live else ()
-    counts = {names[role]: 0 for role in output_roles() if role not in skipped}
+    counts = {names[role]: 0 for role in OUTPUT_ROLES if role not in skipped}
     for out in outputs:
         counts[names[out.role]] += 1
     return counts
@@ -348,7 +339,7 @@ async def _write(
     """Create every output topic under `prefix` and write `outputs` (None values are
     tombstones, which cfn.incident-state needs)."""
     target = dataclasses.replace(settings, topic_prefix=prefix)
-    roles = [(role, target.topic(role)) for role in output_roles()]
+    roles = [(role, target.topic(role)) for role in OUTPUT_ROLES]
     await ensure_topics(
         settings.bootstrap,
         roles,
@@ -357,8 +348,7 @@ async def _write(
         security=settings.security,
     )
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap,
-        **settings.security.client_options(),
+        **aiokafka_options(settings.bootstrap, settings.security),
         acks="all",
         enable_idempotence=True,
         linger_ms=5,

@@ -55,7 +55,6 @@ class Restorer:
     def reader(self, isolation_level: str, **options: Any) -> AIOKafkaConsumer:
         """A consumer outside the group, for the changelogs (restore, high watermarks)."""
         return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap,
             **self._client_options,
             group_id=None,
             enable_auto_commit=False,

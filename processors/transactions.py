@@ -145,7 +145,6 @@ class Producers:
         """A transactional producer whose id is `<app id>-<name>`."""
         s = self.settings
         producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap,
             **self._client_options,
             client_id=f"{s.app_id}-{name}",
             transactional_id=f"{s.app_id}-{name}",

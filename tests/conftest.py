@@ -81,8 +81,9 @@ SECURE_USERS = ("alice", "nobody", "ingest", "worker")
 def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """One secured broker for the session (SASL_SSL + mTLS, StandardAuthorizer, no ACLs).
 
-    `secure_kafka.client_options(user)` / `.mtls_options(cn)` give aiokafka keyword arguments;
-    the users of SECURE_USERS exist from the start; `apply_acls` grants. It never skips: a
+    `secure_kafka.client_options(user)` and `tests.secure_kafka.mtls_options(secure_kafka, cn)`
+    give aiokafka keyword arguments; the users of SECURE_USERS exist from the start;
+    `tests.secure_kafka.apply_acls` grants. It never skips: a
     broker that cannot start fails the tests using it.
     """
     port, controller, ssl_port = free_ports(3)

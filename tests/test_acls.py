@@ -19,6 +19,7 @@ from cfn.broker import LocalKafka
 from cfn.cli import main
 from cfn.config import OUTPUT_ROLES, TABLES, changelog_topic, topic_names
 from tests.kafka_util import run
+from tests.secure_kafka import apply_acls, mtls_options
 
 TOPIC_AUTHORIZATION_FAILED = 29  # Kafka's error codes for a refusal
 CLUSTER_AUTHORIZATION_FAILED = 31
@@ -297,16 +298,16 @@ def test_each_of_a_roles_acls_is_needed(
             names.append(changelog_topic(app_id))
         run(_admin_create(secure_kafka, names))
         run(_admin_produce(secure_kafka, [topics["raw"], topics["rate-input"]]))
-    secure_kafka.apply_acls(granted)
+    apply_acls(secure_kafka, granted)
 
     work = WORK[role]
     options = secure_kafka.client_options(user)
     assert run(_attempt(work, options, *where(full_name))) is None
-    assert run(_attempt(work, secure_kafka.mtls_options(full_mtls), *where(full_mtls))) is None
+    assert run(_attempt(work, mtls_options(secure_kafka, full_mtls), *where(full_mtls))) is None
 
     async def all_variants() -> list[str | None]:
         return await asyncio.gather(
-            *(_attempt(work, secure_kafka.mtls_options(cn), *where(cn)) for cn in variants)
+            *(_attempt(work, mtls_options(secure_kafka, cn), *where(cn)) for cn in variants)
         )
 
     outcomes = dict(zip(variants, run(all_variants()), strict=True))

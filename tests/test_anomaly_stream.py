@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from cfn.config import topic_names
-from cfn.processors.replay import output_roles
+from cfn.config import OUTPUT_ROLES, topic_names
 from cfn.schemas import jsonio
 from cfn.topics import ensure_topics
 from tests.kafka_util import caught_up, produce_with_headers, run
@@ -97,6 +96,6 @@ def test_an_anomaly_survives_a_kill_mid_episode_and_replays_the_same(
     assert live[1]["peak_count"] == 80 and live[1]["windows"] == 4
 
     shadow_replay(kafka, prefix, WORKER_ENV, 2)
-    assert "anomalies" in output_roles()
+    assert "anomalies" in OUTPUT_ROLES
     shadow = anomalies(kafka, f"replay.{prefix}anomalies")
     assert shadow == live, jsonio.dumps({"shadow": shadow, "live": live}).decode()

@@ -97,7 +97,7 @@ def test_quick_ingest_and_memory_sections(kafka: str, tmp_path: Path) -> None:
     for record in keyed[:500]:
         assert record.key == incident_key("default", jsonio.loads(record.value)), record.key
     assert len({record.partition for record in keyed}) > 1
-    # cfn's app on granian answered its 202s after writing them as cfn does (#30).
+    # cfn's app on granian answered its 202s after writing them as cfn does.
     assert positive(entry["ratio_granian_cfn_vs_cfn"])
     assert positive(entry["ratio_granian_bare_vs_bare_http"])
     assert positive(entry["ratio_granian_kafka_vs_bare_kafka"])

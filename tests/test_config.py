@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cfn.config import ConfigError, Env, parse_duration, topic_names
+from cfn.config import CommandSettings, ConfigError, Env, parse_duration, topic_names
+from cfn.ingest.settings import IngestSettings
 
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -156,3 +159,44 @@ def test_topic_names_share_one_prefix() -> None:
     }
     assert all(name == f"t1.{role}" for role, name in names.items())
     assert len(set(names.values())) == len(names)
+
+
+def test_the_commands_read_their_settings_once_with_the_processes_defaults() -> None:
+    """`cfn acls`, `send`, `tail`, `run` and the local broker read one CommandSettings; an
+    empty variable is unset, as for the ingest and the worker."""
+    assert CommandSettings.from_env({"CFN_TOPIC_PREFIX": ""}) == CommandSettings(
+        kafka_cache=CommandSettings.from_env({}).kafka_cache
+    )
+    given = CommandSettings.from_env(
+        {
+            "CFN_KAFKA_BOOTSTRAP": "k:1",
+            "CFN_TOPIC_PREFIX": "t.",
+            "CFN_APP_ID": "a",
+            "CFN_TRANSACTIONS": "partition",
+            "CFN_INGEST_SECRET": "s3cret-never-shown",
+            "XDG_CACHE_HOME": "/xdg",
+        }
+    )
+    assert (given.bootstrap, given.topic_prefix, given.app_id, given.transactions) == (
+        "k:1",
+        "t.",
+        "a",
+        "partition",
+    )
+    assert given.kafka_cache == Path("/xdg/cfn/kafka")
+    assert "s3cret" not in repr(given)
+    cache = CommandSettings.from_env({"CFN_KAFKA_CACHE": "/c", "XDG_CACHE_HOME": "/xdg"})
+    assert cache.kafka_cache == Path("/c")
+
+
+def test_the_ingest_reads_what_cfn_ingest_sets_for_its_processes() -> None:
+    assert (IngestSettings.from_env({}).workers, IngestSettings().allow_unauthenticated) == (
+        1,
+        False,
+    )
+    told = IngestSettings.from_env(
+        {"CFN_INGEST_WORKERS": "4", "CFN_INGEST_ALLOW_UNAUTHENTICATED": "1"}
+    )
+    assert (told.workers, told.allow_unauthenticated) == (4, True)
+    with pytest.raises(ConfigError, match="CFN_INGEST_WORKERS"):
+        IngestSettings.from_env({"CFN_INGEST_WORKERS": "0"})

@@ -611,7 +611,7 @@ def test_sighup_reload_applies_new_limits_and_a_bad_file_keeps_the_old(tmp_path:
 
 # ---- against the broker: a flood by one tenant, a steady sender beside it ----------------------
 
-CAP = 64  # CFN_INGEST_MAX_INFLIGHT, as in the measurement that opened issue #17
+CAP = 64  # CFN_INGEST_MAX_INFLIGHT of the flood
 FLOOD_CONNECTIONS = 256
 STEADY_RATE = 20.0  # B's requests per second
 A_RATE = 200  # A's rate in the last phase: requests per second
@@ -697,7 +697,8 @@ def flood_ingest(tmp_path: Path, kafka: str, unique: Callable[[str], str]) -> It
 def test_a_flooding_tenant_leaves_the_other_its_share_and_with_a_rate_its_latency(
     flood_ingest: Process,
 ) -> None:
-    """Issue #17's measurement, repeated: tenant A floods from 256 connections, B sends 20/s.
+    """One tenant's flood against another's trickle: tenant A floods from 256 connections, B
+    sends 20/s.
 
     Against one ingest (CFN_INGEST_MAX_INFLIGHT=64): B alone first (its unloaded p99); A
     flooding with only the in-flight shares (B must get >= 99% 202); A flooding after a SIGHUP

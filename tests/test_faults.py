@@ -288,7 +288,7 @@ def test_broker_loss_keeps_every_202_exactly_once(tmp_path: Path) -> None:
 
         def kill_node_2() -> None:
             killed.append(time.monotonic())
-            cluster.kill(2)
+            cluster.stop_node(2, kill=True)
 
         load_started = time.monotonic()
         answers = run_load(ingest.port, bodies, rate, {int(rate * kill_after): kill_node_2})

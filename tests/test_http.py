@@ -63,6 +63,14 @@ class App:
     """POST /w is handed over and answered by `release`; `deny` is answered from its head."""
 
     max_body = 64
+    limits = http.Limits(
+        max_header_bytes=1024,
+        header_timeout=0.2,
+        body_timeout=0.2,
+        write_timeout=0.2,
+        max_connections=4,
+        shutdown_timeout=0.3,
+    )
 
     def __init__(self) -> None:
         self.handed: list[tuple[Request, bytes, Connection]] = []
@@ -119,18 +127,9 @@ class Config:
 
 
 @pytest.fixture(autouse=True)
-def limits() -> Iterator[None]:
-    http._limits = http.Limits(
-        max_header_bytes=1024,
-        header_timeout=0.2,
-        body_timeout=0.2,
-        write_timeout=0.2,
-        max_connections=4,
-        shutdown_timeout=0.3,
-    )
+def no_connections() -> Iterator[None]:
     IngestProtocol.open_connections = 0
     yield
-    http._limits = None
     IngestProtocol.open_connections = 0
 
 

@@ -30,6 +30,14 @@ class Echo:
     """Answers every request at once (from its head for a GET, with its body for others)."""
 
     max_body = 1 << 20
+    limits = http.Limits(
+        max_header_bytes=16384,
+        header_timeout=5,
+        body_timeout=5,
+        write_timeout=5,
+        max_connections=10,
+        shutdown_timeout=1,
+    )
 
     def __init__(self) -> None:
         self.served: list[Served] = []
@@ -61,18 +69,9 @@ class Echo:
 
 
 @pytest.fixture(autouse=True)
-def limits() -> Iterator[None]:
-    http._limits = http.Limits(
-        max_header_bytes=16384,
-        header_timeout=5,
-        body_timeout=5,
-        write_timeout=5,
-        max_connections=10,
-        shutdown_timeout=1,
-    )
+def no_connections() -> Iterator[None]:
     IngestProtocol.open_connections = 0
     yield
-    http._limits = None
     IngestProtocol.open_connections = 0
 
 

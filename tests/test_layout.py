@@ -8,16 +8,36 @@ from pathlib import Path
 
 import pytest
 
+from cfn.kafka import AIOKAFKA_KEYS, LIBRDKAFKA_KEYS
+
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("ingest", "processors", "schemas", "cloudflare")
 # package -> the cfn packages it must never import
+# The development broker and the supervision of `cfn run`: the shell's, never a service's.
+DEVELOPMENT = ("cfn.broker", "cfn.supervisor")
 FORBIDDEN = {
-    "cfn.schemas": ("cfn.ingest", "cfn.processors", "cfn.cli", "cfn.runner", "cfn.broker"),
-    "cfn.ingest": ("cfn.processors", "cfn.cli", "cfn.runner", "cfn.tools", "cfn.cloudflare"),
-    "cfn.processors": ("cfn.ingest", "cfn.cli", "cfn.runner", "cfn.tools", "cfn.cloudflare"),
+    "cfn.schemas": ("cfn.ingest", "cfn.processors", "cfn.cli", "cfn.runner", *DEVELOPMENT),
+    "cfn.ingest": (
+        "cfn.processors",
+        "cfn.cli",
+        "cfn.runner",
+        "cfn.tools",
+        "cfn.cloudflare",
+        *DEVELOPMENT,
+    ),
+    "cfn.processors": (
+        "cfn.ingest",
+        "cfn.cli",
+        "cfn.runner",
+        "cfn.tools",
+        "cfn.cloudflare",
+        *DEVELOPMENT,
+    ),
     # It reads the ingest's secrets file with the ingest's own parser (cfn.ingest.auth).
-    "cfn.cloudflare": ("cfn.processors", "cfn.cli", "cfn.runner", "cfn.tools"),
+    "cfn.cloudflare": ("cfn.processors", "cfn.cli", "cfn.runner", "cfn.tools", *DEVELOPMENT),
 }
+# The only modules that start the development broker: `cfn broker`, `cfn fetch-kafka`, `cfn run`.
+BROKER_USERS = ("cfn.cli", "cfn.runner")
 
 
 def _imports(path: Path) -> set[str]:
@@ -62,9 +82,19 @@ def test_imports_stay_in_their_rooms(module: str, path: Path) -> None:
         assert not others, f"{module}: schemas imports nothing else of cfn's, not {others}"
 
 
+@pytest.mark.parametrize(("module", "path"), _modules(), ids=lambda v: str(v))
+def test_only_the_shell_starts_the_development_broker(module: str, path: Path) -> None:
+    """The plumbing and the services never import the local broker, so it is shipped only as
+    the development part of the command line."""
+    if module in (*BROKER_USERS, *DEVELOPMENT):
+        return
+    wrong = sorted(n for n in _imports(path) if n.startswith(DEVELOPMENT))
+    assert not wrong, f"{module} imports the development broker ({wrong})"
+
+
 def test_no_module_imports_itself_back() -> None:
     """The modules' imports, those inside functions included, form no cycle: a lazy import must
-    not hide one (cfn.broker and cfn.runner once imported each other)."""
+    not hide one."""
     modules = dict(_modules())
     graph: dict[str, set[str]] = {}
     for module, path in modules.items():
@@ -89,3 +119,121 @@ def test_no_module_imports_itself_back() -> None:
 
     for module in sorted(graph):
         visit(module, [])
+
+
+# The only module that names a Kafka client's connection settings (bootstrap, TLS, SASL).
+BUILDER = ROOT / "cfn" / "kafka.py"
+
+
+def _hand_built(tree: ast.AST) -> list[str]:
+    """Where a module names a connection setting itself: a keyword argument (aiokafka's names)
+    or a string (a dict key, a subscript, a lookup: aiokafka's or librdkafka's names). The
+    settings object itself, `KafkaSecurity(sasl_mechanism=...)`, is what the builder reads."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _name(node.func) != "KafkaSecurity":  # the settings
+            found += [
+                f"line {node.lineno}: {k.arg}=" for k in node.keywords if k.arg in AIOKAFKA_KEYS
+            ]
+        elif isinstance(node, ast.Constant) and node.value in AIOKAFKA_KEYS | LIBRDKAFKA_KEYS:
+            found.append(f"line {node.lineno}: {node.value!r}")
+    return found
+
+
+def _name(func: ast.expr) -> str:
+    return func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+
+
+@pytest.mark.parametrize(("module", "path"), _modules(), ids=lambda v: str(v))
+def test_only_the_builder_makes_kafka_client_settings(module: str, path: Path) -> None:
+    """Every shipped Kafka client gets bootstrap, TLS and SASL from cfn.kafka."""
+    if path.resolve() == BUILDER:
+        return
+    found = _hand_built(ast.parse(path.read_text(), str(path)))
+    assert not found, f"{module} builds Kafka connection settings by hand ({found}): use cfn.kafka"
+
+
+def test_the_builder_check_sees_settings_built_by_hand() -> None:
+    hand_built = """
+AIOKafkaConsumer(bootstrap_servers=b, group_id=None)
+make(**{"sasl.password": p})
+options["ssl_context"] = context
+"""
+    assert sorted(_hand_built(ast.parse(hand_built))) == [
+        "line 2: bootstrap_servers=",
+        "line 3: 'sasl.password'",
+        "line 4: 'ssl_context'",
+    ]
+    built = "AIOKafkaConsumer(**aiokafka_options(b, KafkaSecurity(sasl_mechanism=m)), group_id=g)"
+    assert _hand_built(ast.parse(built)) == []
+
+
+# The modules that read the process environment, and why: the settings objects, each read once
+# per process, and `cfn run`, which hands its environment on to the processes it starts.
+ENVIRON_READERS = {
+    "cfn.config": "CommandSettings: the commands that start no service",
+    "cfn.logs": "LogSettings",
+    "cfn.security": "KafkaSecurity",
+    "cfn.ingest.settings": "IngestSettings",
+    "cfn.processors.settings": "WorkerSettings",
+    "cfn.cloudflare.settings": "CloudflareSettings",
+    "cfn.runner": "the environment of the ingest and worker it starts",
+}
+# The modules that set variables for the processes they start, and read none.
+ENVIRON_WRITERS = {"cfn.ingest.server": "--workers and --allow-unauthenticated, for uvicorn's"}
+_WRITES = ("pop", "update", "__setitem__", "__delitem__")
+
+
+def _environ_uses(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, "read" or "write") of each use of os.environ, os.getenv and their kin."""
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    uses = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "os":
+            if any(a.name in ("environ", "environb", "getenv", "getenvb") for a in node.names):
+                uses.append((node.lineno, "read"))  # a bare name could hide anything
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "os"
+            and node.attr in ("environ", "environb", "getenv", "getenvb", "putenv", "unsetenv")
+        ):
+            parent = parents.get(node)
+            written = (
+                isinstance(parent, ast.Subscript) and isinstance(parent.ctx, ast.Store | ast.Del)
+            ) or (isinstance(parent, ast.Attribute) and parent.attr in _WRITES)
+            uses.append((node.lineno, "write" if written else "read"))
+    return uses
+
+
+@pytest.mark.parametrize(("module", "path"), _modules(), ids=lambda v: str(v))
+def test_only_the_settings_read_the_environment(module: str, path: Path) -> None:
+    """Every setting is read once, in a settings object: nothing else reads os.environ."""
+    uses = _environ_uses(ast.parse(path.read_text(), str(path)))
+    if module in ENVIRON_READERS:
+        return
+    allowed = ("write",) if module in ENVIRON_WRITERS else ()
+    wrong = [f"line {line}: {kind}" for line, kind in uses if kind not in allowed]
+    assert not wrong, f"{module} uses the environment ({wrong}): read it in a settings object"
+
+
+def test_the_environment_check_tells_reads_from_writes() -> None:
+    source = """
+import os
+from os import getenv
+a = os.environ.get("X")
+b = {**os.environ}
+os.environ["Y"] = "1"
+os.environ.pop("Y", None)
+del os.environ["Z"]
+c = os.getenv("X")
+"""
+    assert sorted(_environ_uses(ast.parse(source))) == [
+        (3, "read"),
+        (4, "read"),
+        (5, "read"),
+        (6, "write"),
+        (7, "write"),
+        (8, "write"),
+        (9, "read"),
+    ]

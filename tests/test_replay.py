@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from cfn.cli import build_parser
-from cfn.config import topic_names
+from cfn.config import OUTPUT_ROLES, topic_names
 from cfn.processors.pipeline import Output
 from cfn.processors.progress import Progress, duration, progress_line
 from cfn.processors.replay import (
@@ -25,7 +25,6 @@ from cfn.processors.replay import (
     choose_prefix,
     format_plan,
     live_horizon,
-    output_roles,
     process,
     run_replay,
 )
@@ -98,9 +97,8 @@ def test_run_refuses_bad_combinations_before_touching_kafka(
 
 
 def test_output_roles_come_from_topic_names_without_the_internal_ones() -> None:
-    roles = output_roles()
-    assert set(roles) == set(topic_names("")) - {"raw", "rate-input"}
-    assert "incident-state" in roles and "events" in roles
+    assert set(OUTPUT_ROLES) == set(topic_names("")) - {"raw", "rate-input"}
+    assert "incident-state" in OUTPUT_ROLES and "events" in OUTPUT_ROLES
 
 
 # ---- progress --------------------------------------------------------------------------------
@@ -321,8 +319,8 @@ def test_replay_writes_shadow_topics_unless_live_is_asked_for_explicitly(
     live_names = topic_names(prefix)
     run(create_topics(kafka, [live_names["raw"]], 2))
     run(produce_with_headers(kafka, live_names["raw"], items))
-    live = [live_names[role] for role in output_roles()]
-    run(ensure_topics(kafka, [(role, live_names[role]) for role in output_roles()], 2, 1))
+    live = [live_names[role] for role in OUTPUT_ROLES]
+    run(ensure_topics(kafka, [(role, live_names[role]) for role in OUTPUT_ROLES], 2, 1))
     before = run(end_offsets(kafka, live))
     assert before == dict.fromkeys(live, 0)
     start = ("--from", "2000-01-01T00:00:00Z")

@@ -27,9 +27,18 @@ from aiokafka.errors import (
 
 from cfn.acls import Acl
 from cfn.broker import BrokerError, LocalKafka, connection_help
+from cfn.kafka import aiokafka_options
 from cfn.security import KafkaSecurity
 from tests.conftest import free_port_block, free_ports
 from tests.kafka_util import run
+from tests.secure_kafka import (
+    add_scram_user,
+    apply_acls,
+    client_certificate,
+    mtls_options,
+    trusting_context,
+    untrusted_ca_file,
+)
 from tests.services import cfn_env
 
 pytestmark = pytest.mark.broker
@@ -81,7 +90,7 @@ def test_scram_client_produces_and_consumes_with_acls(
 ) -> None:
     topic, group = unique("scram"), unique("scram-group")
     run(create_topic(secure_kafka, topic))
-    secure_kafka.apply_acls(reader_writer("User:alice", topic, group))
+    apply_acls(secure_kafka, reader_writer("User:alice", topic, group))
     assert run(produce_and_consume(secure_kafka.client_options("alice"), topic, group)) == [
         b"one",
         b"two",
@@ -111,7 +120,7 @@ def test_a_user_added_at_runtime_authenticates_and_is_refused_without_acls(
 ) -> None:
     topic, user = unique("runtime-user"), unique("carol")
     run(create_topic(secure_kafka, topic))
-    password = secure_kafka.add_scram_user(user)
+    password = add_scram_user(secure_kafka, user)
     assert secure_kafka.password(user) == password
 
     async def write() -> None:
@@ -124,7 +133,7 @@ def test_a_user_added_at_runtime_authenticates_and_is_refused_without_acls(
 
     with pytest.raises(TopicAuthorizationFailedError):
         run(write())
-    secure_kafka.apply_acls([Acl("TOPIC", topic, "LITERAL", "WRITE", f"User:{user}")])
+    apply_acls(secure_kafka, [Acl("TOPIC", topic, "LITERAL", "WRITE", f"User:{user}")])
     run(write())
 
 
@@ -149,7 +158,7 @@ def test_wrong_password_is_refused(
 def test_untrusted_ca_is_refused(
     secure_kafka: LocalKafka, caplog: pytest.LogCaptureFixture
 ) -> None:
-    untrusted = secure_kafka.untrusted_ca_file()
+    untrusted = untrusted_ca_file(secure_kafka)
     with caplog.at_level(logging.ERROR, logger="aiokafka"):
         run(refused(secure_kafka.client_options("alice", cafile=untrusted)))
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
@@ -169,19 +178,19 @@ def test_mtls_client_is_the_user_of_its_cn(
 ) -> None:
     topic, group, cn = unique("mtls"), unique("mtls-group"), unique("svc")
     run(create_topic(secure_kafka, topic))
-    options = secure_kafka.mtls_options(cn)
+    options = mtls_options(secure_kafka, cn)
     # ACLs for another name do not help: the principal is exactly User:<CN>. (Holding no WRITE
     # anywhere, its idempotent producer is refused its producer id: KIP-679.)
-    secure_kafka.apply_acls(reader_writer(f"User:{cn}-other", topic, group))
+    apply_acls(secure_kafka, reader_writer(f"User:{cn}-other", topic, group))
     with pytest.raises(ClusterAuthorizationFailedError):
         run(produce_and_consume(options, topic, group))
-    secure_kafka.apply_acls(reader_writer(f"User:{cn}", topic, group))
+    apply_acls(secure_kafka, reader_writer(f"User:{cn}", topic, group))
     assert run(produce_and_consume(options, topic, group)) == [b"one", b"two"]
 
 
 def test_mtls_listener_requires_a_client_certificate(secure_kafka: LocalKafka) -> None:
-    options = secure_kafka.mtls_options("unused")
-    options["ssl_context"] = secure_kafka.ssl_context()  # trusts the CA, presents nothing
+    options = mtls_options(secure_kafka, "unused")
+    options["ssl_context"] = trusting_context(secure_kafka)  # trusts the CA, presents nothing
     run(refused(options))
 
 
@@ -220,7 +229,7 @@ def test_secrets_stay_in_private_files(secure_kafka: LocalKafka) -> None:
 def test_the_broker_certificate_names_loopback(secure_kafka: LocalKafka) -> None:
     host, port = secure_kafka.bootstrap.split(",")[0].split(":")
     for server_hostname in ("127.0.0.1", "localhost"):
-        context = secure_kafka.ssl_context()  # check_hostname is on
+        context = trusting_context(secure_kafka)  # check_hostname is on
         with (
             socket.create_connection((host, int(port)), timeout=10) as raw,
             context.wrap_socket(raw, server_hostname=server_hostname) as tls,
@@ -230,7 +239,7 @@ def test_the_broker_certificate_names_loopback(secure_kafka: LocalKafka) -> None
 
 def test_the_broker_cn_is_not_issued_to_clients(secure_kafka: LocalKafka) -> None:
     with pytest.raises(BrokerError):
-        secure_kafka.client_certificate("cfn-broker")
+        client_certificate(secure_kafka, "cfn-broker")
 
 
 def test_plaintext_cluster_has_no_security_api(tmp_path: Any) -> None:
@@ -269,7 +278,7 @@ def test_cfn_broker_secure_prints_settings_that_connect(tmp_path: Path) -> None:
 
         async def topics() -> set[str]:
             admin = AIOKafkaAdminClient(
-                bootstrap_servers=exports["CFN_KAFKA_BOOTSTRAP"], **security.client_options()
+                **aiokafka_options(exports["CFN_KAFKA_BOOTSTRAP"], security)
             )
             await admin.start()
             try:

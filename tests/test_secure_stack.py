@@ -17,12 +17,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from cfn.acls import role_acls
-from cfn.broker import LocalKafka
+from cfn.broker import ADMIN_USER, LocalKafka
 from cfn.config import changelog_topic, topic_names
 from cfn.security import KafkaSecurity, Secret
 from cfn.topics import ensure_topics
 from tests.kafka_util import run
 from tests.payloads import alert, encode
+from tests.secure_kafka import apply_acls, client_certificate, remove_acls, untrusted_ca_file
 from tests.services import Process, metric_value, request, start_ingest, start_worker
 
 pytestmark = pytest.mark.broker
@@ -43,8 +44,8 @@ def provision(secure: LocalKafka, prefix: str, app_id: str) -> None:
     admin = KafkaSecurity(
         protocol="SASL_SSL",
         sasl_mechanism="SCRAM-SHA-512",
-        username=secure.admin_user,
-        password=Secret(secure.admin_password),
+        username=ADMIN_USER,
+        password=Secret(secure.password(ADMIN_USER)),
         cafile=secure.ca_file,
     )
     roles = list(topic_names(prefix).items())
@@ -57,7 +58,7 @@ def scram_env(secure: LocalKafka, user: str, **extra: str) -> dict[str, str]:
 
 
 def mtls_env(secure: LocalKafka, cn: str) -> dict[str, str]:
-    cert, key = secure.client_certificate(cn)
+    cert, key = client_certificate(secure, cn)
     return {
         "CFN_KAFKA_SECURITY_PROTOCOL": "SSL",
         "CFN_KAFKA_SSL_CAFILE": str(secure.ca_file),
@@ -105,7 +106,7 @@ def post(port: int, body: bytes) -> tuple[int, dict[str, Any]]:
 
 
 def secrets_of(secure: LocalKafka) -> list[str]:
-    return [secure.password(user) for user in (secure.admin_user, "ingest", "worker", "alice")]
+    return [secure.password(user) for user in (ADMIN_USER, "ingest", "worker", "alice")]
 
 
 def assert_no_secret(secure: LocalKafka, texts: Mapping[str, str]) -> None:
@@ -122,9 +123,10 @@ def test_ingest_and_worker_end_to_end_with_exactly_their_acls(
     prefix, app_id = names()
     provision(secure_kafka, prefix, app_id)
     worker_cn = f"worker-{app_id}"
-    secure_kafka.apply_acls(
+    apply_acls(
+        secure_kafka,
         role_acls("ingest", "User:ingest", prefix, app_id)
-        + role_acls("worker", f"User:{worker_cn}", prefix, app_id)
+        + role_acls("worker", f"User:{worker_cn}", prefix, app_id),
     )
     ingest = start_ingest(
         tmp_path,
@@ -193,7 +195,7 @@ def test_a_worker_missing_one_acl_exits_at_start_naming_it(
     prefix, app_id = names()
     provision(secure_kafka, prefix, app_id)
     acls = role_acls("worker", "User:alice", prefix, app_id)
-    secure_kafka.apply_acls([a for a in acls if a.resource_type != missing])
+    apply_acls(secure_kafka, [a for a in acls if a.resource_type != missing])
     output = worker_refused(
         secure_kafka, tmp_path, scram_env(secure_kafka, "alice"), prefix, app_id
     )
@@ -210,7 +212,7 @@ def test_an_acl_removed_while_the_worker_runs_stops_it_naming_the_refusal(
     prefix, app_id = names()
     provision(secure_kafka, prefix, app_id)
     acls = role_acls("worker", "User:alice", prefix, app_id)
-    secure_kafka.apply_acls(acls)
+    apply_acls(secure_kafka, acls)
     worker = start_worker(
         tmp_path,
         secure_kafka.bootstrap,
@@ -222,7 +224,7 @@ def test_an_acl_removed_while_the_worker_runs_stops_it_naming_the_refusal(
     try:
         events = [a for a in acls if a.name == f"{prefix}events"]
         assert events
-        secure_kafka.remove_acls(events)
+        remove_acls(secure_kafka, events)
 
         async def produce() -> None:
             producer = AIOKafkaProducer(**secure_kafka.client_options())
@@ -245,7 +247,7 @@ def test_a_worker_that_may_not_create_a_missing_topic_exits_naming_it(
     secure_kafka: LocalKafka, tmp_path: Path
 ) -> None:
     prefix, app_id = names()  # nothing provisioned: cfn's principal may not create topics
-    secure_kafka.apply_acls(role_acls("worker", "User:alice", prefix, app_id))
+    apply_acls(secure_kafka, role_acls("worker", "User:alice", prefix, app_id))
     output = worker_refused(
         secure_kafka, tmp_path, scram_env(secure_kafka, "alice"), prefix, app_id
     )
@@ -265,7 +267,7 @@ def test_a_wrong_password_or_an_untrusted_ca_stops_the_worker_with_the_reason(
     assert "not-the-password" not in output
 
     untrusted = scram_env(
-        secure_kafka, "alice", CFN_KAFKA_SSL_CAFILE=str(secure_kafka.untrusted_ca_file())
+        secure_kafka, "alice", CFN_KAFKA_SSL_CAFILE=str(untrusted_ca_file(secure_kafka))
     )
     output = worker_refused(secure_kafka, tmp_path, untrusted, prefix, app_id)
     assert "TLS: the certificate of" in output and "is not accepted" in output, output[-3000:]
@@ -279,7 +281,7 @@ def test_an_ingest_refused_by_kafka_answers_500_with_the_cause_and_counts_it(
     prefix, app_id = names()
     provision(secure_kafka, prefix, app_id)
     no_raw = [a for a in role_acls("ingest", "User:alice", prefix, app_id) if "raw" not in a.name]
-    secure_kafka.apply_acls(no_raw)
+    apply_acls(secure_kafka, no_raw)
     ingest = start_ingest(
         tmp_path,
         secure_kafka.bootstrap,
@@ -300,7 +302,7 @@ def test_an_ingest_refused_by_kafka_answers_500_with_the_cause_and_counts_it(
             'cfn_ingest_kafka_errors_total{cause="TopicAuthorizationFailedError",kind="permanent"}',
         )
         # The operator grants the missing ACL: the same process takes webhooks again.
-        secure_kafka.apply_acls(role_acls("ingest", "User:alice", prefix, app_id))
+        apply_acls(secure_kafka, role_acls("ingest", "User:alice", prefix, app_id))
         deadline = time.monotonic() + 60
         while (fixed := post(ingest.port, encode(alert())))[0] != 202:
             assert fixed[0] in (500, 503), fixed

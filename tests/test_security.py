@@ -1,5 +1,6 @@
-"""Kafka client security settings (cfn/security.py) and the ingest's HTTPS settings: what each
-combination gives the clients, and a clear, named error for every one that cannot work."""
+"""Kafka client security settings (cfn/security.py, turned into each client's options by
+cfn/kafka.py) and the ingest's HTTPS settings: what each combination gives the clients, and a
+clear, named error for every one that cannot work."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from cfn.broker import make_ca, sign_certificate
 from cfn.config import ConfigError
 from cfn.ingest.settings import IngestSettings
+from cfn.kafka import aiokafka_options, java_properties, librdkafka_config
 from cfn.processors.settings import WorkerSettings
 from cfn.security import KafkaSecurity, Secret
 
@@ -46,14 +48,18 @@ def refused(environ: dict[str, str]) -> str:
 
 
 def test_the_default_is_plaintext_with_nothing_else() -> None:
-    assert KafkaSecurity.from_env({}).client_options() == {"security_protocol": "PLAINTEXT"}
+    assert aiokafka_options("k:9092", KafkaSecurity.from_env({})) == {
+        "bootstrap_servers": "k:9092",
+        "security_protocol": "PLAINTEXT",
+    }
 
 
 def test_sasl_ssl_with_scram_gives_a_verifying_tls_context_and_the_login(
     pki: dict[str, Path],
 ) -> None:
     security = KafkaSecurity.from_env(scram(CFN_KAFKA_SSL_CAFILE=str(pki["ca"])))
-    options = security.client_options()
+    options = aiokafka_options("k:9092", security, group_id="g")
+    assert options["bootstrap_servers"] == "k:9092" and options["group_id"] == "g"
     assert options["security_protocol"] == "SASL_SSL"
     assert options["sasl_mechanism"] == "SCRAM-SHA-512"
     assert options["sasl_plain_username"] == "worker"
@@ -65,9 +71,11 @@ def test_sasl_ssl_with_scram_gives_a_verifying_tls_context_and_the_login(
 
 def test_librdkafka_gets_the_same_settings_in_its_names(pki: dict[str, Path]) -> None:
     """The ingest's producer (librdkafka) connects as the aiokafka clients do."""
-    assert KafkaSecurity.from_env({}).librdkafka_options() == {"security.protocol": "plaintext"}
+    plain = librdkafka_config("k:9092", KafkaSecurity.from_env({}), {"acks": "all"})
+    assert plain == {"bootstrap.servers": "k:9092", "acks": "all", "security.protocol": "plaintext"}
     scram_tls = KafkaSecurity.from_env(scram(CFN_KAFKA_SSL_CAFILE=str(pki["ca"])))
-    assert scram_tls.librdkafka_options() == {
+    assert librdkafka_config("k:9092", scram_tls, {}) == {
+        "bootstrap.servers": "k:9092",
         "security.protocol": "sasl_ssl",
         "ssl.ca.location": str(pki["ca"]),
         "ssl.endpoint.identification.algorithm": "https",
@@ -75,21 +83,49 @@ def test_librdkafka_gets_the_same_settings_in_its_names(pki: dict[str, Path]) ->
         "sasl.username": "worker",
         "sasl.password": PASSWORD,
     }
-    mtls = KafkaSecurity.from_env(
+    mtls_security = KafkaSecurity.from_env(
         {
             "CFN_KAFKA_SECURITY_PROTOCOL": "SSL",
             "CFN_KAFKA_SSL_CERTFILE": str(pki["cert"]),
             "CFN_KAFKA_SSL_KEYFILE": str(pki["key"]),
             "CFN_KAFKA_SSL_CHECK_HOSTNAME": "false",
         }
-    ).librdkafka_options()
-    assert mtls == {
+    )
+    assert librdkafka_config("k:9092", mtls_security, {}) == {
+        "bootstrap.servers": "k:9092",
         "security.protocol": "ssl",
         "ssl.ca.location": "probe",  # the system's trust store
         "ssl.certificate.location": str(pki["cert"]),
         "ssl.key.location": str(pki["key"]),
         "ssl.endpoint.identification.algorithm": "none",
     }
+
+
+def test_no_client_sets_a_connection_setting_of_its_own() -> None:
+    """The builder is the only source of bootstrap, TLS and SASL: a client's own options that
+    name one are refused, not silently merged."""
+    with pytest.raises(ValueError, match="sasl_plain_password"):
+        aiokafka_options("k:9092", KafkaSecurity(), sasl_plain_password="x")
+    with pytest.raises(ValueError, match="bootstrap_servers"):
+        aiokafka_options("k:9092", KafkaSecurity(), bootstrap_servers="other:9092")
+    with pytest.raises(ValueError, match=r"security\.protocol"):
+        librdkafka_config("k:9092", KafkaSecurity(), {"security.protocol": "plaintext"})
+
+
+def test_kafkas_tools_get_the_login_and_the_trust_store(pki: dict[str, Path]) -> None:
+    """`--command-config` properties: the JAAS line quotes what it is given."""
+    security = KafkaSecurity.from_env(
+        {**scram(CFN_KAFKA_SSL_CAFILE=str(pki["ca"])), "CFN_KAFKA_SASL_PASSWORD": 'p"w\\'}
+    )
+    assert java_properties(security) == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        'username="worker" password="p\\"w\\\\";',
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(pki["ca"]),
+    }
+    assert java_properties(KafkaSecurity()) == {"security.protocol": "PLAINTEXT"}
 
 
 def test_without_a_ca_file_the_system_trust_store_is_used() -> None:
@@ -108,7 +144,8 @@ def test_mutual_tls_loads_the_client_certificate(pki: dict[str, Path]) -> None:
             "CFN_KAFKA_SSL_KEYFILE": str(pki["key"]),
         }
     )
-    assert security.certfile == pki["cert"] and "sasl_mechanism" not in security.client_options()
+    options = aiokafka_options("k:9092", security)
+    assert security.certfile == pki["cert"] and "sasl_mechanism" not in options
 
 
 def test_hostname_checks_are_off_only_when_asked(pki: dict[str, Path]) -> None:

@@ -18,7 +18,8 @@ import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from cfn.ingest.http import Connection, Reply, Request
+from cfn.ingest.http import Connection, Limits, Reply, Request
+from cfn.ingest.settings import IngestSettings
 from cfn.ingest.sink import KafkaSink, Outcome, SendResult
 
 Scope = MutableMapping[str, Any]
@@ -37,6 +38,7 @@ class BareIngest:
     max_body = 1024 * 1024
 
     def __init__(self, bootstrap: str | None, topic: str) -> None:
+        self.limits = Limits.of(IngestSettings.from_env())  # as the ingest's own
         self.bootstrap = bootstrap
         self.topic = topic
         self.sink: KafkaSink | None = None

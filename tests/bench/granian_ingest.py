@@ -1,4 +1,4 @@
-"""The ingest on granian (RSGI: Rust, hyper) instead of cfn's own HTTP/1.1 protocol (#30).
+"""The ingest on granian (RSGI: Rust, hyper) instead of cfn's own HTTP/1.1 protocol.
 
 `GranianIngest` serves cfn's own `IngestApp`, built exactly as `cfn ingest` builds it
 (ingest.server.create_app: the same settings, secrets and KafkaSink, acks=all), through the two
@@ -32,7 +32,7 @@ from cfn.ingest.auth import SecretIndex
 from cfn.ingest.http import Reply, Request, head_fields
 from cfn.ingest.sink import KafkaSink, Outcome, SendResult
 
-GRANIAN_VERSION = "2.8.7"  # the version #30 measured; pyproject's bench extra pins it
+GRANIAN_VERSION = "2.8.7"  # pyproject's bench extra pins it
 
 _HeaderList = list[tuple[str, str]]
 _JSON: _HeaderList = [("content-type", "application/json")]

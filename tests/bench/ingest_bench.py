@@ -13,9 +13,9 @@ For each process count (1 and 2), these servers run side by side on one broker:
   as cfn's do. The goal is set against go_peer; go_keyed shows how much of the gap is the key;
 * granian_cfn: cfn's own IngestApp, built as `cfn ingest` builds it, served by granian (RSGI:
   Rust, hyper) instead of cfn's HTTP/1.1 protocol (tests/bench/granian_ingest.py): the same work
-  on another server, the measurement #30 decides the HTTP server on;
+  on another server, the measurement the HTTP server is chosen on;
 * granian_kafka: beside bare_kafka, on granian: check the secret, read the body, the same
-  unkeyed acks=all KafkaSink write, 202 after the ack (the slim app #30's table measured);
+  unkeyed acks=all KafkaSink write, 202 after the ack (a slim app);
 * granian_bare: granian's own ceiling beside bare_http: read the body of any POST, answer 202.
 
 wrk loads each in turn at fixed concurrency, rounds interleaved and rotated; a ratio is the

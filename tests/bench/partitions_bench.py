@@ -5,7 +5,7 @@ one of 96. One `cfn worker` (CFN_PARTITIONS set to match) reads each with a fres
 alternate which goes first. Four contenders:
 
 * `p12`, `p96`: 12 and 96 partitions with a transactional producer per partition
-  (CFN_TRANSACTIONS=partition, the default until #18): a commit round writes a transaction per
+  (CFN_TRANSACTIONS=partition): a commit round writes a transaction per
   partition every CFN_COMMIT_INTERVAL;
 * `p12_worker`, `p96_worker`: the same with one producer per worker (CFN_TRANSACTIONS=worker,
   KIP-447, the default): one transaction per commit round, however many partitions;

@@ -24,11 +24,11 @@ TARGETS_NOTE = (
 )
 
 
-# #30: granian replaces cfn's own HTTP/1.1 protocol if it keeps the ingest at this share of the
+# granian would replace cfn's own HTTP/1.1 protocol if it kept the ingest at this share of the
 # req/s cfn's protocol makes, measured in the same run.
 GRANIAN_ADOPT = 0.9
 
-# Resident bytes per key (#18): a dedup id, an open incident.
+# Resident bytes per key: a dedup id, an open incident.
 MEMORY_TARGETS = {"dedup": 200, "correlate": 400}
 
 
@@ -445,7 +445,7 @@ def _summary_rows(sections: dict[str, Any]) -> list[str]:
 
 
 def _granian_rows(entry: dict[str, Any]) -> list[str]:
-    """#30's measurement: the same app and the bare handler on granian vs on cfn's protocol."""
+    """The same app and the bare handler on granian vs on cfn's protocol."""
     granian, bare = entry.get("granian_cfn"), entry.get("granian_bare")
     if not granian or not bare:  # results written before granian was measured
         return []
