@@ -147,12 +147,13 @@ def test_the_original_matches_within_the_slack_of_sent_and_not_twice_beyond() ->
 
 
 def test_another_text_policy_account_or_type_is_another_notification() -> None:
-    for changed in (
+    changes: list[dict[str, Any]] = [
         {"text": "Origin recovered"},
         {"policy_id": "pol-2"},
         {"account_id": "acc-2"},
         {"alert_type": "tunnel_health_event"},
-    ):
+    ]
+    for changed in changes:
         worker = Worker()
         worker.raw(history(), LATER, origin=HISTORY)
         assert len(worker.raw(original(**changed), LATEST)) == 1, changed
