@@ -227,7 +227,7 @@ def test_required_alerts_exist() -> None:
         "incidents open": "cfn_incidents_open",
         "alert type spike": "cfn_notifications_total",
         "rate anomaly": "cfn_anomalies_open",
-        "cloudflare failing to deliver": "cfn_cloudflare_destination_last_failure_timestamp_seconds",
+        "cloudflare delivery": "cfn_cloudflare_destination_last_failure_timestamp_seconds",
     }
     for topic, metric in required.items():
         using = [name for name, expr in alerts.items() if metric in expanded_names(expr)]
