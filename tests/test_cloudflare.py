@@ -169,6 +169,17 @@ def test_the_match_sorts_delivered_missed_silenced_pending_and_backfilled() -> N
     assert [r.id for r in outcome.backfilled] == ["h6"]
 
 
+def test_a_backfills_copy_for_another_partition_is_no_body_to_match() -> None:
+    body = backfill_body(record(1, NOW), ACCOUNT)
+    assert (
+        Seen.from_raw(body, NOW, {"cfn-origin": b"history-mark", "cfn-history-id": b"h1"}) is None
+    )
+    backfill = Seen.from_raw(body, NOW, {"cfn-origin": b"history", "cfn-history-id": b"h1"})
+    assert backfill is not None and backfill.history_id == "h1"
+    webhook = Seen.from_raw(body, NOW, {"cfn-history-id": b"h1"})  # only with its origin
+    assert webhook is not None and webhook.history_id is None
+
+
 def test_a_backfill_body_is_the_same_bytes_for_the_same_record() -> None:
     one = backfill_body(record(1, NOW), ACCOUNT)
     assert one == backfill_body(record(1, NOW), ACCOUNT)
