@@ -22,11 +22,7 @@ from datetime import datetime, timedelta
 
 from cfn.cloudflare.records import HistoryRecord, Silence
 from cfn.schemas import jsonio
-
-# Headers of a record that reconcile wrote into cfn.raw from the history.
-ORIGIN_HEADER = "cfn-origin"
-HISTORY_ID_HEADER = "cfn-history-id"
-HISTORY = b"history"
+from cfn.schemas.history import HISTORY, HISTORY_ID_HEADER, HISTORY_MARK, ORIGIN_HEADER
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +37,10 @@ class Seen:
 
     @classmethod
     def from_raw(cls, value: bytes, received: datetime, headers: dict[str, bytes]) -> Seen | None:
-        """From a raw record; None for a body that is no JSON object (it is in the DLQ)."""
+        """From a raw record; None for a body that is no JSON object (it is in the DLQ) and
+        for a backfill's copy for another partition (no delivery, no event)."""
+        if headers.get(ORIGIN_HEADER) == HISTORY_MARK:
+            return None
         try:
             body = jsonio.loads(value)
         except jsonio.JSONDecodeError:

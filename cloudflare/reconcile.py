@@ -24,15 +24,7 @@ from cfn import internals
 from cfn.cloudflare.client import AlertingClient, RetryPolicy
 from cfn.cloudflare.connect import find_destination
 from cfn.cloudflare.errors import ApiError, CloudflareError
-from cfn.cloudflare.match import (
-    HISTORY,
-    HISTORY_ID_HEADER,
-    ORIGIN_HEADER,
-    Outcome,
-    Seen,
-    backfill_body,
-    reconcile,
-)
+from cfn.cloudflare.match import Outcome, Seen, backfill_body, reconcile
 from cfn.cloudflare.metrics import ReconcileMetrics
 from cfn.cloudflare.records import Silence, Webhook
 from cfn.cloudflare.secretsfile import SecretsFile
@@ -41,6 +33,7 @@ from cfn.ingest.auth import SecretsError
 from cfn.kafka import aiokafka_options
 from cfn.partition import default_partitioner
 from cfn.schemas import jsonio
+from cfn.schemas.history import HISTORY, HISTORY_ID_HEADER, HISTORY_MARK, ORIGIN_HEADER
 from cfn.schemas.keys import incident_key
 
 log = logging.getLogger("cfn.reconcile")
@@ -247,7 +240,13 @@ async def write_backfill(
     settings: CloudflareSettings, tenant: str, account_id: str, result: TenantResult
 ) -> int:
     """Write the missed records of `result` into `cfn.raw`, marked as from the history, keyed
-    and partitioned as the ingest would key their bodies. Returns how many were written."""
+    and partitioned as the ingest would key their bodies. Returns how many were written.
+
+    Each backfill is preceded by a copy on every other partition (`cfn-origin: history-mark`),
+    which makes no event: its original, keyed by a correlation id the history lacks, may land
+    on any partition, and the worker's dedup there must know the backfill to absorb it. The
+    copies go first, so a backfill that is in `cfn.raw` (what a rerun looks for) has them all.
+    """
     producer = AIOKafkaProducer(
         **aiokafka_options(settings.bootstrap, settings.security),
         acks="all",
@@ -257,22 +256,41 @@ async def write_backfill(
     await producer.start()
     written = 0
     try:
+        partitions = sorted(await producer.partitions_for(settings.raw_topic))
         for record in result.outcome.missed:
             body = backfill_body(record, account_id)
             key = incident_key(tenant, jsonio.loads(body))
-            headers = [
-                ("cfn-tenant", tenant.encode()),
-                ("cfn-received-at", b"%d" % int(time.time() * 1000)),
-                ("cfn-request-id", secrets.token_hex(16).encode()),
-                (ORIGIN_HEADER, HISTORY),
-                (HISTORY_ID_HEADER, record.id.encode()),
+            home = default_partitioner(key, partitions, partitions)
+            mark = _headers(tenant, HISTORY_MARK, record.id)
+            copies = [
+                await producer.send(settings.raw_topic, body, key=key, partition=p, headers=mark)
+                for p in partitions
+                if p != home
             ]
-            await producer.send_and_wait(settings.raw_topic, body, key=key, headers=headers)
+            await asyncio.gather(*copies)
+            await producer.send_and_wait(
+                settings.raw_topic,
+                body,
+                key=key,
+                partition=home,
+                headers=_headers(tenant, HISTORY, record.id),
+            )
             written += 1
             log.info("backfilled: tenant %s, history id %s", tenant, record.id)
     finally:
         await producer.stop()
     return written
+
+
+def _headers(tenant: str, origin: bytes, history_id: str) -> list[tuple[str, bytes]]:
+    """The ingest's headers of a raw record, and where it came from."""
+    return [
+        ("cfn-tenant", tenant.encode()),
+        ("cfn-received-at", b"%d" % int(time.time() * 1000)),
+        ("cfn-request-id", secrets.token_hex(16).encode()),
+        (ORIGIN_HEADER, origin),
+        (HISTORY_ID_HEADER, history_id.encode()),
+    ]
 
 
 async def run_every(

@@ -7,6 +7,8 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cfn.schemas.history import KEY_PREFIX
+
 PARTITION_BITS = 16  # a seen-value is first_seen << 16 | partition
 
 
@@ -41,6 +43,10 @@ class Deduplicator:
     one int object per second of sightings, not one per id.
 
     It trades memory for certainty: one entry per unique event for the whole window.
+
+    The same table keeps the notification keys of backfills from Cloudflare's history
+    (`cfn.schemas.history`, prefix "nk_"), which `take` consumes: one original per backfill.
+    `marked` names the partitions holding any, so others skip the lookup.
     """
 
     store: MutableMapping[str, Any]
@@ -48,14 +54,18 @@ class Deduplicator:
     _times: dict[int, deque[int]] = field(default_factory=dict)
     _ids: dict[int, deque[str]] = field(default_factory=dict)
     _last_now: int = -1  # the last `now` seen, shared by the index entries of that second
+    marked: set[int] = field(default_factory=set)  # partitions that hold notification keys
 
     def rebuild(self, items: Iterable[tuple[str, Any]]) -> None:
         """Re-derive the expiry index from the store's contents (either value format)."""
         per_partition: dict[int, list[tuple[int, str]]] = {}
+        marked: set[int] = set()
         for key, value in items:
-            per_partition.setdefault(partition_of_seen(value), []).append(
-                (first_seen_of(value), key)
-            )
+            partition = partition_of_seen(value)
+            per_partition.setdefault(partition, []).append((first_seen_of(value), key))
+            if key.startswith(KEY_PREFIX):
+                marked.add(partition)
+        self.marked = marked
         self._times, self._ids = {}, {}
         for partition, entries in per_partition.items():
             entries.sort()
@@ -79,6 +89,20 @@ class Deduplicator:
         times.append(now)
         self._ids[partition].append(event_id)
         return False
+
+    def remember(self, key: str, now: int, partition: int) -> None:
+        """Keep a notification key for the window (again: the first sighting stays)."""
+        self.marked.add(partition)
+        self.is_duplicate(key, now, partition)
+
+    def take(self, key: str, now: int) -> bool:
+        """Whether a notification key is kept and within the window; if so, forget it (one
+        original per backfill). The index entry stays until `expire` skips it."""
+        seen = self.store.get(key)
+        if seen is None or now - first_seen_of(seen) >= self.window_s:
+            return False
+        del self.store[key]
+        return True
 
     def due(self, now: float, partition: int) -> bool:
         """Whether `expire` has anything to forget on this partition at `now`."""

@@ -22,6 +22,15 @@ from cfn.processors.rates import RateCounter
 from cfn.processors.settings import WorkerSettings
 from cfn.schemas import jsonio
 from cfn.schemas.catalog import known_ids, record_for
+from cfn.schemas.history import (
+    HISTORY,
+    HISTORY_MARK,
+    HISTORY_ORIGIN,
+    ORIGIN_HEADER,
+    WEBHOOK_ORIGIN,
+    bucket_of,
+    notification_key,
+)
 from cfn.schemas.keys import correlation_key, incident_record_key
 from cfn.schemas.payload import Notification, Rejected, parse
 from cfn.schemas.records import (
@@ -203,6 +212,11 @@ class Pipeline:
         key = key or tenant.encode()
 
         result = parse(raw, tenant, received_at)
+        origin = headers.get(ORIGIN_HEADER)
+        if origin == HISTORY_MARK:  # a backfill's copy for this partition: no event
+            if not isinstance(result, Rejected):
+                self._mark(result, partition)
+            return []
         dead = isinstance(result, Rejected)
         self.brake.observe(dead)
         if isinstance(result, Rejected):
@@ -222,12 +236,40 @@ class Pipeline:
 
         n = result
         label = type_label(n.alert_type)
-        if self.dedup.is_duplicate(n.event_id, received_at // 1000, partition):
+        if origin == HISTORY:
+            self._mark(n, partition)
+        if self.dedup.is_duplicate(n.event_id, received_at // 1000, partition) or (
+            origin != HISTORY and partition in self.dedup.marked and self._late_original(n)
+        ):
             self._child(self.metrics.duplicates, label).inc()
             return []
-        return self._unique(n, key, source, label)
+        return self._unique(
+            n, key, source, label, HISTORY_ORIGIN if origin == HISTORY else WEBHOOK_ORIGIN
+        )
 
-    def _unique(self, n: Notification, key: bytes, source: Source, label: str) -> list[Output]:
+    def _mark(self, n: Notification, partition: int) -> None:
+        """Keep a backfill's notification key on this partition, for its late original."""
+        key = notification_key(
+            n.tenant, n.account_id, n.policy_id, n.alert_type, n.text, bucket_of(n.ts)
+        )
+        self.dedup.remember(key, n.received_at // 1000, partition)
+
+    def _late_original(self, n: Notification) -> bool:
+        """Whether a webhook is the original of a backfill kept on its partition (consumed:
+        a backfill absorbs one original). Its own bucket first, then the neighbours."""
+        if n.kind != "alert":
+            return False
+        bucket = bucket_of(n.ts)
+        now = n.received_at // 1000
+        for near in (bucket, bucket - 1, bucket + 1):
+            key = notification_key(n.tenant, n.account_id, n.policy_id, n.alert_type, n.text, near)
+            if self.dedup.take(key, now):
+                return True
+        return False
+
+    def _unique(
+        self, n: Notification, key: bytes, source: Source, label: str, origin: str
+    ) -> list[Output]:
         metrics = self.metrics
         self._child(metrics.notifications, label, event_label(n.event)).inc()
         if n.alert_type is not None and n.alert_type not in _KNOWN:
@@ -251,6 +293,7 @@ class Pipeline:
             data=n.data,
             catalog=record_for(n.alert_type),
             source=source,
+            origin=origin,
         )
         outputs = [Output("events", key, jsonio.dumps(event))]
         for incident in self.correlator.on_event(n, source.partition):

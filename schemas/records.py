@@ -77,6 +77,9 @@ class EventRecord:
     data: Any  # as received
     catalog: dict[str, str | None] | None  # None for unknown alert types
     source: Source
+    # "webhook": Cloudflare posted it to the ingest; "history": `cfn reconcile --backfill` wrote
+    # it from the Notification History (text only: no correlation id, alert_event or data).
+    origin: str = "webhook"
     schema_version: int = SCHEMA_VERSION
 
 

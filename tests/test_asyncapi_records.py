@@ -6,11 +6,16 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cfn.cloudflare.match import Outcome
+from cfn.cloudflare.reconcile import TenantResult, write_backfill
+from cfn.cloudflare.records import HistoryRecord
+from cfn.cloudflare.settings import CloudflareSettings
 from tests.contract import Channel, channels
 from tests.kafka_util import read_to_end, run, wait_caught_up
 from tests.payloads import alert, encode
@@ -84,6 +89,16 @@ def test_records_on_the_broker_match_the_schemas_the_contract_names(
             _post(ingest.port, body)
         _post(ingest.port, encode(alert(correlation=f"bad-{token}", ts="yesterday")))
         _post(ingest.port, b"[1, 2, 3]", status=400)  # not an object: dead-lettered by ingest
+        # A notification backfilled from Cloudflare's history, as `cfn reconcile --backfill`
+        # writes it: the record and its copies on the three other partitions.
+        sent = datetime.fromtimestamp(base, UTC)
+        missed = HistoryRecord(
+            f"h-{token}", "origin down", "health_check_status_notification", "", "hook",
+            "webhook", "Origin health", "pol-1", sent,
+        )  # fmt: skip
+        settings = CloudflareSettings(bootstrap=kafka, topic_prefix=prefix)
+        result = TenantResult("default", outcome=Outcome(missed=[missed]))
+        assert run(write_backfill(settings, "default", "acc-1", result)) == 1
         for source in ("raw", "rate-input"):  # then every output of them is committed
             run(wait_caught_up(kafka, app_id, prefix + source, timeout=90))
         deadline = time.monotonic() + 60  # and the 2 s retention of the 3 resolved ones passes
@@ -106,8 +121,12 @@ def test_records_on_the_broker_match_the_schemas_the_contract_names(
         assert channel.address == f"cfn.{role}"  # the document's addresses use the default prefix
         read[role] = _conforming(channel, run(read_to_end(kafka, topic)))
 
-    assert len(read["raw"]) == 9  # 4 starts, the duplicate, 3 ends, the bad ts
-    assert len(read["events"]) == 7  # the duplicate is not an event, the bad ts a dead letter
+    # 4 starts, the duplicate, 3 ends, the bad ts, a backfill and its 3 copies
+    assert len(read["raw"]) == 13
+    # The duplicate is not an event, the bad ts a dead letter, the copies make none.
+    events = [e for e in read["events"] if e is not None]
+    assert len(events) == 8
+    assert sorted(e["origin"] for e in events) == ["history"] + ["webhook"] * 7
     unmarked = [i for i in read["incidents"] if i is not None and i["flap_id"] is None]
     marked = [i for i in read["incidents"] if i is not None and i["flap_id"] is not None]
     assert sorted(i["state"] for i in unmarked) == ["open"] * 4 + ["resolved"] * 3

@@ -23,11 +23,14 @@ from cfn.cloudflare.reconcile import Window, run_pass
 from cfn.cloudflare.records import HistoryRecord, Silence
 from cfn.cloudflare.secretsfile import SecretsFile
 from cfn.cloudflare.settings import CloudflareSettings
+from cfn.partition import partition_for
 from cfn.schemas import jsonio
+from cfn.schemas.keys import incident_key
 from tests.fake_cloudflare import FakeCloudflare
-from tests.kafka_util import drain, run
+from tests.kafka_util import drain, run, wait_caught_up
 from tests.payloads import alert
-from tests.services import Process, start_ingest
+from tests.records_check import read_checked
+from tests.services import Process, start_ingest, start_worker
 
 ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
 TOKEN = "cf-token-write-never-shown-0123456789"
@@ -164,6 +167,17 @@ def test_the_match_sorts_delivered_missed_silenced_pending_and_backfilled() -> N
     assert [r.id for r in outcome.silenced] == ["h4"]
     assert [r.id for r in outcome.pending] == ["h5"]
     assert [r.id for r in outcome.backfilled] == ["h6"]
+
+
+def test_a_backfills_copy_for_another_partition_is_no_body_to_match() -> None:
+    body = backfill_body(record(1, NOW), ACCOUNT)
+    assert (
+        Seen.from_raw(body, NOW, {"cfn-origin": b"history-mark", "cfn-history-id": b"h1"}) is None
+    )
+    backfill = Seen.from_raw(body, NOW, {"cfn-origin": b"history", "cfn-history-id": b"h1"})
+    assert backfill is not None and backfill.history_id == "h1"
+    webhook = Seen.from_raw(body, NOW, {"cfn-history-id": b"h1"})  # only with its origin
+    assert webhook is not None and webhook.history_id is None
 
 
 def test_a_backfill_body_is_the_same_bytes_for_the_same_record() -> None:
@@ -325,6 +339,71 @@ def test_reconcile_reports_the_gaps_backfills_once_and_skips_silences(stack: Sta
     assert headers["cfn-tenant"] == b"acme"
     assert headers["cfn-history-id"].decode() == outcome.missed[0].id
     assert backfills[0].value == backfill_body(outcome.missed[0], ACCOUNT)
+    # Its copies, one on every other partition, written once too.
+    marks = [r for r in raw if dict(r.headers).get("cfn-origin") == b"history-mark"]
+    assert sorted(r.partition for r in marks) == sorted({0, 1, 2, 3} - {backfills[0].partition})
+    assert all(r.value == backfills[0].value for r in marks)
+    assert all(dict(r.headers)["cfn-history-id"] == headers["cfn-history-id"] for r in marks)
+
+
+def _correlation_on(partition: int, body: dict[str, Any], want_home: bool) -> dict[str, Any]:
+    """`body` with a correlation id whose raw key falls on `partition` (or off it)."""
+    for i in range(1000):
+        candidate = {**body, "alert_correlation_id": f"late-{i}"}
+        on = partition_for(incident_key("acme", candidate), 4) == partition
+        if on == want_home:
+            return candidate
+    raise AssertionError("no correlation id found")
+
+
+@pytest.mark.broker
+def test_a_late_original_after_its_backfill_makes_no_second_event(
+    stack: Stack, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    fake = stack.fake
+    app_id = unique("cf-app")
+    worker = start_worker(tmp_path, stack.kafka, stack.prefix, app_id)
+    try:
+        with_client(fake, lambda c: connect(c, stack.file, "acme", stack.url, [], FAST))
+        hook_id = next(iter(fake.accounts[ACCOUNT].webhooks))
+        sent = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+        moment = sent.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        lost = [
+            alert(account=ACCOUNT, correlation=None, ts=int(sent.timestamp()), text=f"{n} is down")
+            for n in ("origin a", "origin b")
+        ]
+        fake.accounts[ACCOUNT].history += [fake.history_record(hook_id, b, moment) for b in lost]
+        window = Window(since=datetime.now(UTC) - timedelta(hours=3))
+        (result,) = run(run_pass(stack.settings, window, backfill=True))
+        assert result.written == 2, result.lines()
+        raw = run(drain(stack.kafka, f"{stack.prefix}raw", settle=1.0))
+        home = {
+            jsonio.loads(r.value)["text"]: r.partition
+            for r in raw
+            if dict(r.headers).get("cfn-origin") == b"history"
+        }
+        # The originals come after all, with their correlation ids (the history has none):
+        # one lands on its backfill's partition, one on another (where a copy waits).
+        late = [
+            _correlation_on(home[lost[0]["text"]], lost[0], want_home=True),
+            _correlation_on(home[lost[1]["text"]], lost[1], want_home=False),
+        ]
+        for body in [*late, late[0], alert(correlation="fresh", text="a new one")]:
+            assert fake.deliver(ACCOUNT, body, record=False) == 202
+        run(wait_caught_up(stack.kafka, app_id, f"{stack.prefix}raw", timeout=90))
+    finally:
+        worker.stop()
+    assert "Traceback" not in worker.output, worker.output[-3000:]
+    events = read_checked(stack.kafka, f"{stack.prefix}events", "events")
+    by_text = {e["text"]: e for e in events}
+    assert len(events) == 4, [(e["text"], e["origin"]) for e in events]  # with the test POST
+    for body in lost:
+        event = by_text[body["text"]]
+        assert event["origin"] == "history" and event["ts"] == int(sent.timestamp())
+        assert event["correlation_id"] is None and event["event"] is None
+    assert by_text["a new one"]["origin"] == "webhook"
+    incidents = read_checked(stack.kafka, f"{stack.prefix}incidents", "incidents")
+    assert [i["correlation_id"] for i in incidents] == ["fresh"]  # the late ones were dropped
 
 
 @pytest.mark.broker

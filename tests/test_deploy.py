@@ -22,6 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from cfn.cloudflare.settings import CloudflareSettings
 from cfn.ingest.auth import SecretIndex
 from cfn.ingest.settings import IngestSettings
 from cfn.processors.settings import WorkerSettings
@@ -85,6 +86,9 @@ GAUGES: dict[str, frozenset[str]] = {
     "cfn_consumer_lag_records": frozenset({"topic"}),
     "cfn_worker_partitions": frozenset(),
     "cfn_kafka_up": frozenset(),
+    # `cfn reconcile --every` (job cfn-reconcile).
+    "cfn_cloudflare_destination_last_success_timestamp_seconds": frozenset({"tenant"}),
+    "cfn_cloudflare_destination_last_failure_timestamp_seconds": frozenset({"tenant"}),
 }
 HISTOGRAMS: dict[str, frozenset[str]] = {
     "cfn_ingest_request_duration_seconds": frozenset(),
@@ -223,6 +227,7 @@ def test_required_alerts_exist() -> None:
         "incidents open": "cfn_incidents_open",
         "alert type spike": "cfn_notifications_total",
         "rate anomaly": "cfn_anomalies_open",
+        "cloudflare delivery": "cfn_cloudflare_destination_last_failure_timestamp_seconds",
     }
     for topic, metric in required.items():
         using = [name for name, expr in alerts.items() if metric in expanded_names(expr)]
@@ -377,6 +382,8 @@ def test_dashboard_covers_the_required_views() -> None:
         "cfn_consumer_lag_records",
         "cfn_anomalies_open",
         "cfn_flapping",
+        "cfn_cloudflare_destination_last_success_timestamp_seconds",
+        "cfn_cloudflare_destination_last_failure_timestamp_seconds",
     ):
         assert panel_reads(metric), f"no panel shows {metric}"
     assert any('code="202"' in e or "accepted" in e for e in exprs), "accepted vs rejected"
@@ -645,6 +652,18 @@ def test_docker_compose_services_read_their_settings(tmp_path: Path) -> None:
     assert scrape_ports["cfn-worker"] == worker.metrics_port
     assert worker.bootstrap in _advertised(kafka)
     assert worker.partitions == int(kafka["environment"]["KAFKA_NUM_PARTITIONS"])
+
+    reconcile_service = services["reconcile"]
+    environ = _service_environ(reconcile_service)
+    reconcile = CloudflareSettings.from_env(environ)
+    assert reconcile_service["command"][:2] == ["reconcile", "--every"]
+    assert reconcile_service["secrets"] == ingest_service["secrets"]  # the same tenants
+    assert (
+        str(reconcile.secrets_file) == _service_environ(ingest_service)["CFN_INGEST_SECRETS_FILE"]
+    )
+    assert reconcile.metrics_host == "0.0.0.0"
+    assert scrape_ports["cfn-reconcile"] == reconcile.metrics_port
+    assert reconcile.bootstrap in _advertised(kafka)
 
 
 def test_docker_compose_structure() -> None:

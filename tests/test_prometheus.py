@@ -4,7 +4,9 @@ Every PromQL expression of the Grafana dashboard and every recording rule (promq
 is run on a Prometheus that scrapes both services every second and evaluates the repo's rule
 files every second, while a scripted load makes every metric family move: accepted bodies,
 START/END pairs with durations, duplicates, worker and ingest dead letters, unknown types,
-stale expiries, orphan ENDs, late events for the rate windows, 401s, 400s and 413s.
+stale expiries, orphan ENDs, late events for the rate windows, 401s, 400s and 413s. A real
+`cfn reconcile --every 1s` polls a fake Cloudflare API (tests/fake_cloudflare.py) whose
+destination has failed since its last success: Cloudflare's delivery health.
 
 A short test cannot have an hour of history: expressions that look an hour (or more) back
 with `offset` would be empty for a reason that is not a bug. They must be listed in
@@ -18,11 +20,13 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -30,9 +34,12 @@ from urllib.parse import urlencode
 import pytest
 import yaml
 
+from cfn.cloudflare.connect import destination_name
+from cfn.schemas import jsonio
+from tests.fake_cloudflare import FakeCloudflare
 from tests.payloads import SAVE_AND_TEST, alert, encode
 from tests.promql_exprs import RULES_DIR, all_promql_exprs, metric_names
-from tests.services import Process, free_port, request, start_ingest, start_worker
+from tests.services import Process, cfn_env, free_port, request, start_ingest, start_worker
 
 pytestmark = [pytest.mark.broker, pytest.mark.prometheus]
 
@@ -179,8 +186,8 @@ def promtool_binary() -> str:
     return found
 
 
-def prometheus_config(ingest_port: int, worker_port: int) -> dict[str, Any]:
-    """Both services under the job names the rules and the dashboard use, every second."""
+def prometheus_config(ingest_port: int, worker_port: int, reconcile_port: int) -> dict[str, Any]:
+    """The services under the job names the rules and the dashboard use, every second."""
     return {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(path) for path in sorted(RULES_DIR.glob("*.yml"))],
@@ -195,13 +202,18 @@ def prometheus_config(ingest_port: int, worker_port: int) -> dict[str, Any]:
                 "metrics_path": "/metrics",
                 "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}],
             },
+            {
+                "job_name": "cfn-reconcile",
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": [f"127.0.0.1:{reconcile_port}"]}],
+            },
         ],
     }
 
 
-def start_prometheus(tmp: Path, ingest_port: int, worker_port: int) -> Process:
+def start_prometheus(tmp: Path, ingest_port: int, worker_port: int, reconcile_port: int) -> Process:
     config = tmp / "prometheus.yml"
-    config.write_text(yaml.safe_dump(prometheus_config(ingest_port, worker_port)))
+    config.write_text(yaml.safe_dump(prometheus_config(ingest_port, worker_port, reconcile_port)))
     port = free_port()
     process = Process(
         [
@@ -242,10 +254,52 @@ def api(port: int, path: str, **params: str) -> dict[str, Any]:
     return data
 
 
+ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
+CF_TOKEN = "cf-token-prometheus-test-0123456789"
+
+
+def start_reconcile(tmp: Path, kafka: str, prefix: str, fake: FakeCloudflare) -> Process:
+    """`cfn reconcile --every 1s` for tenant "default", whose destination in the fake account
+    last succeeded an hour ago and failed a minute ago."""
+    account = fake.account(ACCOUNT, CF_TOKEN, "read")
+    account.webhooks["hook-1"] = {
+        "id": "hook-1",
+        "name": destination_name("default"),
+        "url": "https://cfn.example.com/webhooks/cloudflare",
+        "secret": SECRET,
+        "type": "generic",
+        "created_at": "2026-01-01T00:00:00Z",
+        "last_success": _rfc3339(time.time() - 3600),
+        "last_failure": _rfc3339(time.time() - 60),
+    }
+    token = tmp / "cf.token"
+    token.write_text(CF_TOKEN)
+    secrets = tmp / "reconcile-secrets.json"
+    cloudflare = {"account_id": ACCOUNT, "api_token_file": str(token)}
+    secrets.write_bytes(jsonio.dumps({"default": {"secrets": [SECRET], "cloudflare": cloudflare}}))
+    port = free_port()
+    env = {
+        "CFN_KAFKA_BOOTSTRAP": kafka,
+        "CFN_TOPIC_PREFIX": prefix,
+        "CFN_INGEST_SECRETS_FILE": str(secrets),
+        "CFN_CLOUDFLARE_API_BASE": fake.base,
+        "CFN_RECONCILE_METRICS_PORT": str(port),
+    }
+    argv = [sys.executable, "-m", "cfn", "reconcile", "--every", "1s", "--since", "1h"]
+    process = Process(argv, cfn_env(env), tmp / "reconcile.log", port=port)
+    process.start()
+    return process
+
+
+def _rfc3339(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 @dataclass
 class Observed:
     ingest: Process
     worker: Process
+    reconcile: Process
     prometheus: Process
     load: Load
 
@@ -253,7 +307,12 @@ class Observed:
         return api(self.prometheus.port, "/api/v1/query", query=expr)
 
     def metrics_text(self, service: str) -> str:
-        port = self.ingest.admin_port if service == "ingest" else self.worker.port
+        ports = {
+            "ingest": self.ingest.admin_port,
+            "worker": self.worker.port,
+            "reconcile": self.reconcile.port,
+        }
+        port = ports[service]
         resp = request(port, "GET", "/metrics")
         assert resp.status == 200, resp.body[:300]
         return resp.body.decode()
@@ -279,6 +338,9 @@ def observed(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[O
     ingest: Process | None = None
     prometheus: Process | None = None
     load: Load | None = None
+    fake = FakeCloudflare()
+    fake.start()
+    reconcile = start_reconcile(tmp, kafka, prefix, fake)
     try:
         ingest = start_ingest(
             tmp,
@@ -286,10 +348,10 @@ def observed(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[O
             prefix,
             {"CFN_INGEST_SECRET": SECRET},
         )
-        prometheus = start_prometheus(tmp, ingest.admin_port, worker.port)
+        prometheus = start_prometheus(tmp, ingest.admin_port, worker.port, reconcile.port)
         load = Load(ingest.port)
         load.start()
-        yield Observed(ingest, worker, prometheus, load)
+        yield Observed(ingest, worker, reconcile, prometheus, load)
     finally:
         if load is not None:
             load.stop()
@@ -298,6 +360,10 @@ def observed(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[O
         if ingest is not None:
             ingest.stop()
         worker.stop()
+        reconcile.stop()
+        fake.stop()
+        assert fake.violations == [], fake.violations
+        assert CF_TOKEN not in reconcile.output
 
 
 # ---- tests ------------------------------------------------------------------------------------
@@ -315,13 +381,13 @@ def test_history_exceptions_are_exactly_the_offset_expressions() -> None:
     assert all(reason.strip() for reason in NEEDS_HISTORY.values())
 
 
-def test_both_targets_are_up(observed: Observed) -> None:
+def test_every_target_is_up(observed: Observed) -> None:
     deadline = time.monotonic() + 30
     up: dict[str, str] = {}
     while time.monotonic() < deadline:
         data = api(observed.prometheus.port, "/api/v1/query", query="up")
         up = {r["metric"]["job"]: r["value"][1] for r in data["data"]["result"]}
-        if up == {"cfn-ingest": "1", "cfn-worker": "1"}:
+        if up == {"cfn-ingest": "1", "cfn-worker": "1", "cfn-reconcile": "1"}:
             return
         time.sleep(1)
     raise AssertionError(f"up by job: {up}\n{observed.prometheus.output[-2000:]}")
@@ -361,7 +427,7 @@ def test_every_expression_returns_data(observed: Observed) -> None:
     if empty:
         exposed = {
             line.split("{")[0].split(" ")[0]
-            for service in ("ingest", "worker")
+            for service in ("ingest", "worker", "reconcile")
             for line in observed.metrics_text(service).splitlines()
             if line and not line.startswith("#")
         }
@@ -426,13 +492,18 @@ def test_rules_evaluate_without_errors(observed: Observed) -> None:
         if rules and not bad:
             break
         time.sleep(1)
-    assert names >= {"cfn-ingest-recording", "cfn-worker-recording", "cfn-worker-alerts"}, names
+    assert names >= {
+        "cfn-ingest-recording",
+        "cfn-worker-recording",
+        "cfn-worker-alerts",
+        "cfn-cloudflare-alerts",
+    }, names
     assert not bad, "rules not evaluating cleanly:\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("service", ["ingest", "worker"])
+@pytest.mark.parametrize("service", ["ingest", "worker", "reconcile"])
 def test_metrics_exposition_passes_promtool(observed: Observed, service: str) -> None:
-    """`promtool check metrics` finds no problem in either service's /metrics."""
+    """`promtool check metrics` finds no problem in any service's /metrics."""
     wait_for(lambda: observed.load.rounds >= 3, 30, "three load rounds")
     text = observed.metrics_text(service)
     result = subprocess.run(
