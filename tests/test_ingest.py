@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cfn.broker import LocalKafka
 from cfn.schemas import jsonio
 from cfn.schemas.keys import incident_key
+from cfn.shell.broker import LocalKafka
 from tests.conftest import free_port_block
 from tests.kafka_util import drain, run
 from tests.payloads import SAVE_AND_TEST, alert, encode, seed_examples

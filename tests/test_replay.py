@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from cfn.cli import build_parser
 from cfn.config import OUTPUT_ROLES, topic_names
 from cfn.processors.pipeline import Output
 from cfn.processors.progress import Progress, duration, progress_line
@@ -30,6 +29,7 @@ from cfn.processors.replay import (
 )
 from cfn.processors.settings import WorkerSettings
 from cfn.schemas import jsonio
+from cfn.shell.cli import build_parser
 from cfn.topics import ensure_topics
 from tests.kafka_util import (
     create_topics,
