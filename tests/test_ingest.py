@@ -163,6 +163,21 @@ def test_no_secret_refuses_to_start_unless_explicit(tmp_path: Path, kafka: str) 
         process.stop()
 
 
+def test_the_variable_allows_running_without_a_secret_as_the_flag_does(
+    tmp_path: Path, kafka: str
+) -> None:
+    """CFN_INGEST_ALLOW_UNAUTHENTICATED=1 without --allow-unauthenticated (docs/operations.md)."""
+    process = start_ingest(
+        tmp_path, kafka, "unauth-env.", {"CFN_INGEST_ALLOW_UNAUTHENTICATED": "1"}
+    )
+    try:
+        assert "WITHOUT authentication" in process.output
+        assert "CFN_INGEST_ALLOW_UNAUTHENTICATED=1" in process.output
+        assert post(process, encode(alert(correlation="env")), {}) == 202
+    finally:
+        process.stop()
+
+
 def test_kafka_down_gives_503_within_ack_timeout_then_recovers(tmp_path: Path) -> None:
     broker = LocalKafka(data_dir=tmp_path / "k", port=free_port_block(1))
     broker.start()
