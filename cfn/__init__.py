@@ -6,7 +6,8 @@ The rooms, and what may import what:
   catalogue and its lookup, the incident key. Imports nothing else of cfn's.
 * `cfn.ingest` (folder ingest/): the HTTP intake. Imports schemas and the plumbing.
 * `cfn.processors` (folder processors/): the worker engine, its changelog tables and the pure
-  logic (dedup, correlate, rates, pipeline, replay). Imports schemas and the plumbing.
+  logic (dedup, correlate, rates, pipeline), the in-memory driver (`driver`) and replay.
+  Imports schemas and the plumbing.
 * `cfn.cloudflare` (folder cloudflare/): Cloudflare's account API: connect, rotate, delivery
   health, reconcile with the Notification History. Imports schemas, the plumbing and the
   ingest's secrets-file parser (`cfn.ingest.auth`).
