@@ -1,5 +1,5 @@
 """`python -m cfn` is the `cfn` command."""
 
-from cfn.cli import main
+from cfn.shell.cli import main
 
 main()

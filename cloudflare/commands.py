@@ -1,5 +1,5 @@
 """`cfn cloudflare connect|rotate|status|reconcile` and `cfn reconcile`: the command line's side,
-from parsed arguments to an exit code (cfn.cli only parses)."""
+from parsed arguments to an exit code (cfn.shell.cli only parses)."""
 
 from __future__ import annotations
 

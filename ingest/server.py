@@ -41,7 +41,8 @@ def load_secrets(settings: IngestSettings, allow_unauthenticated: bool) -> Secre
             return None
         raise StartupError(
             "no webhook secret configured: set CFN_INGEST_SECRET or CFN_INGEST_SECRETS_FILE "
-            "(or pass --allow-unauthenticated to accept unauthenticated webhooks)"
+            "(or pass --allow-unauthenticated, or set CFN_INGEST_ALLOW_UNAUTHENTICATED=1, to "
+            "accept unauthenticated webhooks)"
         )
     try:
         return SecretIndex.load(settings.secret, settings.secrets_file)
@@ -76,13 +77,15 @@ def serve(workers: int = 1, allow_unauthenticated: bool = False) -> int:
         internals.check_versions()
         internals.check_server()
         settings = IngestSettings.from_env()
-        secrets = load_secrets(settings, allow_unauthenticated)
+        # The flag or CFN_INGEST_ALLOW_UNAUTHENTICATED=1: either one asks for it.
+        secrets = load_secrets(settings, allow_unauthenticated or settings.allow_unauthenticated)
     except (ConfigError, StartupError, internals.InternalsError) as exc:
         print(f"cfn ingest: {exc}", file=sys.stderr)
         return 2
     if secrets is None:
         print(
-            "cfn ingest: WARNING: running WITHOUT authentication (--allow-unauthenticated); "
+            "cfn ingest: WARNING: running WITHOUT authentication (--allow-unauthenticated or "
+            f"{UNAUTHENTICATED_ENV}=1); "
             "anyone who can reach this port can write to Kafka",
             file=sys.stderr,
         )

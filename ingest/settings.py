@@ -61,7 +61,7 @@ class IngestSettings:
     tls_certfile: Path | None = None  # HTTPS at the ingest itself (no proxy in front)
     tls_keyfile: Path | None = None
     workers: int = 1  # processes of `cfn ingest --workers`
-    allow_unauthenticated: bool = False  # `cfn ingest --allow-unauthenticated`
+    allow_unauthenticated: bool = False  # CFN_INGEST_ALLOW_UNAUTHENTICATED=1, or the flag
 
     @functools.cached_property
     def raw_topic(self) -> str:  # read per request: computed once

@@ -20,14 +20,12 @@ from typing import Any, TextIO
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
-from prometheus_client import CollectorRegistry
 
 from cfn import internals
 from cfn.config import OUTPUT_ROLES, topic_names
 from cfn.kafka import aiokafka_options
-from cfn.partition import partition_for
-from cfn.processors.metrics import WorkerMetrics
-from cfn.processors.pipeline import Output, Pipeline, header_map
+from cfn.processors.driver import Driver
+from cfn.processors.pipeline import Output, header_map
 from cfn.processors.progress import Progress
 from cfn.processors.settings import WorkerSettings
 from cfn.topics import ensure_topics
@@ -216,7 +214,8 @@ def process(
     """Run records through a fresh pipeline in arrival order; then fire the timers due `until`.
 
     The order is (received_at, partition, offset): the order ingest accepted them, so a replay
-    decides dedup and correlation as the live run did for the same range.
+    decides dedup and correlation as the live run did for the same range. The in-memory driver
+    (processors/driver.py) runs them, as the tests do.
 
     Args:
         settings: the worker's settings (windows, timeouts, partitions).
@@ -232,59 +231,19 @@ def process(
         Every output except the internal rate inputs, in the order to write them.
     """
     end = FAR_FUTURE if until is None else until
-    pipeline = Pipeline(
-        settings, {}, {}, {}, WorkerMetrics.create(CollectorRegistry()), lambda: end
-    )
+    driver = Driver.over_dicts(settings, lambda: end)
     ordered = sorted(records, key=lambda r: (_received_ms(r), r.partition, r.offset))
     report = progress("process", len(ordered)) if progress else None
     outputs: list[Output] = []
-    rate_inputs: list[Output] = []
     for i, record in enumerate(ordered, 1):
-        produced = pipeline.on_raw(
-            record.value or b"",
-            record.key,
-            header_map(record.headers),
-            record.partition,
-            record.offset,
-            record.timestamp,
-        )
-        # Incident openings for the flap detector go through the repartition topic live.
-        outputs += [out for out in produced if out.role != "rate-input"]
-        rate_inputs += [out for out in produced if out.role == "rate-input"]
-        # Drained per record: the rate counter sees events one by one, in arrival order.
-        rate_inputs.extend(pipeline.drain_rate_inputs(record.partition))
+        outputs += driver.feed(record)
         if report and i % 500 == 0:
             report.update(i)
     if report:
         report.finish(len(ordered))
-    # Rates see the same partitions as live (the rate-input topic is keyed by alert_type), so
-    # each partition's watermark, and so each late/on-time decision, matches the live run's.
-    used: set[int] = set()
-    marks: list[Output] = []  # flap marks, back to the incidents' own partitions
-
-    def keep(produced: list[Output]) -> None:
-        outputs.extend(out for out in produced if out.role != "rate-input")
-        marks.extend(out for out in produced if out.role == "rate-input")
-
-    for out in rate_inputs:
-        target = partition_for(out.key, settings.partitions)
-        used.add(target)
-        assert out.value is not None  # rate inputs always carry a value
-        keep(pipeline.on_rate_input(out.value, target))
     # An idle live partition's watermark trails the wall clock by the idle delay.
-    mark = int(FAR_FUTURE) if until is None else int(until - pipeline.rates.idle_delay_s)
-    for target in sorted(used):
-        keep(pipeline.finish_rates(target, mark))
-    for out in marks:
-        assert out.value is not None and out.partition is not None
-        outputs.extend(pipeline.on_rate_input(out.value, out.partition))
-    # The raw partitions' timers last: expiry and retention see every flap mark, as live,
-    # where they fire long after the marks of incidents that are not yet stale.
-    for partition in sorted({record.partition for record in ordered}):
-        for out in pipeline.on_tick(end, partition):
-            if out.role != "rate-input":
-                outputs.append(out)
-    return outputs
+    mark = int(FAR_FUTURE) if until is None else int(until - driver.pipeline.rates.idle_delay_s)
+    return outputs + driver.settle(end, mark)
 
 
 @dataclass(frozen=True)

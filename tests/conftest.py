@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from cfn.broker import BrokerError, LocalKafka
+from cfn.shell.broker import BrokerError, LocalKafka
 from tests.kafka_util import create_topics, run
 from tests.services import free_block
 
-CONTROLLER_OFFSET = 10000  # cfn.broker's controller port is the node's port + 10000
+CONTROLLER_OFFSET = 10000  # cfn.shell.broker's controller port is the node's port + 10000
 
 
 def free_port_block(size: int) -> int:

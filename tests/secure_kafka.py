@@ -1,5 +1,5 @@
-"""What the tests do to a secure `LocalKafka` (cfn/broker.py): SCRAM users added while it runs,
-client certificates, a CA it does not trust, and ACLs granted and removed as its admin."""
+"""What the tests do to a secure `LocalKafka` (cfn/shell/broker.py): SCRAM users added while it
+runs, client certificates, a CA it does not trust, and ACLs granted and removed as its admin."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cfn.acls import Acl
-from cfn.broker import (
+from cfn.kafka import aiokafka_options
+from cfn.security import KafkaSecurity
+from cfn.shell.acls import Acl
+from cfn.shell.broker import (
     BROKER_CN,
     SCRAM_ITERATIONS,
     SCRAM_MECHANISM,
@@ -24,8 +26,6 @@ from cfn.broker import (
     make_ca,
     sign_certificate,
 )
-from cfn.kafka import aiokafka_options
-from cfn.security import KafkaSecurity
 
 
 def trusting_context(kafka: LocalKafka) -> ssl.SSLContext:

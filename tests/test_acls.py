@@ -14,10 +14,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
 from cfn import internals
-from cfn.acls import Acl, kafka_acls_command, parse_kafka_acls_command, role_acls
-from cfn.broker import LocalKafka
-from cfn.cli import main
 from cfn.config import OUTPUT_ROLES, TABLES, changelog_topic, topic_names
+from cfn.shell.acls import Acl, kafka_acls_command, parse_kafka_acls_command, role_acls
+from cfn.shell.broker import LocalKafka
+from cfn.shell.cli import main
 from tests.kafka_util import run
 from tests.secure_kafka import apply_acls, mtls_options
 

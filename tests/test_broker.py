@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from cfn.broker import LocalKafka
+from cfn.shell.broker import LocalKafka
 from tests.conftest import free_port_block
 from tests.kafka_util import drain, produce, run
 

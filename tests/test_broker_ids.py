@@ -1,4 +1,4 @@
-"""cfn.broker's cluster ids: never one the storage tool would read as an option."""
+"""cfn.shell.broker's cluster ids: never one the storage tool would read as an option."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from cfn import broker
+from cfn.shell import broker
 
 
 def test_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:

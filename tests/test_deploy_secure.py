@@ -26,11 +26,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cfn.broker import make_ca
 from cfn.config import ConfigError
 from cfn.ingest.settings import IngestSettings
 from cfn.processors.settings import WorkerSettings
 from cfn.security import KafkaSecurity
+from cfn.shell.broker import make_ca
 from tests.test_deploy import K8S_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,8 +7,8 @@ import argparse
 import re
 from pathlib import Path
 
-from cfn.cli import build_parser
 from cfn.config import OUTPUT_ROLES
+from cfn.shell.cli import build_parser
 
 OPERATIONS = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from cfn.broker import cache_dir
+from cfn.shell.broker import cache_dir
 from tests.kafka_util import (
     create_topics,
     fold_table,

@@ -29,12 +29,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cfn.broker import BrokerError, LocalKafka
 from cfn.processors.correlate import Correlator
 from cfn.processors.dedup import Deduplicator
 from cfn.processors.incident import Incident
 from cfn.schemas import jsonio
 from cfn.schemas.payload import TS_MAX, TS_MIN, Notification, Rejected, parse
+from cfn.shell.broker import BrokerError, LocalKafka
 from tests.conftest import free_port_block
 from tests.kafka_util import committed_reader, create_topics, drain, produce_with_headers, run
 from tests.payloads import alert, encode, seed_examples

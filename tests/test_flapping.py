@@ -10,17 +10,15 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
 from cfn.partition import partition_for
+from cfn.processors.driver import Driver, Raw
 from cfn.processors.flapping import (
     FlapDetector,
     FlapPolicy,
     FlapResult,
     flap_key,
 )
-from cfn.processors.metrics import WorkerMetrics
-from cfn.processors.pipeline import Output, Pipeline
 from cfn.processors.settings import WorkerSettings
 from cfn.schemas import jsonio
 from tests.payloads import alert, encode
@@ -152,43 +150,33 @@ def test_restart_from_the_table_alone_decides_the_same() -> None:
 
 def test_the_pipeline_routes_openings_by_flap_key_and_marks_back_to_the_incident() -> None:
     settings_ = WorkerSettings(partitions=4, rate_lateness=60, rate_windows=(60,))
-    pipeline = Pipeline(
-        settings_, {}, {}, {}, WorkerMetrics.create(CollectorRegistry()), lambda: T0
-    )
-    repartition: list[Output] = []
+    driver = Driver.over_dicts(settings_, lambda: T0)
     raw_partition = {}
     for i in range(4):
         body = alert(account="acc1", correlation=f"flap-{i}", ts=T0 + i * 60, alert_type=KEY[3])
         body["policy_id"] = "pol1"
         p = i % 4
-        out = pipeline.on_raw(encode(body), None, {}, p, i, (T0 + i * 60) * 1000)
+        driver.feed(Raw(encode(body), None, p, i, (T0 + i * 60) * 1000))
         raw_partition[f"flap-{i}"] = p
-        repartition += [o for o in out if o.role == "rate-input"]
-    assert len(repartition) == 4
-    assert {o.key for o in repartition} == {KEY[3].encode()}  # to the alert type's partition
-    target = partition_for(KEY[3].encode(), 4)
-    outputs: list[Output] = []
-    for o in repartition:
-        assert o.value is not None
-        outputs += pipeline.on_rate_input(o.value, target)
-    outputs += pipeline.finish_rates(target, T0 + 10_000)
+    openings = [o for o in driver.rate_inputs if b'"o":' in (o.value or b"")]  # not rate sums
+    assert len(openings) == 4
+    assert {o.key for o in openings} == {KEY[3].encode()}  # to the alert type's partition
+    outputs = driver.read_rate_inputs()
+    assert driver.rate_partitions == {partition_for(KEY[3].encode(), 4)}
+    outputs += driver.close_rates(T0 + 10_000)
     flaps = [jsonio.loads(o.value) for o in outputs if o.role == "flaps" and o.value]
     assert [f["state"] for f in flaps] == ["start", "end"]
-    marks = [o for o in outputs if o.role == "rate-input"]
+    marks = list(driver.marks)
     assert sorted(o.partition for o in marks if o.partition is not None) == sorted(
         raw_partition.values()
     )
-    versions = []
-    for o in marks:
-        assert o.value is not None and o.partition is not None
-        versions += [
-            jsonio.loads(v.value)
-            for v in pipeline.on_rate_input(o.value, o.partition)
-            if v.role == "incidents" and v.value
-        ]
+    versions = [
+        jsonio.loads(v.value) for v in driver.read_marks() if v.role == "incidents" and v.value
+    ]
     assert len(versions) == 4
     assert {v["flap_id"] for v in versions} == {flaps[0]["flap_id"]}
     assert all(v["version"] == 2 and v["state"] == "open" for v in versions)
+    assert driver.marks == [] and driver.rate_inputs == []
     # marked once: the same mark again adds no version
-    assert marks[0].value is not None and marks[0].partition is not None
-    assert pipeline.on_rate_input(marks[0].value, marks[0].partition) == []
+    driver.marks = marks[:1]
+    assert driver.read_marks() == []

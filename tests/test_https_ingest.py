@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cfn.broker import make_ca, sign_certificate
+from cfn.shell.broker import make_ca, sign_certificate
 from tests.payloads import alert, encode
 from tests.services import start_ingest
 

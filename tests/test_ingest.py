@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cfn.broker import LocalKafka
 from cfn.schemas import jsonio
 from cfn.schemas.keys import incident_key
+from cfn.shell.broker import LocalKafka
 from tests.conftest import free_port_block
 from tests.kafka_util import drain, run
 from tests.payloads import SAVE_AND_TEST, alert, encode, seed_examples
@@ -159,6 +159,21 @@ def test_no_secret_refuses_to_start_unless_explicit(tmp_path: Path, kafka: str) 
     try:
         assert "WITHOUT authentication" in process.output
         assert post(process, encode(alert()), {}) == 202
+    finally:
+        process.stop()
+
+
+def test_the_variable_allows_running_without_a_secret_as_the_flag_does(
+    tmp_path: Path, kafka: str
+) -> None:
+    """CFN_INGEST_ALLOW_UNAUTHENTICATED=1 without --allow-unauthenticated (docs/operations.md)."""
+    process = start_ingest(
+        tmp_path, kafka, "unauth-env.", {"CFN_INGEST_ALLOW_UNAUTHENTICATED": "1"}
+    )
+    try:
+        assert "WITHOUT authentication" in process.output
+        assert "CFN_INGEST_ALLOW_UNAUTHENTICATED=1" in process.output
+        assert post(process, encode(alert(correlation="env")), {}) == 202
     finally:
         process.stop()
 

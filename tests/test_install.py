@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 INSTALL = ROOT / "tools" / "install-deps"
 LOCKFILE = ROOT / "tools" / "asyncapi" / "package-lock.json"
 TEST_TOOLS = ("java", "mvn", "prometheus", "promtool", "wrk", "go", "node", "npm")
-RUNTIME_PACKAGES = ("cfn", "cfn.ingest", "cfn.processors", "cfn.schemas")
+RUNTIME_PACKAGES = ("cfn", "cfn.shell", "cfn.ingest", "cfn.processors", "cfn.schemas")
 
 
 def _path_with(tmp_path: Path, commands: dict[str, str | None]) -> str:

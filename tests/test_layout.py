@@ -11,33 +11,50 @@ import pytest
 from cfn.kafka import AIOKAFKA_KEYS, LIBRDKAFKA_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("ingest", "processors", "schemas", "cloudflare")
-# package -> the cfn packages it must never import
-# The development broker and the supervision of `cfn run`: the shell's, never a service's.
-DEVELOPMENT = ("cfn.broker", "cfn.supervisor")
+FOLDERS = ("ingest", "processors", "schemas", "cloudflare")  # top-level folders, linked into cfn/
+SHELL = "cfn.shell"  # the command line and what only it starts: a real folder, cfn/shell/
+ENTRY = "cfn.__main__"  # `python -m cfn`: the one module outside the shell that imports it
+PLUMBING = "cfn"  # the modules of cfn/ itself (cfn.config, cfn.kafka, ...), the entry aside
+# room -> the cfn packages it must never import. The shell may import every room; schemas
+# imports nothing else of cfn's.
 FORBIDDEN = {
-    "cfn.schemas": ("cfn.ingest", "cfn.processors", "cfn.cli", "cfn.runner", *DEVELOPMENT),
-    "cfn.ingest": (
-        "cfn.processors",
-        "cfn.cli",
-        "cfn.runner",
-        "cfn.tools",
-        "cfn.cloudflare",
-        *DEVELOPMENT,
-    ),
-    "cfn.processors": (
-        "cfn.ingest",
-        "cfn.cli",
-        "cfn.runner",
-        "cfn.tools",
-        "cfn.cloudflare",
-        *DEVELOPMENT,
-    ),
+    "cfn.ingest": ("cfn.processors", "cfn.cloudflare", SHELL),
+    "cfn.processors": ("cfn.ingest", "cfn.cloudflare", SHELL),
     # It reads the ingest's secrets file with the ingest's own parser (cfn.ingest.auth).
-    "cfn.cloudflare": ("cfn.processors", "cfn.cli", "cfn.runner", "cfn.tools", *DEVELOPMENT),
+    "cfn.cloudflare": ("cfn.processors", SHELL),
+    PLUMBING: ("cfn.ingest", "cfn.processors", "cfn.cloudflare", SHELL),
 }
-# The only modules that start the development broker: `cfn broker`, `cfn fetch-kafka`, `cfn run`.
-BROKER_USERS = ("cfn.cli", "cfn.runner")
+# Within the shell, the development broker and the supervision of the foreground commands are
+# started only by `cfn broker` / `cfn fetch-kafka` (cli) and `cfn run` (runner).
+DEVELOPMENT = ("cfn.shell.broker", "cfn.shell.supervisor")
+BROKER_USERS = ("cfn.shell.cli", "cfn.shell.runner")
+
+
+def _room(module: str) -> str | None:
+    """A cfn module's room: its linked folder's package, the shell or the plumbing; None for
+    the entry module."""
+    if module == ENTRY:
+        return None
+    for package in (*(f"cfn.{folder}" for folder in FOLDERS), SHELL):
+        if module.startswith(package + "."):
+            return package
+    return PLUMBING
+
+
+def _within(name: str, packages: tuple[str, ...]) -> bool:
+    return any(name == package or name.startswith(package + ".") for package in packages)
+
+
+def _room_violations(module: str, imported: set[str]) -> list[str]:
+    """The names `module` imports that its room forbids: none when it keeps to its room."""
+    room = _room(module)
+    if room is None or room == SHELL:
+        return []
+    if room == "cfn.schemas":
+        return sorted(
+            n for n in imported if n.startswith("cfn.") and not _within(n, ("cfn.schemas",))
+        )
+    return sorted(n for n in imported if _within(n, FORBIDDEN[room]))
 
 
 def _imports(path: Path) -> set[str]:
@@ -55,6 +72,7 @@ def _imports(path: Path) -> set[str]:
 
 def _modules() -> list[tuple[str, Path]]:
     found = [(f"cfn.{p.stem}", p) for p in sorted((ROOT / "cfn").glob("*.py"))]
+    found += [(f"{SHELL}.{p.stem}", p) for p in sorted((ROOT / "cfn" / "shell").glob("*.py"))]
     for folder in FOLDERS:
         found += [(f"cfn.{folder}.{p.stem}", p) for p in sorted((ROOT / folder).glob("*.py"))]
     return found
@@ -66,29 +84,55 @@ def test_the_folders_are_the_cfn_packages() -> None:
         assert link.is_symlink() and link.resolve() == ROOT / folder, link
 
 
+def test_every_package_of_cfn_is_a_room() -> None:
+    """A new package under cfn/ is one the rules above know of (and _modules reads)."""
+    packages = sorted(p.name for p in (ROOT / "cfn").iterdir() if (p / "__init__.py").exists())
+    assert packages == sorted((*FOLDERS, "shell"))
+    shell = ROOT / "cfn" / "shell"
+    assert shell.is_dir() and not shell.is_symlink()
+    assert (ROOT / "cfn" / "__main__.py").exists()  # `python -m cfn`
+
+
 @pytest.mark.parametrize(("module", "path"), _modules(), ids=lambda v: str(v))
 def test_imports_stay_in_their_rooms(module: str, path: Path) -> None:
     imported = _imports(path)
     bare = sorted(n for n in imported if n.split(".")[0] in FOLDERS)
     assert not bare, f"{module} imports {bare}: use the cfn namespace"
-    for package, forbidden in FORBIDDEN.items():
-        if module.startswith(package + "."):
-            wrong = sorted(n for n in imported if n.startswith(forbidden))
-            assert not wrong, f"{module} ({package}) must not import {wrong}"
-    if module.startswith("cfn.schemas."):
-        others = sorted(
-            n for n in imported if n.startswith("cfn.") and not n.startswith("cfn.schemas")
-        )
-        assert not others, f"{module}: schemas imports nothing else of cfn's, not {others}"
+    wrong = _room_violations(module, imported)
+    assert not wrong, f"{module} ({_room(module)}) must not import {wrong}"
+
+
+@pytest.mark.parametrize(
+    ("module", "imported", "wrong"),
+    [
+        ("cfn.config", {"cfn.shell.cli"}, ["cfn.shell.cli"]),
+        ("cfn.config", {"cfn", "cfn.shell"}, ["cfn.shell"]),  # from cfn import shell
+        ("cfn.health", {"cfn.ingest.app"}, ["cfn.ingest.app"]),
+        ("cfn.topics", {"cfn.cloudflare.client", "cfn.kafka"}, ["cfn.cloudflare.client"]),
+        ("cfn.logs", {"cfn.schemas.jsonio"}, []),
+        ("cfn.__main__", {"cfn.shell.cli"}, []),
+        ("cfn.ingest.app", {"cfn.shell.tools", "cfn.config"}, ["cfn.shell.tools"]),
+        ("cfn.processors.replay", {"cfn.ingest.auth"}, ["cfn.ingest.auth"]),
+        ("cfn.cloudflare.connect", {"cfn.ingest.auth"}, []),
+        ("cfn.cloudflare.connect", {"cfn.processors.pipeline"}, ["cfn.processors.pipeline"]),
+        ("cfn.schemas.payload", {"cfn.schemas.jsonio", "cfn.config"}, ["cfn.config"]),
+        ("cfn.shell.cli", {"cfn.ingest.server", "cfn.processors.worker", "cfn.shell.broker"}, []),
+        ("cfn.shellfish", {"cfn.shell.cli"}, ["cfn.shell.cli"]),  # plumbing, not the shell
+    ],
+)
+def test_the_room_check_sees_imports_out_of_a_room(
+    module: str, imported: set[str], wrong: list[str]
+) -> None:
+    assert _room_violations(module, imported) == wrong
 
 
 @pytest.mark.parametrize(("module", "path"), _modules(), ids=lambda v: str(v))
 def test_only_the_shell_starts_the_development_broker(module: str, path: Path) -> None:
-    """The plumbing and the services never import the local broker, so it is shipped only as
-    the development part of the command line."""
+    """Within the shell too, only `cfn broker`, `cfn fetch-kafka` and `cfn run` start the local
+    broker, so it stays the development part of the command line."""
     if module in (*BROKER_USERS, *DEVELOPMENT):
         return
-    wrong = sorted(n for n in _imports(path) if n.startswith(DEVELOPMENT))
+    wrong = sorted(n for n in _imports(path) if _within(n, DEVELOPMENT))
     assert not wrong, f"{module} imports the development broker ({wrong})"
 
 
@@ -177,7 +221,7 @@ ENVIRON_READERS = {
     "cfn.ingest.settings": "IngestSettings",
     "cfn.processors.settings": "WorkerSettings",
     "cfn.cloudflare.settings": "CloudflareSettings",
-    "cfn.runner": "the environment of the ingest and worker it starts",
+    "cfn.shell.runner": "the environment of the ingest and worker it starts",
 }
 # The modules that set variables for the processes they start, and read none.
 ENVIRON_WRITERS = {"cfn.ingest.server": "--workers and --allow-unauthenticated, for uvicorn's"}

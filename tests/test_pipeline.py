@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import CollectorRegistry
 
+from cfn.processors.driver import Driver, Raw
 from cfn.processors.metrics import WorkerMetrics
 from cfn.processors.pipeline import Pipeline
 from cfn.processors.settings import WorkerSettings
@@ -30,8 +31,9 @@ def pipeline(registry: CollectorRegistry, **settings: object) -> Pipeline:
 
 
 def feed(p: Pipeline, bodies: list[bytes], first_offset: int = 0) -> None:
+    driver = Driver(p, partitions=1)
     for offset, body in enumerate(bodies, first_offset):
-        p.on_raw(body, b"k", {}, 0, offset, NOW * 1000)
+        driver.feed(Raw(body, b"k", 0, offset, NOW * 1000))
 
 
 def gauge(registry: CollectorRegistry, name: str) -> float:

@@ -8,14 +8,13 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from cfn.cli import build_parser
 from cfn.config import OUTPUT_ROLES, topic_names
+from cfn.processors.driver import Raw
 from cfn.processors.pipeline import Output
 from cfn.processors.progress import Progress, duration, progress_line
 from cfn.processors.replay import (
@@ -30,6 +29,7 @@ from cfn.processors.replay import (
 )
 from cfn.processors.settings import WorkerSettings
 from cfn.schemas import jsonio
+from cfn.shell.cli import build_parser
 from cfn.topics import ensure_topics
 from tests.kafka_util import (
     create_topics,
@@ -186,18 +186,6 @@ def test_the_plan_names_ranges_records_time_and_topics() -> None:
 # ---- the end of a replay ---------------------------------------------------------------------
 
 
-@dataclass
-class Raw:
-    """The fields of a ConsumerRecord that replay reads."""
-
-    value: bytes
-    key: bytes
-    partition: int
-    offset: int
-    timestamp: int
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-
-
 def raw(body: dict[str, Any], received_at: float, offset: int, partition: int = 0) -> Raw:
     ms = int(received_at * 1000)
     key = f"default|{body['account_id']}|{body['alert_correlation_id']}".encode()
@@ -315,7 +303,8 @@ def test_replay_writes_shadow_topics_unless_live_is_asked_for_explicitly(
         (alert(correlation="done", ts=int(now) - 50), now - 50),
         (alert(correlation="done", event="ALERT_STATE_EVENT_END", ts=int(now) - 40), now - 40),
     ]
-    items = [(r.key, r.value, r.headers) for r in (raw(b, t, i) for i, (b, t) in enumerate(bodies))]
+    records = [raw(b, t, i) for i, (b, t) in enumerate(bodies)]
+    items = [(r.key or b"", r.value or b"", list(r.headers)) for r in records]
     live_names = topic_names(prefix)
     run(create_topics(kafka, [live_names["raw"]], 2))
     run(produce_with_headers(kafka, live_names["raw"], items))

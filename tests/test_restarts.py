@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cfn.broker import BrokerError, LocalKafka
+from cfn.shell.broker import BrokerError, LocalKafka
 from tests.conftest import free_port_block
 from tests.kafka_util import read_to_end, run, wait_caught_up
 from tests.records_check import checked, raw_check

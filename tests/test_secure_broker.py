@@ -25,10 +25,10 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from cfn.acls import Acl
-from cfn.broker import BrokerError, LocalKafka, connection_help
 from cfn.kafka import aiokafka_options
 from cfn.security import KafkaSecurity
+from cfn.shell.acls import Acl
+from cfn.shell.broker import BrokerError, LocalKafka, connection_help
 from tests.conftest import free_port_block, free_ports
 from tests.kafka_util import run
 from tests.secure_kafka import (

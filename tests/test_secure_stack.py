@@ -16,10 +16,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from cfn.acls import role_acls
-from cfn.broker import ADMIN_USER, LocalKafka
 from cfn.config import changelog_topic, topic_names
 from cfn.security import KafkaSecurity, Secret
+from cfn.shell.acls import role_acls
+from cfn.shell.broker import ADMIN_USER, LocalKafka
 from cfn.topics import ensure_topics
 from tests.kafka_util import run
 from tests.payloads import alert, encode

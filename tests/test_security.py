@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from cfn.broker import make_ca, sign_certificate
 from cfn.config import ConfigError
 from cfn.ingest.settings import IngestSettings
 from cfn.kafka import aiokafka_options, java_properties, librdkafka_config
 from cfn.processors.settings import WorkerSettings
 from cfn.security import KafkaSecurity, Secret
+from cfn.shell.broker import make_ca, sign_certificate
 
 PASSWORD = "pw-Zq8-never-shown"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from cfn.cli import main
+from cfn.shell.cli import main
 from cfn.version import UNKNOWN, register_build_info, version
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -198,7 +198,7 @@ def kafka_broker(tmp: Path, existing: str | None = None) -> Iterator[str]:
     if existing:
         yield existing
         return
-    from cfn.broker import LocalKafka
+    from cfn.shell.broker import LocalKafka
     from tests.conftest import free_port_block
 
     broker = LocalKafka(data_dir=tmp / "kafka", port=free_port_block(1), heap="1g")
@@ -227,7 +227,7 @@ def machine() -> dict[str, Any]:
     """What the figures were measured on: CPU, cores, memory, load, and the software versions."""
     from importlib.metadata import version
 
-    from cfn.broker import KAFKA_VERSION
+    from cfn.shell.broker import KAFKA_VERSION
 
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     models = [

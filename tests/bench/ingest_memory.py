@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from cfn.broker import LocalKafka
 from cfn.ingest.settings import IngestSettings
 from cfn.schemas import jsonio
+from cfn.shell.broker import LocalKafka
 from tests.conftest import free_port_block
 from tests.services import start_ingest
 

@@ -1,6 +1,6 @@
 """Section `security`: what SASL_SSL (SCRAM-SHA-512 over TLS) costs, against PLAINTEXT.
 
-One secured broker (cfn.broker.LocalKafka, secure) with an extra open PLAINTEXT listener, so
+One secured broker (cfn.shell.broker.LocalKafka, secure) with an extra open PLAINTEXT listener, so
 both contenders talk to the same JVM, disk and log: the only difference is the listener.
 
 * ingest: `cfn ingest` (one process) over each listener, wrk at fixed concurrency, rounds
@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from cfn.broker import LocalKafka
+from cfn.shell.broker import LocalKafka
 from tests.bench.core import SECRET, Context, finite_or_none, median, progress, ratio
 from tests.bench.ingest_bench import wrk_once
 from tests.bench.load import lua_script

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from cfn.broker import LocalKafka
+from cfn.shell.broker import LocalKafka
 from tests.conftest import free_port_block
 from tests.kafka_util import read_to_end, run, wait_caught_up
 from tests.nemesis.checker import History, RawRecord, Violation, check

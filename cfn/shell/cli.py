@@ -13,7 +13,7 @@ from cfn.logs import LogSettings, configure
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from cfn.broker import run_broker
+    from cfn.shell.broker import run_broker
 
     # A secure cluster keeps its own folder: a plaintext one's storage cannot be reused.
     data_dir = args.data_dir or (".local/kafka-secure" if args.secure else ".local/kafka")
@@ -23,7 +23,7 @@ def _broker(args: argparse.Namespace) -> int:
 
 
 def _acls(args: argparse.Namespace) -> int:
-    from cfn.acls import render_role
+    from cfn.shell.acls import render_role
 
     try:
         print(
@@ -45,7 +45,7 @@ def _acls(args: argparse.Namespace) -> int:
 
 
 def _fetch_kafka(_args: argparse.Namespace) -> int:
-    from cfn.broker import BrokerError, ensure_jars
+    from cfn.shell.broker import BrokerError, ensure_jars
 
     try:
         print(f"Kafka jars ready in {ensure_jars()}")
@@ -68,7 +68,7 @@ def _worker(_args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cfn.runner import run_all
+    from cfn.shell.runner import run_all
 
     return run_all(args.kafka_port)
 
@@ -80,7 +80,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _send(args: argparse.Namespace) -> int:
-    from cfn.tools import send
+    from cfn.shell.tools import send
 
     secret = args.secret or CommandSettings.from_env().ingest_secret
     local = Path(".local/secret")
@@ -91,7 +91,7 @@ def _send(args: argparse.Namespace) -> int:
 
 def _tail(args: argparse.Namespace) -> int:
     from cfn.security import KafkaSecurity
-    from cfn.tools import tail
+    from cfn.shell.tools import tail
 
     try:
         security = KafkaSecurity.from_env()

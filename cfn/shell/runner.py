@@ -10,9 +10,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from cfn.broker import BrokerError, LocalKafka
 from cfn.config import CommandSettings
-from cfn.supervisor import StopFlag, supervise
+from cfn.shell.broker import BrokerError, LocalKafka
+from cfn.shell.supervisor import StopFlag, supervise
 
 LOCAL = Path(".local")
 

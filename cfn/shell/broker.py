@@ -24,10 +24,10 @@ from typing import Any
 from cfn.config import CommandSettings
 from cfn.kafka import aiokafka_options, java_properties
 from cfn.security import PLAINTEXT, KafkaSecurity, Secret
-from cfn.supervisor import StopFlag, supervise
+from cfn.shell.supervisor import StopFlag, supervise
 
 KAFKA_VERSION = "4.4.0"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
 
 
