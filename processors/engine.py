@@ -18,6 +18,7 @@ in-memory state. docs/design.md, "Exactly once", says why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -141,6 +142,19 @@ class Engine:
         if s.transactions == "worker":
             await self._start_shared()
         self._consumer.subscribe([self.raw_topic, self.rate_topic], listener=_Listener(self))
+
+    async def undo_start(self) -> None:
+        """Stop what a failed `start` started, so that it can be called again."""
+        consumer, self._consumer = self._consumer, None
+        shared, self.producers.shared = self.producers.shared, None
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(COMMIT_TIMEOUT):
+                await asyncio.gather(
+                    *([consumer.stop()] if consumer is not None else []),
+                    self.restorer.stop(),
+                    *([stop_producer(shared.producer)] if shared is not None else []),
+                    return_exceptions=True,
+                )
 
     async def _start_shared(self) -> None:
         """Start the worker's producer before joining the group. Its init_transactions aborts

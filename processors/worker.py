@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import uvloop
 from aiohttp import web
+from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from cfn import internals
@@ -30,6 +32,7 @@ from cfn.topics import ensure_topics
 from cfn.version import version
 
 log = logging.getLogger("cfn.worker")
+START_RETRY_MAX = 10.0  # seconds: the longest wait between two attempts to start
 
 
 def build(settings: WorkerSettings, registry: CollectorRegistry) -> Engine:
@@ -171,13 +174,8 @@ async def _serve(settings: WorkerSettings) -> None:
     log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     probe: asyncio.Task[None] | None = None
     try:
-        try:
-            await engine.start()
-        except Exception as exc:
-            refused = denial(exc, "worker")
-            if refused is None:
-                raise
-            raise refused from None
+        if not await start_engine(engine, stop):
+            return
         probe = asyncio.create_task(watch_kafka(engine, reachability, stop))
         await engine.run(stop)
         if engine.denied is not None:
@@ -186,6 +184,38 @@ async def _serve(settings: WorkerSettings) -> None:
         if probe is not None:
             probe.cancel()
         await runner.cleanup()
+
+
+async def start_engine(engine: Engine, stop: asyncio.Event) -> bool:
+    """Start the engine, again and again while Kafka does not answer (it can go away between
+    the topics' check and the start): one line when a start fails for a new reason, one when
+    it succeeds after failing. False if the worker was told to stop first; a refusal (an ACL)
+    is raised."""
+    failed, reason = 0, ""
+    while not stop.is_set():
+        try:
+            await engine.start()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            refused = denial(exc, "worker")
+            if refused is not None:
+                raise refused from None
+            failed += 1
+            if type(exc).__name__ != reason:
+                reason = type(exc).__name__
+                log.warning("could not start (%s: %s); trying again", reason, exc)
+            await engine.undo_start()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(START_RETRY_MAX, float(failed)))
+            continue
+        except Exception as exc:
+            refused = denial(exc, "worker")
+            if refused is None:
+                raise
+            raise refused from None
+        if failed:
+            log.info("started after %d failed attempts", failed)
+        return True
+    return False
 
 
 def _stopper(stop: asyncio.Event, signum: int, timeout: float) -> Callable[[], None]:
