@@ -15,7 +15,9 @@ The rooms, and what may import what:
   from `security`), topic creation (`topics`), key placement (`partition`), environment
   parsing, the topic roles and the commands' settings (`config`), lock-free metrics
   (`fastmetrics`), Kafka reachability and client logs (`health`), refusals told from outages
-  (`access`), the aiokafka and uvicorn internals cfn uses (`internals`, with `protocol`), JSON
+  (`access`), the one adapter of aiokafka's and uvicorn's internals (`internals`, a package,
+  with the Kafka protocol messages aiokafka lacks in `internals.protocol`: no other module
+  reaches past a library's public API), JSON
   logs (`logs`), GC tuning (`runtime`), the version (`version`). Imports schemas at most, never
   ingest, processors, cloudflare or the shell.
 * `cfn.shell` (folder cfn/shell/): the command line (`cli`), `cfn run` (`runner`), the

@@ -13,8 +13,8 @@ import asyncio
 import ssl
 
 from aiokafka import errors as Errors
-from aiokafka.conn import collect_hosts, create_conn
 
+from cfn import internals
 from cfn.kafka import connection_options
 from cfn.security import KafkaSecurity
 
@@ -80,14 +80,14 @@ async def probe(bootstrap: str, security: KafkaSecurity, timeout: float = 5.0) -
     options = connection_options(security)
     refused: AccessDenied | None = None
     try:  # as the clients read it (a missing port is 9092); theirs is the error to report
-        hosts = collect_hosts(bootstrap, randomize=False)
+        hosts = internals.collect_hosts(bootstrap, randomize=False)
     except (ValueError, TypeError):
         return
     for host, port, _family in hosts:
         address = f"{host}:{port}"
         try:
             async with asyncio.timeout(timeout):
-                conn = await create_conn(
+                conn = await internals.create_conn(
                     host,
                     port,
                     client_id="cfn-probe",

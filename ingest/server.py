@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -123,25 +121,9 @@ def serve(workers: int = 1, allow_unauthenticated: bool = False) -> int:
         ssl_context_factory=server_context if tls else None,
     )
     if workers > 1:
-        supervisor = _supervisor()(config, sockets=[config.bind_socket()])
+        supervisor = internals.ingest_supervisor(log)(config, sockets=[config.bind_socket()])
         supervisor.run()
         return 0
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1
-
-
-def _supervisor() -> Any:
-    """uvicorn's process supervisor, except that SIGHUP is passed on to every process (each
-    reloads its own secrets and certificate) instead of restarting them all."""
-    from uvicorn.supervisors.multiprocess import Multiprocess
-
-    class Supervisor(Multiprocess):  # type: ignore[misc]
-        def handle_hup(self) -> None:
-            for process in self.processes:
-                pid = process.process.pid
-                if pid is not None and process.process.is_alive():
-                    os.kill(pid, signal.SIGHUP)
-            log.warning("SIGHUP passed on to %d ingest process(es)", len(self.processes))
-
-    return Supervisor

@@ -2,7 +2,7 @@
 
 * `worker` (the default, KIP-447): one producer per worker, `<app id>-worker-<worker id>`, and
   one transaction per commit round whatever the partition count. aiokafka sends neither request
-  this needs, so cfn does (cfn/protocol.py, cfn/internals.py): the offsets go with the group
+  this needs, so cfn does (cfn/internals/): the offsets go with the group
   generation and member id (TxnOffsetCommit v3), and the group refuses a member that lost its
   partitions. A restarted worker comes back under its previous id (processors/identity.py),
   which aborts the open transaction it left at once.
@@ -22,7 +22,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
-from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import TopicPartition
 
 from cfn import internals
@@ -62,7 +61,7 @@ class Txn:
     # task: aiokafka queues one batch per partition and a second waits until the first is sent,
     # so tasks sharing a producer would each wait a produce round trip for their own batch of
     # one partition (every task's rate inputs of an alert type), in every commit round.
-    builders: dict[tuple[str, int], BatchBuilder] = field(default_factory=dict)
+    builders: dict[tuple[str, int], internals.BatchBuilder] = field(default_factory=dict)
 
     async def begin(self) -> None:
         """Open a transaction unless one is open."""
@@ -84,7 +83,7 @@ class Txn:
             if builder.append(timestamp=None, key=key, value=value, headers=_NO_HEADERS) is None:
                 raise MessageSizeTooLargeError(f"a record of {len(value or b'')} bytes")
 
-    async def _submit(self, slot: tuple[str, int], builder: BatchBuilder) -> None:
+    async def _submit(self, slot: tuple[str, int], builder: internals.BatchBuilder) -> None:
         builder.close()  # no producer.send() may add to it, and the sender need not linger
         future = await self.producer.send_batch(builder, slot[0], partition=slot[1])
         self.pending.append(future)

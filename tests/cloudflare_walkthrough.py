@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cfn.broker import LocalKafka
 from cfn.schemas import jsonio
+from cfn.shell.broker import LocalKafka
 from tests.conftest import free_port_block
 from tests.fake_cloudflare import FakeCloudflare
 from tests.kafka_util import run, wait_caught_up

@@ -87,9 +87,9 @@ def test_consumer_internals_exist_and_work(kafka: str) -> None:
 
 @pytest.mark.broker
 def test_group_metadata_commits_and_stable_offsets_on_the_broker(kafka: str) -> None:
-    """KIP-447 as cfn sends it (cfn/protocol.py): TxnOffsetCommit v3 commits for the current
-    generation and is refused for an older one, and OffsetFetch v7 waits for a transaction that
-    holds pending offsets to end."""
+    """KIP-447 as cfn sends it (cfn/internals/protocol.py): TxnOffsetCommit v3 commits for the
+    current generation and is refused for an older one, and OffsetFetch v7 waits for a
+    transaction that holds pending offsets to end."""
     token = uuid.uuid4().hex[:8]
     topic, group = f"kip447-{token}", f"kip447-{token}"
     tp = TopicPartition(topic, 0)

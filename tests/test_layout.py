@@ -4,6 +4,7 @@ of every module, including imports inside functions."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,14 @@ FORBIDDEN = {
 # started only by `cfn broker` / `cfn fetch-kafka` (cli) and `cfn run` (runner).
 DEVELOPMENT = ("cfn.shell.broker", "cfn.shell.supervisor")
 BROKER_USERS = ("cfn.shell.cli", "cfn.shell.runner")
+# The one adapter of third-party internals (part of the plumbing): only it imports a module of
+# aiokafka, uvicorn or confluent-kafka other than their public ones.
+ADAPTER = "cfn.internals"
+PUBLIC = {
+    "aiokafka": ("aiokafka", "aiokafka.errors", "aiokafka.structs", "aiokafka.admin"),
+    "uvicorn": ("uvicorn",),
+    "confluent_kafka": ("confluent_kafka", "confluent_kafka.admin"),
+}
 
 
 def _room(module: str) -> str | None:
@@ -73,6 +82,8 @@ def _imports(path: Path) -> set[str]:
 def _modules() -> list[tuple[str, Path]]:
     found = [(f"cfn.{p.stem}", p) for p in sorted((ROOT / "cfn").glob("*.py"))]
     found += [(f"{SHELL}.{p.stem}", p) for p in sorted((ROOT / "cfn" / "shell").glob("*.py"))]
+    for p in sorted((ROOT / "cfn" / "internals").glob("*.py")):
+        found.append((ADAPTER if p.stem == "__init__" else f"{ADAPTER}.{p.stem}", p))
     for folder in FOLDERS:
         found += [(f"cfn.{folder}.{p.stem}", p) for p in sorted((ROOT / folder).glob("*.py"))]
     return found
@@ -87,7 +98,7 @@ def test_the_folders_are_the_cfn_packages() -> None:
 def test_every_package_of_cfn_is_a_room() -> None:
     """A new package under cfn/ is one the rules above know of (and _modules reads)."""
     packages = sorted(p.name for p in (ROOT / "cfn").iterdir() if (p / "__init__.py").exists())
-    assert packages == sorted((*FOLDERS, "shell"))
+    assert packages == sorted((*FOLDERS, "shell", "internals"))
     shell = ROOT / "cfn" / "shell"
     assert shell.is_dir() and not shell.is_symlink()
     assert (ROOT / "cfn" / "__main__.py").exists()  # `python -m cfn`
@@ -281,3 +292,53 @@ c = os.getenv("X")
         (8, "write"),
         (9, "read"),
     ]
+
+
+def _non_public(path: Path) -> list[str]:
+    """The modules of aiokafka, uvicorn and confluent-kafka that `path` imports and that are
+    not their public API (`from aiokafka import conn` included)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            modules = [node.module]
+            for alias in node.names:  # a submodule imported by name
+                name = f"{node.module}.{alias.name}"
+                if node.module.split(".")[0] in PUBLIC and _is_module(name):
+                    modules.append(name)
+        else:
+            continue
+        for module in modules:
+            public = PUBLIC.get(module.split(".")[0])
+            if public is not None and module not in public:
+                found.append(module)
+    return sorted(found)
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize(("module", "path"), _modules(), ids=lambda v: str(v))
+def test_only_the_adapter_imports_third_party_internals(module: str, path: Path) -> None:
+    if module == ADAPTER or module.startswith(ADAPTER + "."):
+        return
+    assert not _non_public(path), f"{module}: import these through {ADAPTER}"
+
+
+def test_the_internals_check_sees_non_public_imports(tmp_path: Path) -> None:
+    lines = {
+        "from aiokafka.conn import create_conn": ["aiokafka.conn"],
+        "from aiokafka import conn": ["aiokafka.conn"],
+        "import uvicorn.supervisors.multiprocess": ["uvicorn.supervisors.multiprocess"],
+        "from aiokafka.errors import KafkaError": [],
+        "from aiokafka import AIOKafkaConsumer, errors": [],
+    }
+    for line, expected in lines.items():
+        path = tmp_path / "m.py"
+        path.write_text(line + "\n")
+        assert _non_public(path) == expected, line

@@ -13,8 +13,14 @@ cfn reaches past the public APIs where they lack what it needs:
   one request, stable ones (`committed()` asks once per partition, and with OffsetFetch v1-v3,
   which has no require_stable), its generation and member id, and asking for a rebalance;
 * a transactional producer's sender (`_sender._do_txn_offset_commit`): one producer per worker
-  commits offsets with TxnOffsetCommit v3 and the group metadata (KIP-447, cfn/protocol.py);
-* uvicorn's server state and protocol construction (ingest/http.py plugs into them).
+  commits offsets with TxnOffsetCommit v3 and the group metadata (KIP-447, `protocol` here);
+* uvicorn's server state and protocol construction (ingest/http.py plugs into them), and its
+  process supervisor (`ingest_supervisor`: SIGHUP passed on instead of restarting);
+* aiokafka modules that are not its public API, re-exported from here: `BatchBuilder` (a
+  task's records batched by hand), `collect_hosts` and `create_conn` (one bare connection, the
+  access probe).
+
+No other module imports a non-public module of aiokafka or uvicorn (tests/test_layout.py).
 
 aiokafka and uvicorn are pinned to the minor versions the tests cover (pyproject.toml). `check`
 runs when a process starts and fails it with a message naming what moved, rather than a request
@@ -24,9 +30,14 @@ failing later; tests/test_internals.py fails when any of it moves.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import signal
 from importlib import metadata
 from typing import Any
 
+from aiokafka.conn import collect_hosts as collect_hosts
+from aiokafka.conn import create_conn as create_conn
 from aiokafka.errors import (
     CoordinatorNotAvailableError,
     GroupAuthorizationFailedError,
@@ -35,17 +46,23 @@ from aiokafka.errors import (
     UnknownMemberIdError,
     for_code,
 )
+from aiokafka.producer.message_accumulator import BatchBuilder as BatchBuilder
 from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.structs import TopicPartition
 
-from cfn.protocol import STALE_MEMBER, UNSTABLE_OFFSET_COMMIT, StableOffsetFetch, TxnOffsetCommitV3
+from cfn.internals.protocol import (
+    STALE_MEMBER,
+    UNSTABLE_OFFSET_COMMIT,
+    StableOffsetFetch,
+    TxnOffsetCommitV3,
+)
 
 try:  # subclassed below, so needed at import: named like every other internal if it moved
     from aiokafka.producer.sender import TxnOffsetCommitHandler
 except ImportError as exc:  # pragma: no cover - only with an untested aiokafka
     raise ImportError(
         "aiokafka.producer.sender has no `TxnOffsetCommitHandler` (an internal cfn uses: see "
-        "cfn/internals.py for the aiokafka version it is tested with)"
+        "cfn/internals/ for the aiokafka version it is tested with)"
     ) from exc
 
 RETRY_BACKOFF = 0.1  # seconds between two asks of a group coordinator that is not ready
@@ -320,3 +337,19 @@ async def fetch_committed(consumer: Any, partitions: list[Any]) -> dict[Any, int
         elif not error.retriable:
             raise error(coordinator.group_id)
         await asyncio.sleep(RETRY_BACKOFF)
+
+
+def ingest_supervisor(log: logging.Logger) -> Any:
+    """uvicorn's process supervisor, except that SIGHUP is passed on to every process (each
+    reloads its own secrets and certificate) instead of restarting them all."""
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    class Supervisor(Multiprocess):  # type: ignore[misc]
+        def handle_hup(self) -> None:
+            for process in self.processes:
+                pid = process.process.pid
+                if pid is not None and process.process.is_alive():
+                    os.kill(pid, signal.SIGHUP)
+            log.warning("SIGHUP passed on to %d ingest process(es)", len(self.processes))
+
+    return Supervisor
