@@ -177,6 +177,13 @@ def test_the_report_sums_up_runs_per_fault_kind(tmp_path: Path) -> None:
     for name, outcome in runs.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "outcome.json").write_text(json.dumps(outcome))
+    again = {"seed": 2, "duration": 180, "violations": [], "faults": [fault("latency", 1, 1)]}
+    (tmp_path / "seed-2-later").mkdir()
+    (tmp_path / "seed-2-later" / "outcome.json").write_text(json.dumps(again))
+    rerun = render(load(sorted(tmp_path.iterdir())))
+    assert rerun.startswith("2 runs (seeds 1, 2) of 180 s of load each: **0 violations**.")
+    assert "Earlier runs of seeds [2] found violations" in rerun
+    (tmp_path / "seed-2-later" / "outcome.json").unlink()
     text = render(load(sorted(tmp_path.iterdir())))
     assert text.startswith("2 runs (seeds 1, 2) of 180 s of load each: violations in seeds [2].")
     assert "| latency | 2 | 9.0 | 1.5 / 2.5 |" in text

@@ -1,4 +1,4 @@
-"""`python -m tests.nemesis.report [--doc docs/reliability.md] [FOLDER ...]`: the nemesis runs
+"""`python -m tests.nemesis.report [--doc PAGE] [--min-duration S] [FOLDER ...]`: the nemesis runs
 kept under .local/nemesis/ (each run's outcome.json), summed up per fault kind. With --doc, the
 summary replaces what stands between the markers in that file; otherwise it is printed."""
 
@@ -25,8 +25,19 @@ def load(folders: list[Path]) -> list[dict[str, Any]]:
 
 
 def render(outcomes: list[dict[str, Any]]) -> str:
-    """Markdown: the runs (seeds, lengths, violations) and a table per fault kind."""
-    runs = [o for o in outcomes if o.get("worker", "cfn worker") == "cfn worker"]
+    """Markdown: the runs (seeds, lengths, violations) and a table per fault kind. A seed run
+    again (after a fix) counts by its last run, in the order given; the earlier runs that
+    found violations are named."""
+    latest: dict[tuple[int, float], dict[str, Any]] = {}
+    superseded: list[dict[str, Any]] = []
+    for outcome in outcomes:
+        if outcome.get("worker", "cfn worker") != "cfn worker":
+            continue
+        key = (outcome["seed"], outcome["duration"])
+        if key in latest:
+            superseded.append(latest[key])
+        latest[key] = outcome
+    runs = list(latest.values())
     if not runs:
         return "No nemesis runs recorded yet (`make nemesis`)."
     seeds = sorted(o["seed"] for o in runs)
@@ -36,6 +47,14 @@ def render(outcomes: list[dict[str, Any]]) -> str:
         f"{len(runs)} runs (seeds {', '.join(map(str, seeds))}) of "
         f"{' or '.join(f'{n} s' for n in lengths)} of load each: "
         + (f"violations in seeds {violated}." if violated else "**0 violations**."),
+    ]
+    earlier = sorted(o["seed"] for o in superseded if o["violations"])
+    if earlier:
+        lines.append(
+            f"Earlier runs of seeds {earlier} found violations, fixed before their last run "
+            "(below)."
+        )
+    lines += [
         "",
         "| Fault | Drawn | Longest gap without a 202 during it (s) "
         "| First 202 after its heal (s): median / max |",
@@ -66,10 +85,13 @@ def write_doc(doc: Path, text: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--doc", type=Path, help="write the summary into this page")
+    parser.add_argument(
+        "--min-duration", type=float, default=0.0, help="leave out runs with less load (s)"
+    )
     parser.add_argument("folders", nargs="*", type=Path, help="run folders (default: all kept)")
     args = parser.parse_args()
     folders = args.folders or sorted(p for p in ROOT.glob("seed-*") if p.is_dir())
-    text = render(load(folders))
+    text = render([o for o in load(folders) if o["duration"] >= args.min_duration])
     if args.doc:
         write_doc(args.doc, text)
     else:
