@@ -22,7 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 INSTALL = ROOT / "tools" / "install-deps"
 LOCKFILE = ROOT / "tools" / "asyncapi" / "package-lock.json"
 TEST_TOOLS = ("java", "mvn", "prometheus", "promtool", "wrk", "go", "node", "npm")
-RUNTIME_PACKAGES = ("cfn", "cfn.shell", "cfn.ingest", "cfn.processors", "cfn.schemas")
+RUNTIME_PACKAGES = (
+    "cfn",
+    "cfn.internals",
+    "cfn.shell",
+    "cfn.ingest",
+    "cfn.processors",
+    "cfn.schemas",
+    "cfn.cloudflare",
+)
 
 
 def _path_with(tmp_path: Path, commands: dict[str, str | None]) -> str:
@@ -219,6 +227,8 @@ def test_every_runtime_module_imports_from_the_runtime_dependencies_alone(
         "    assert importlib.util.find_spec(extra) is None, extra + ' is installed'\n"
         "from cfn import internals\n"
         "internals.check_versions()\n"
+        "from cfn.shell.broker import POM\n"
+        "assert POM.is_file() and 'kafka_2.13' in POM.read_text(), POM\n"
         "print(len(sys.modules))\n"
     )
     result = subprocess.run(

@@ -27,8 +27,7 @@ from cfn.security import PLAINTEXT, KafkaSecurity, Secret
 from cfn.shell.supervisor import StopFlag, supervise
 
 KAFKA_VERSION = "4.4.0"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
+POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"  # package data: in every install
 
 
 class BrokerError(Exception):
@@ -61,13 +60,10 @@ def ensure_jars() -> Path:
     libs = cache_dir() / "libs"
     marker = cache_dir() / ".complete"
     # The marker holds a digest of the pom: a dependency added to it is fetched on the next run.
-    # (An installed cfn without the repository's pom uses whatever the cache holds.)
-    wanted = hashlib.sha256(POM.read_bytes()).hexdigest() if POM.exists() else KAFKA_VERSION
-    if marker.exists() and (not POM.exists() or marker.read_text().strip() == wanted):
+    wanted = hashlib.sha256(POM.read_bytes()).hexdigest()
+    if marker.exists() and marker.read_text().strip() == wanted:
         return libs
     mvn = require_tool("mvn", "Apache Maven (Debian: `apt-get install maven`)")
-    if not POM.exists():
-        raise BrokerError(f"{POM} is missing; run cfn from a checkout of the repository.")
     # Fetched into a folder of its own, then swapped in: a changed pom leaves no stale jar on
     # the classpath, and a broker already running keeps the jars it opened.
     fresh = cache_dir() / f"libs.fetching-{os.getpid()}"
