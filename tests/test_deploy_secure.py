@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from cfn.broker import make_ca
+from cfn.cloudflare.settings import CloudflareSettings
 from cfn.config import ConfigError
 from cfn.ingest.settings import IngestSettings
 from cfn.processors.settings import WorkerSettings
@@ -55,6 +56,9 @@ def read_settings(deployment: str, environ: Mapping[str, str]) -> tuple[str, Kaf
     if deployment == "cfn-ingest":
         ingest = IngestSettings.from_env(environ)
         return ingest.bootstrap, ingest.security
+    if deployment == "cfn-reconcile":
+        reconcile = CloudflareSettings.from_env(environ)
+        return reconcile.bootstrap, reconcile.security
     worker = WorkerSettings.from_env(environ)
     return worker.bootstrap, worker.security
 
@@ -401,6 +405,7 @@ def _variables(value: str) -> dict[str, str | None]:
 COMPOSE_ROLES = {  # service -> (default Kafka user, its password secret)
     "ingest": ("cfn-ingest", "cfn_kafka_ingest_password"),
     "worker": ("cfn-worker", "cfn_kafka_worker_password"),
+    "reconcile": ("cfn-reconcile", "cfn_kafka_reconcile_password"),
 }
 
 
@@ -409,7 +414,7 @@ def test_compose_override_points_each_service_at_the_secured_cluster() -> None:
     services = compose["services"]
     assert services["kafka"]["profiles"] == ["local-kafka"], "the local broker is not started"
     active = {n for n, s in services.items() if not s.get("profiles")}
-    assert active == {"ingest", "worker", "prometheus", "grafana"}
+    assert active == {"ingest", "worker", "reconcile", "prometheus", "grafana"}
     base = _load_compose(COMPOSE)["services"]
     for name, (user, password_secret) in COMPOSE_ROLES.items():
         service, before = services[name], base[name]
@@ -424,7 +429,7 @@ def test_compose_override_points_each_service_at_the_secured_cluster() -> None:
         for dep in service.get("depends_on", {}):
             assert dep in active, f"{name} depends on {dep}, which is not started"
         assert service["command"] == before["command"]
-        assert service["healthcheck"] == before["healthcheck"]
+        assert service.get("healthcheck") == before.get("healthcheck")
 
         mounted = {s["target"]: s["source"] for s in map(_long_secret, service["secrets"])}
         for s in map(_long_secret, before.get("secrets", [])):
@@ -466,6 +471,7 @@ def test_compose_override_requires_its_variables() -> None:
         "CFN_KAFKA_CA_FILE",
         "CFN_KAFKA_INGEST_PASSWORD_FILE",
         "CFN_KAFKA_WORKER_PASSWORD_FILE",
+        "CFN_KAFKA_RECONCILE_PASSWORD_FILE",
     }
     env = {name: "x" for name in required}
     for name in required:
@@ -498,6 +504,7 @@ def test_compose_services_settings_read_the_secret_files(
         "CFN_KAFKA_CA_FILE": str(ca),
         "CFN_KAFKA_INGEST_PASSWORD_FILE": str(passwords["cfn_kafka_ingest_password"]),
         "CFN_KAFKA_WORKER_PASSWORD_FILE": str(passwords["cfn_kafka_worker_password"]),
+        "CFN_KAFKA_RECONCILE_PASSWORD_FILE": str(passwords["cfn_kafka_reconcile_password"]),
     }
     compose = _merged_compose()
     files = {
