@@ -45,6 +45,7 @@ COMPOSE_SECURE = DEPLOY / "docker-compose.secure.yml"
 ROLES = {
     "cfn-ingest": ("ingest", "cfn-ingest", "ingest-password"),
     "cfn-worker": ("worker", "cfn-worker", "worker-password"),
+    "cfn-reconcile": ("reconcile", "cfn-reconcile", "reconcile-password"),
 }
 TEST_PASSWORD = "pw-test-not-real"
 
@@ -295,7 +296,8 @@ def test_each_deployment_logs_in_as_its_own_user_with_mounted_files(
     for path, origin in files.items():
         local = tmp_path / path.lstrip("/")
         local.parent.mkdir(parents=True, exist_ok=True)
-        local.write_text(contents[origin["key"]])
+        token = origin["secret"] == "cfn-cloudflare-tokens"  # reconcile's, not read here
+        local.write_text("cf-token-not-real" if token else contents[origin["key"]])
     local_env = {k: str(tmp_path / v.lstrip("/")) if v in files else v for k, v in env.items()}
     _bootstrap, security = read_settings(deployment, local_env)
     assert (security.protocol, security.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
