@@ -385,9 +385,9 @@ def cloudflare() -> Iterator[FakeCloudflare]:
 
 
 def reconcile(
-    secure: LocalKafka, tmp_path: Path, fake: FakeCloudflare, prefix: str, user: str
+    secure: LocalKafka, tmp_path: Path, fake: FakeCloudflare, prefix: str, login: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
-    """One `cfn reconcile --since 3h --backfill` as the SCRAM user `user`."""
+    """One `cfn reconcile --since 3h --backfill`, logged in to Kafka by `login`'s variables."""
     token_file = tmp_path / "acme.token"
     token_file.write_text(CF_TOKEN + "\n")
     secrets_file = tmp_path / "secrets.json"
@@ -396,7 +396,7 @@ def reconcile(
     secrets_file.write_bytes(jsonio.dumps(tenants))
     env = cfn_env(
         {
-            **scram_env(secure, user),
+            **login,
             "CFN_INGEST_SECRETS_FILE": str(secrets_file),
             "CFN_CLOUDFLARE_API_BASE": fake.base,
             "CFN_TOPIC_PREFIX": prefix,
@@ -420,10 +420,11 @@ def test_reconcile_backfills_once_with_exactly_its_acls(
     prefix, app_id = names()
     provision(secure_kafka, prefix, app_id)
     apply_acls(secure_kafka, role_acls("reconcile", "User:reconcile", prefix, app_id))
-    first = reconcile(secure_kafka, tmp_path, cloudflare, prefix, "reconcile")
+    login = scram_env(secure_kafka, "reconcile")
+    first = reconcile(secure_kafka, tmp_path, cloudflare, prefix, login)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "1 missed" in first.stdout and "1 backfilled now" in first.stdout, first.stdout
-    second = reconcile(secure_kafka, tmp_path, cloudflare, prefix, "reconcile")
+    second = reconcile(secure_kafka, tmp_path, cloudflare, prefix, login)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "0 missed" in second.stdout and "1 backfilled earlier" in second.stdout
     assert "backfilled now" not in second.stdout, second.stdout
@@ -434,11 +435,16 @@ def test_reconcile_backfills_once_with_exactly_its_acls(
 def test_a_reconcile_without_write_reports_but_its_backfill_is_refused_by_name(
     secure_kafka: LocalKafka, tmp_path: Path, cloudflare: FakeCloudflare
 ) -> None:
+    """A principal of its own (a client certificate): with no WRITE anywhere, its idempotent
+    producer is refused a producer id, after the pass has read cfn.raw and reported."""
     prefix, app_id = names()
     provision(secure_kafka, prefix, app_id)
-    acls = role_acls("reconcile", "User:alice", prefix, app_id)
+    cn = f"reconcile-{app_id}"
+    acls = role_acls("reconcile", f"User:{cn}", prefix, app_id)
     apply_acls(secure_kafka, [a for a in acls if a.operation != "WRITE"])
-    refused = reconcile(secure_kafka, tmp_path, cloudflare, prefix, "alice")
+    login = {**mtls_env(secure_kafka, cn), "CFN_KAFKA_BOOTSTRAP": secure_kafka.ssl_bootstrap}
+    refused = reconcile(secure_kafka, tmp_path, cloudflare, prefix, login)
     assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "missed: tenant acme" in refused.stderr, refused.stderr  # it read, then was refused
     assert "Kafka refused access to a cluster operation" in refused.stderr, refused.stderr
     assert "cfn acls --role reconcile" in refused.stderr
