@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, start_http_server
 
+from cfn.access import denial
 from cfn.cloudflare.client import AlertingClient
 from cfn.cloudflare.connect import Report, Timing, connect, find_destination, rotate
 from cfn.cloudflare.errors import CloudflareError
@@ -61,6 +63,13 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, SecretsError, CloudflareError, ValueError) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError | SecretsError | ValueError) else 1
+    except KafkaError as exc:
+        # A missing ACL is the operator's to grant: named once, without a traceback.
+        refused = denial(exc, "reconcile")
+        if refused is None:
+            raise
+        print(f"{name}: {refused}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

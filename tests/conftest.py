@@ -74,7 +74,7 @@ def free_ports(count: int) -> list[int]:
 
 
 # SCRAM users the secured broker formats in (quicker than add_scram_user, which starts a JVM).
-SECURE_USERS = ("alice", "nobody", "ingest", "worker")
+SECURE_USERS = ("alice", "nobody", "ingest", "worker", "reconcile")
 
 
 @pytest.fixture(scope="session")

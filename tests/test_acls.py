@@ -15,7 +15,7 @@ from aiokafka.structs import TopicPartition
 
 from cfn import internals
 from cfn.config import OUTPUT_ROLES, TABLES, changelog_topic, topic_names
-from cfn.shell.acls import Acl, kafka_acls_command, parse_kafka_acls_command, role_acls
+from cfn.shell.acls import ROLES, Acl, kafka_acls_command, parse_kafka_acls_command, role_acls
 from cfn.shell.broker import LocalKafka
 from cfn.shell.cli import main
 from tests.kafka_util import run
@@ -29,7 +29,7 @@ STEP_TIMEOUT = 25.0  # a role's work, or its failure; a refusal that never answe
 # -- the data and the command line -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("role", ["ingest", "worker", "provisioner"])
+@pytest.mark.parametrize("role", ROLES)
 def test_cfn_acls_prints_one_parsable_command_per_acl(
     role: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -88,6 +88,11 @@ def test_role_acls_are_exact() -> None:
         ("TOPIC", f"cfn-{table}-changelog", "LITERAL", "READ") for table in TABLES
     }
     assert not any(a[0] == "CLUSTER" for a in worker)
+    reconcile = role_acls("reconcile", "User:r", "p.", "app")
+    assert [(a.resource_type, a.name, a.pattern, a.operation) for a in reconcile] == [
+        ("TOPIC", "p.raw", "LITERAL", "READ"),
+        ("TOPIC", "p.raw", "LITERAL", "WRITE"),
+    ]
     assert all(a.allow and a.host == "*" for a in role_acls("worker", "User:w"))
     with pytest.raises(ValueError):
         role_acls("admin", "User:x")
@@ -194,6 +199,43 @@ async def worker_work(options: dict[str, Any], prefix: str, app_id: str) -> None
                 await client.stop()
 
 
+async def reconcile_work(options: dict[str, Any], prefix: str, _app_id: str) -> None:
+    """What `cfn reconcile --backfill` does (cfn.cloudflare.reconcile): read raw since a time
+    with a consumer in no group (its partitions from a metadata round trip, end offsets, the
+    offsets for the time, assign, seek, fetch), then write a backfill and its copies with an
+    idempotent acks=all producer, each to a partition it chose."""
+    raw = topic_names(prefix)["raw"]
+    consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **options)
+    producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **options)
+    try:
+        await consumer.start()
+        cluster = await internals.fetch_metadata(consumer)
+        partitions = sorted(cluster.partitions_for_topic(raw) or ())
+        if not partitions:  # a topic the principal may not describe is left out of metadata
+            raise PermissionError(f"{raw} is not in this principal's metadata")
+        tps = [TopicPartition(raw, p) for p in partitions]
+        end = await consumer.end_offsets(tps)
+        first = await consumer.offsets_for_times({tp: 0 for tp in tps})
+        consumer.assign(tps)
+        for tp in tps:
+            if first[tp] is not None:
+                consumer.seek(tp, first[tp].offset)
+        read = 0
+        remaining = [tp for tp in tps if first[tp] is not None and first[tp].offset < end[tp]]
+        while remaining:
+            read += sum(map(len, (await consumer.getmany(*remaining, timeout_ms=500)).values()))
+            remaining = [tp for tp in remaining if await consumer.position(tp) < end[tp]]
+        assert read >= 1, "the input record was not read"
+        await producer.start()
+        for p in sorted(await producer.partitions_for(raw)):
+            headers = [("cfn-origin", b"history"), ("cfn-history-id", b"h1")]
+            await producer.send_and_wait(raw, b"backfill", key=b"k", partition=p, headers=headers)
+    finally:
+        for client in (producer, consumer):
+            with contextlib.suppress(Exception):
+                await client.stop()
+
+
 async def provisioner_work(options: dict[str, Any], prefix: str, app_id: str) -> None:
     """What a provisioner does: create every topic and changelog, then see them in metadata."""
     names = [*topic_names(prefix).values(), changelog_topic(app_id)]
@@ -240,6 +282,7 @@ Work = Callable[[dict[str, Any], str, str], Awaitable[None]]
 WORK: dict[str, Work] = {
     "ingest": ingest_work,
     "worker": worker_work,
+    "reconcile": reconcile_work,
     "provisioner": provisioner_work,
 }
 
@@ -260,7 +303,7 @@ async def _attempt(work: Work, options: dict[str, Any], prefix: str, app_id: str
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("role", ["ingest", "worker", "provisioner"])
+@pytest.mark.parametrize("role", ROLES)
 def test_each_of_a_roles_acls_is_needed(
     role: str, secure_kafka: LocalKafka, unique: Callable[[str], str]
 ) -> None:
@@ -284,7 +327,7 @@ def test_each_of_a_roles_acls_is_needed(
         acls = role_acls(role, f"User:{cn}", *where(cn))
         granted += acls[:skipped] + acls[skipped + 1 :]
     full_name = f"{token}-full"
-    user = role if role in ("ingest", "worker") else "alice"
+    user = role if role in ("ingest", "worker", "reconcile") else "alice"
     granted += role_acls(role, f"User:{user}", *where(full_name))
     # The same full list over mTLS: the variants' way in works, so their failures are the
     # missing ACL's and nothing else's.

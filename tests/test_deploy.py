@@ -108,6 +108,7 @@ EXTRA_LABELS = frozenset({"job", "instance", "le", "quantile"})
 
 INGEST_PORT = 8080
 WORKER_PORT = 9464
+RECONCILE_PORT = 9465
 
 
 def contract_series() -> set[str]:
@@ -468,6 +469,7 @@ def test_k8s_has_the_required_objects() -> None:
     for key in (
         ("Deployment", "cfn-ingest"),
         ("Deployment", "cfn-worker"),
+        ("Deployment", "cfn-reconcile"),
         ("Service", "cfn-ingest"),
         ("ConfigMap", "cfn-config"),
         ("Secret", "cfn-ingest-secrets"),
@@ -522,6 +524,86 @@ def test_k8s_deployment_probes_and_resources(name: str, port: int, admin: int) -
     assert config[env_port] == str(port)
     template = _deployment(name)["spec"]["template"]
     assert template["metadata"]["labels"].items() >= _pod_labels(name).items()
+
+
+def _environ(name: str, tmp_path: Path | None = None) -> dict[str, str]:
+    """A Deployment's container environment: the ConfigMap under its own `env` values, with each
+    path under /etc/cfn made real beneath tmp_path when given."""
+    config = _k8s_objects()[("ConfigMap", "cfn-config")]["data"]
+    env = {e["name"]: e["value"] for e in _container(name).get("env", [])}
+    environ = {**config, **env}
+    if tmp_path is not None:
+        environ = {
+            k: str(tmp_path / v.lstrip("/")) if v.startswith("/etc/cfn/") else v
+            for k, v in environ.items()
+        }
+    return environ
+
+
+def _secret_files(name: str) -> dict[str, tuple[str, str]]:
+    """Every file a Deployment's Secret volumes put in its container: path -> (Secret, key)."""
+    pod = _deployment(name)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    files: dict[str, tuple[str, str]] = {}
+    for mount in _container(name)["volumeMounts"]:
+        source = volumes[mount["name"]].get("secret")
+        if source is None:
+            continue
+        assert mount.get("readOnly") is True, f"{name}: {mount['name']} is writable"
+        secret = _k8s_objects()[("Secret", source["secretName"])]
+        keys = [*secret.get("stringData", {}), *secret.get("data", {})]
+        items = source.get("items") or [{"key": k, "path": k} for k in keys]
+        for item in items:
+            assert item["key"] in keys, f"{name}: {source['secretName']} has no {item['key']}"
+            files[f"{mount['mountPath']}/{item['path']}"] = (source["secretName"], item["key"])
+    return files
+
+
+def test_k8s_reconcile_runs_every_5m_as_one_pod_scraped_like_the_worker(tmp_path: Path) -> None:
+    """`cfn reconcile --every 5m`, one replica (Recreate: never two), its /metrics where the
+    scrape annotations (the worker's convention) say, the ingest's secrets file mounted the
+    same way as the ingest's, its tokens beside it, and the others' security context."""
+    spec = _deployment("cfn-reconcile")["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    container = _container("cfn-reconcile")
+    assert container["args"] == ["reconcile", "--every", "5m"]
+    assert container["envFrom"] == [{"configMapRef": {"name": "cfn-config"}}]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": RECONCILE_PORT}
+    worker_notes = _deployment("cfn-worker")["spec"]["template"]["metadata"]["annotations"]
+    notes = spec["template"]["metadata"]["annotations"]
+    assert set(notes) == set(worker_notes)
+    assert notes == {**worker_notes, "prometheus.io/port": str(RECONCILE_PORT)}
+    probe = container["livenessProbe"]["httpGet"]
+    assert (ports[probe["port"]], probe["path"]) == (RECONCILE_PORT, notes["prometheus.io/path"])
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind]), kind
+
+    # cfn's own settings read the pod's environment, every mounted file made real.
+    files = _secret_files("cfn-reconcile")
+    environ = _environ("cfn-reconcile", tmp_path)
+    secrets_file = _environ("cfn-reconcile")["CFN_INGEST_SECRETS_FILE"]
+    assert files[secrets_file] == ("cfn-ingest-secrets", "secrets.json")
+    ingest_env = _environ("cfn-ingest")
+    assert ingest_env["CFN_INGEST_SECRETS_FILE"] == secrets_file
+    assert _secret_files("cfn-ingest")[secrets_file] == files[secrets_file]
+    tokens = {path for path, (secret, _key) in files.items() if secret == "cfn-cloudflare-tokens"}
+    assert tokens, "no Cloudflare token is mounted"
+    for path in files:
+        local = tmp_path / path.lstrip("/")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text("x")
+    settings = CloudflareSettings.from_env(environ)
+    assert str(settings.require_secrets_file()) == environ["CFN_INGEST_SECRETS_FILE"]
+    assert settings.require_secrets_file().is_file()
+    assert (settings.metrics_host, settings.metrics_port) == ("0.0.0.0", RECONCILE_PORT)
+    assert settings.bootstrap == _environ("cfn-worker")["CFN_KAFKA_BOOTSTRAP"]
+
+    def security(name: str) -> tuple[Any, Any]:
+        pod = _deployment(name)["spec"]["template"]["spec"]
+        return pod["securityContext"], _container(name)["securityContext"]
+
+    assert security("cfn-reconcile") == security("cfn-worker") == security("cfn-ingest")
 
 
 def test_k8s_worker_replicas_do_not_exceed_partitions() -> None:
@@ -729,4 +811,4 @@ def test_dockerfile() -> None:
     for item in needed:
         assert re.search(rf"(^|\s){re.escape(item)}/?(\s|$)", copied), f"{item} not copied"
     exposed = {int(p) for line in lines if line.startswith("EXPOSE") for p in line.split()[1:]}
-    assert {INGEST_PORT, WORKER_PORT} <= exposed
+    assert {INGEST_PORT, WORKER_PORT, RECONCILE_PORT} <= exposed

@@ -26,6 +26,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from cfn.cloudflare.settings import CloudflareSettings
 from cfn.config import ConfigError
 from cfn.ingest.settings import IngestSettings
 from cfn.processors.settings import WorkerSettings
@@ -44,6 +45,7 @@ COMPOSE_SECURE = DEPLOY / "docker-compose.secure.yml"
 ROLES = {
     "cfn-ingest": ("ingest", "cfn-ingest", "ingest-password"),
     "cfn-worker": ("worker", "cfn-worker", "worker-password"),
+    "cfn-reconcile": ("reconcile", "cfn-reconcile", "reconcile-password"),
 }
 TEST_PASSWORD = "pw-test-not-real"
 
@@ -55,6 +57,9 @@ def read_settings(deployment: str, environ: Mapping[str, str]) -> tuple[str, Kaf
     if deployment == "cfn-ingest":
         ingest = IngestSettings.from_env(environ)
         return ingest.bootstrap, ingest.security
+    if deployment == "cfn-reconcile":
+        reconcile = CloudflareSettings.from_env(environ)
+        return reconcile.bootstrap, reconcile.security
     worker = WorkerSettings.from_env(environ)
     return worker.bootstrap, worker.security
 
@@ -291,7 +296,8 @@ def test_each_deployment_logs_in_as_its_own_user_with_mounted_files(
     for path, origin in files.items():
         local = tmp_path / path.lstrip("/")
         local.parent.mkdir(parents=True, exist_ok=True)
-        local.write_text(contents[origin["key"]])
+        token = origin["secret"] == "cfn-cloudflare-tokens"  # reconcile's, not read here
+        local.write_text("cf-token-not-real" if token else contents[origin["key"]])
     local_env = {k: str(tmp_path / v.lstrip("/")) if v in files else v for k, v in env.items()}
     _bootstrap, security = read_settings(deployment, local_env)
     assert (security.protocol, security.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
@@ -401,6 +407,7 @@ def _variables(value: str) -> dict[str, str | None]:
 COMPOSE_ROLES = {  # service -> (default Kafka user, its password secret)
     "ingest": ("cfn-ingest", "cfn_kafka_ingest_password"),
     "worker": ("cfn-worker", "cfn_kafka_worker_password"),
+    "reconcile": ("cfn-reconcile", "cfn_kafka_reconcile_password"),
 }
 
 
@@ -409,7 +416,7 @@ def test_compose_override_points_each_service_at_the_secured_cluster() -> None:
     services = compose["services"]
     assert services["kafka"]["profiles"] == ["local-kafka"], "the local broker is not started"
     active = {n for n, s in services.items() if not s.get("profiles")}
-    assert active == {"ingest", "worker", "prometheus", "grafana"}
+    assert active == {"ingest", "worker", "reconcile", "prometheus", "grafana"}
     base = _load_compose(COMPOSE)["services"]
     for name, (user, password_secret) in COMPOSE_ROLES.items():
         service, before = services[name], base[name]
@@ -424,7 +431,7 @@ def test_compose_override_points_each_service_at_the_secured_cluster() -> None:
         for dep in service.get("depends_on", {}):
             assert dep in active, f"{name} depends on {dep}, which is not started"
         assert service["command"] == before["command"]
-        assert service["healthcheck"] == before["healthcheck"]
+        assert service.get("healthcheck") == before.get("healthcheck")
 
         mounted = {s["target"]: s["source"] for s in map(_long_secret, service["secrets"])}
         for s in map(_long_secret, before.get("secrets", [])):
@@ -466,6 +473,7 @@ def test_compose_override_requires_its_variables() -> None:
         "CFN_KAFKA_CA_FILE",
         "CFN_KAFKA_INGEST_PASSWORD_FILE",
         "CFN_KAFKA_WORKER_PASSWORD_FILE",
+        "CFN_KAFKA_RECONCILE_PASSWORD_FILE",
     }
     env = {name: "x" for name in required}
     for name in required:
@@ -498,6 +506,7 @@ def test_compose_services_settings_read_the_secret_files(
         "CFN_KAFKA_CA_FILE": str(ca),
         "CFN_KAFKA_INGEST_PASSWORD_FILE": str(passwords["cfn_kafka_ingest_password"]),
         "CFN_KAFKA_WORKER_PASSWORD_FILE": str(passwords["cfn_kafka_worker_password"]),
+        "CFN_KAFKA_RECONCILE_PASSWORD_FILE": str(passwords["cfn_kafka_reconcile_password"]),
     }
     compose = _merged_compose()
     files = {

@@ -1,14 +1,17 @@
-"""`cfn ingest` and `cfn worker` on the secured broker (SASL_SSL with SCRAM-SHA-512, mTLS,
-StandardAuthorizer): end to end as principals holding exactly their role's ACLs, and a clear,
-named failure for a missing ACL, a wrong password and an untrusted CA. No password shows in
-any log or metric."""
+"""`cfn ingest`, `cfn worker` and `cfn reconcile` on the secured broker (SASL_SSL with
+SCRAM-SHA-512, mTLS, StandardAuthorizer): end to end as principals holding exactly their role's
+ACLs, and a clear, named failure for a missing ACL, a wrong password and an untrusted CA. No
+password shows in any log or metric."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +20,23 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from cfn.config import changelog_topic, topic_names
+from cfn.schemas import jsonio
 from cfn.security import KafkaSecurity, Secret
 from cfn.shell.acls import role_acls
 from cfn.shell.broker import ADMIN_USER, LocalKafka
 from cfn.topics import ensure_topics
+from tests.fake_cloudflare import FakeCloudflare, now_text
 from tests.kafka_util import run
 from tests.payloads import alert, encode
 from tests.secure_kafka import apply_acls, client_certificate, remove_acls, untrusted_ca_file
-from tests.services import Process, metric_value, request, start_ingest, start_worker
+from tests.services import (
+    Process,
+    cfn_env,
+    metric_value,
+    request,
+    start_ingest,
+    start_worker,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -106,7 +118,9 @@ def post(port: int, body: bytes) -> tuple[int, dict[str, Any]]:
 
 
 def secrets_of(secure: LocalKafka) -> list[str]:
-    return [secure.password(user) for user in (ADMIN_USER, "ingest", "worker", "alice")]
+    return [
+        secure.password(user) for user in (ADMIN_USER, "ingest", "worker", "reconcile", "alice")
+    ]
 
 
 def assert_no_secret(secure: LocalKafka, texts: Mapping[str, str]) -> None:
@@ -336,3 +350,101 @@ def test_an_ingest_refused_by_kafka_answers_500_with_the_cause_and_counts_it(
     assert ready == 503
     assert refused.output.count("Kafka refused the SASL login") == 1, refused.output[-3000:]
     assert_no_secret(secure_kafka, {"ingest log": ingest.output + refused.output})
+
+
+# ---- cfn reconcile --backfill, against the tests' fake Cloudflare API --------------------------
+
+ACCOUNT = "0123456789abcdef0123456789abcdef"
+CF_TOKEN = "cf-token-secure-stack-never-shown-0123"
+
+
+@pytest.fixture
+def cloudflare() -> Iterator[FakeCloudflare]:
+    """An account whose cfn destination (cfn-acme) Cloudflare sent one notification to, two
+    hours ago, that never reached cfn: a pass with --backfill writes it."""
+    fake = FakeCloudflare()
+    fake.start()
+    account = fake.account(ACCOUNT, CF_TOKEN)
+    hook = {
+        "id": "5a7805061c76ada191ed06f989cc3dac",
+        "name": "cfn-acme",
+        "url": "https://cfn.example.net/webhooks/cloudflare",
+        "secret": "",
+        "type": "generic",
+        "created_at": now_text(),
+    }
+    account.webhooks[hook["id"]] = hook
+    sent = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    lost = alert(account=ACCOUNT, correlation=None, text="origin a is down")
+    account.history.append(fake.history_record(hook["id"], lost, sent))
+    try:
+        yield fake
+        assert fake.violations == [], "\n".join(fake.violations)
+    finally:
+        fake.stop()
+
+
+def reconcile(
+    secure: LocalKafka, tmp_path: Path, fake: FakeCloudflare, prefix: str, login: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """One `cfn reconcile --since 3h --backfill`, logged in to Kafka by `login`'s variables."""
+    token_file = tmp_path / "acme.token"
+    token_file.write_text(CF_TOKEN + "\n")
+    secrets_file = tmp_path / "secrets.json"
+    account = {"account_id": ACCOUNT, "api_token_file": str(token_file)}
+    tenants = {"acme": {"secrets": [SECRET], "cloudflare": account}}
+    secrets_file.write_bytes(jsonio.dumps(tenants))
+    env = cfn_env(
+        {
+            **login,
+            "CFN_INGEST_SECRETS_FILE": str(secrets_file),
+            "CFN_CLOUDFLARE_API_BASE": fake.base,
+            "CFN_TOPIC_PREFIX": prefix,
+        }
+    )
+    command = [sys.executable, "-m", "cfn", "reconcile", "--since", "3h", "--backfill"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=90)
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output, output[-3000:]
+    assert_no_secret(secure, {"reconcile output": output})
+    assert CF_TOKEN not in output
+    return done
+
+
+def test_reconcile_backfills_once_with_exactly_its_acls(
+    secure_kafka: LocalKafka, tmp_path: Path, cloudflare: FakeCloudflare
+) -> None:
+    """`cfn reconcile --backfill` as User:reconcile holding only `cfn acls --role reconcile`:
+    the missed notification is written (with its copy on the other partition), and a second
+    pass reads it back from cfn.raw and writes nothing."""
+    prefix, app_id = names()
+    provision(secure_kafka, prefix, app_id)
+    apply_acls(secure_kafka, role_acls("reconcile", "User:reconcile", prefix, app_id))
+    login = scram_env(secure_kafka, "reconcile")
+    first = reconcile(secure_kafka, tmp_path, cloudflare, prefix, login)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "1 missed" in first.stdout and "1 backfilled now" in first.stdout, first.stdout
+    second = reconcile(secure_kafka, tmp_path, cloudflare, prefix, login)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "0 missed" in second.stdout and "1 backfilled earlier" in second.stdout
+    assert "backfilled now" not in second.stdout, second.stdout
+    raw = read_as_admin(secure_kafka, f"{prefix}raw", PARTITIONS)
+    assert [r["text"] for r in raw] == ["origin a is down"] * PARTITIONS  # the backfill, a copy
+
+
+def test_a_reconcile_without_write_reports_but_its_backfill_is_refused_by_name(
+    secure_kafka: LocalKafka, tmp_path: Path, cloudflare: FakeCloudflare
+) -> None:
+    """A principal of its own (a client certificate): with no WRITE anywhere, its idempotent
+    producer is refused a producer id, after the pass has read cfn.raw and reported."""
+    prefix, app_id = names()
+    provision(secure_kafka, prefix, app_id)
+    cn = f"reconcile-{app_id}"
+    acls = role_acls("reconcile", f"User:{cn}", prefix, app_id)
+    apply_acls(secure_kafka, [a for a in acls if a.operation != "WRITE"])
+    login = {**mtls_env(secure_kafka, cn), "CFN_KAFKA_BOOTSTRAP": secure_kafka.ssl_bootstrap}
+    refused = reconcile(secure_kafka, tmp_path, cloudflare, prefix, login)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "missed: tenant acme" in refused.stderr, refused.stderr  # it read, then was refused
+    assert "Kafka refused access to a cluster operation" in refused.stderr, refused.stderr
+    assert "cfn acls --role reconcile" in refused.stderr

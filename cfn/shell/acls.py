@@ -8,7 +8,8 @@ minus any single entry cannot. What is *not* listed is implied by what is:
   authorizer rule), so metadata, offsets lookups and FindCoordinator need no ACL of their own;
 * IDEMPOTENT_WRITE on the cluster is implied by WRITE on any topic or transactional id
   (KIP-679, Kafka 3.0+), so neither the ingest's idempotent producer nor the worker's
-  transactional producers need a cluster ACL.
+  transactional producers need a cluster ACL (nor `cfn reconcile`'s idempotent backfill
+  producer).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from cfn.config import (
 RESOURCE_TYPES = ("TOPIC", "GROUP", "TRANSACTIONAL_ID", "CLUSTER")
 PATTERNS = ("LITERAL", "PREFIXED")
 OPERATIONS = ("READ", "WRITE", "CREATE", "DESCRIBE", "IDEMPOTENT_WRITE", "ALTER", "DELETE")
-ROLES = ("ingest", "worker", "provisioner")
+ROLES = ("ingest", "worker", "reconcile", "provisioner")
 CLUSTER_NAME = "kafka-cluster"  # the one name Kafka gives the CLUSTER resource
 
 # kafka-acls.sh's option for each resource type.
@@ -76,8 +77,10 @@ def role_acls(
 
     Args:
         role: `ingest` (produces the raw log and the dead letters), `worker` (the stream
-            processor: its group, inputs, outputs, changelogs and transactions) or `provisioner`
-            (creates the topics beforehand; cfn only creates what is missing).
+            processor: its group, inputs, outputs, changelogs and transactions), `reconcile`
+            (`cfn reconcile`: reads the raw log by offsets and time, in no group, and with
+            --backfill writes the missed notifications into it) or `provisioner` (creates the
+            topics beforehand; cfn only creates what is missing).
         principal: `User:NAME`, the SASL user or the mapped certificate CN.
         prefix: CFN_TOPIC_PREFIX.
         app_id: CFN_APP_ID: the worker's group, transactional id prefix and changelog prefix.
@@ -114,6 +117,10 @@ def role_acls(
         owner = "worker" if transactions == "worker" else "task"
         acls.append(Acl("TRANSACTIONAL_ID", f"{app_id}-{owner}-", "PREFIXED", "WRITE", principal))
         return acls
+    if role == "reconcile":
+        # No group (it assigns partitions and seeks by time), no progress topic (each pass
+        # reads cfn.raw again), no transaction: an idempotent producer for --backfill.
+        return topic(topics["raw"], "READ", "WRITE")
     if role == "provisioner":
         # CREATE alone would create blind: DESCRIBE lets it see which topics already exist.
         acls = [Acl("TOPIC", prefix, "PREFIXED", op, principal) for op in ("CREATE", "DESCRIBE")]

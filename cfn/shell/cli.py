@@ -172,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     acls = sub.add_parser("acls", help="print the kafka-acls commands of a role's least privilege")
     acls.add_argument("--principal", required=True, help="User:NAME (SASL user or cert CN)")
-    acls.add_argument("--role", required=True, choices=("ingest", "worker", "provisioner"))
+    acls.add_argument(
+        "--role", required=True, choices=("ingest", "worker", "reconcile", "provisioner")
+    )
     acls.add_argument(
         "--prefix",
         default=settings.topic_prefix,
