@@ -73,6 +73,11 @@ def render(outcomes: list[dict[str, Any]]) -> str:
         if never:
             recovery += f" ({never} with no 202 after it)"
         lines.append(f"| {kind} | {len(faults)} | {gap:.1f} | {recovery} |")
+    lines += [
+        "",
+        "Faults overlap, so a gap counts for every fault it overlaps. A fault healed after the "
+        "load's last 202 has no first 202 after it.",
+    ]
     return "\n".join(lines)
 
 
