@@ -182,7 +182,10 @@ def test_quick_partitions_section(kafka: str, tmp_path: Path) -> None:
     for ratio in ("ready", "restart"):
         assert positive(section[f"ratio_{ratio}_96_vs_12"])
         assert positive(section[f"ratio_{ratio}_96_vs_12_worker"])
-    assert positive(section["ratio_96_interval_01_vs_02"])
+    # An events/s ratio: at this size a run may finish between two samples and have no rate
+    # (processed_rate), so it is checked when there is one.
+    interval = section["ratio_96_interval_01_vs_02"]
+    assert interval is None or positive(interval), interval
     names = {t["name"] for t in results["targets"]}
     for mode in ("a producer per partition", "one per worker"):
         assert f"one worker's events/s over 96 partitions / over 12 ({mode})" in names
