@@ -65,8 +65,15 @@ def changelog_tables() -> dict[str, ChangelogTable]:
 
 
 def metrics_app(
-    registry: CollectorRegistry, engine: Engine, reachability: Reachability
+    registry: CollectorRegistry,
+    engine: Engine,
+    reachability: Reachability,
+    stopping: asyncio.Event,
 ) -> web.Application:
+    """/metrics, /healthz and /readyz. Ready: the engine has its state, Kafka answers, and the
+    worker is not stopping (once told to stop it no longer probes Kafka, and its last commit
+    may wait on it)."""
+
     async def metrics(_request: web.Request) -> web.Response:
         return web.Response(
             body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
@@ -76,10 +83,11 @@ def metrics_app(
         return web.json_response({"status": "ok"})
 
     async def readyz(_request: web.Request) -> web.Response:
-        ready = engine.ready and reachability.up is True
+        ready = engine.ready and reachability.up is True and not stopping.is_set()
+        status = "stopping" if stopping.is_set() else "ready" if ready else "not_ready"
         return web.json_response(
             {
-                "status": "ready" if ready else "not_ready",
+                "status": status,
                 "processed": engine.processed,
                 "partitions": sorted(engine.tasks),
                 "kafka": "reachable" if reachability.up else "unreachable",
@@ -167,7 +175,8 @@ async def _serve(settings: WorkerSettings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _stopper(stop, signum, settings.shutdown_timeout))
     reachability = Reachability(log, registry)
-    runner = web.AppRunner(metrics_app(registry, engine, reachability), access_log=None)
+    app = metrics_app(registry, engine, reachability, stop)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
     await site.start()

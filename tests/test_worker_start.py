@@ -1,5 +1,6 @@
-"""The worker's start while Kafka comes and goes: tried again until it succeeds, undoing each
-failed attempt, one log line per new reason; a stop ends the tries, and a refusal is raised."""
+"""The worker's start and stop: a start is tried again while Kafka comes and goes, undoing each
+failed attempt, one log line per new reason; a stop ends the tries, a refusal is raised; and
+/readyz says 503 from the stop signal on."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import logging
 from typing import Any, cast
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAuthorizationFailedError
+from prometheus_client import CollectorRegistry
 
 from cfn.access import AccessDenied
+from cfn.health import Reachability
 from cfn.processors.engine import Engine
-from cfn.processors.worker import start_engine
+from cfn.processors.worker import metrics_app, start_engine
 
 
 class FlakyEngine:
@@ -73,3 +77,26 @@ def test_a_bug_is_not_tried_again() -> None:
     engine: Any = FlakyEngine(ValueError("a bug"))
     with pytest.raises(ValueError, match="a bug"):
         _start(engine)
+
+
+def test_readyz_says_stopping_once_the_worker_is_told_to_stop() -> None:
+    """A stopping worker no longer probes Kafka, and its last commit may wait on Kafka: its
+    /readyz says 503 from the signal on, not the last probe's 200."""
+
+    class ReadyEngine:
+        ready, processed, tasks = True, 7, {0: None}
+
+    async def go() -> list[tuple[int, str]]:
+        registry, stop = CollectorRegistry(), asyncio.Event()
+        reachability = Reachability(logging.getLogger("test"), registry)
+        reachability.report(True)
+        app = metrics_app(registry, cast(Engine, ReadyEngine()), reachability, stop)
+        seen = []
+        async with TestClient(TestServer(app)) as client:
+            for _ in range(2):
+                response = await client.get("/readyz")
+                seen.append((response.status, (await response.json())["status"]))
+                stop.set()
+        return seen
+
+    assert asyncio.run(go()) == [(200, "ready"), (503, "stopping")]
