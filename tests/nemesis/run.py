@@ -140,12 +140,12 @@ class ReadySampler:
     def _run(self) -> None:
         while not self._stop.wait(0.5):
             for member in list(self.cast.members.values()):
-                at = time.time()
                 try:
                     status = request(member.ready_port, "GET", "/readyz", timeout=1.0).status
                 except OSError:
                     status = 0
-                self.samples.append((member.name, at, status))
+                # When the answer came: it tells the state of that moment, not of the ask.
+                self.samples.append((member.name, time.time(), status))
 
 
 @dataclasses.dataclass
@@ -165,6 +165,7 @@ class Nemesis:
         self.cluster, self.proxy, self.cast = cluster, proxy, cast
         self.applied: list[Applied] = []
         self.threads: list[threading.Thread] = []
+        self.healing: dict[int, float] = {}  # id(fault) -> when its healing started
 
     def schedule(self, faults: list[Fault], start: float) -> None:
         for fault in faults:
@@ -190,7 +191,13 @@ class Nemesis:
         applied.healed = time.time()
 
     def _for(self, fault: Fault) -> Callable[[], None]:
-        return lambda: time.sleep(fault.duration)
+        """The fault's pause; its end, when healing starts, is noted (`outages`)."""
+
+        def wait() -> None:
+            time.sleep(fault.duration)
+            self.healing[id(fault)] = time.time()
+
+        return wait
 
     def _apply(self, fault: Fault) -> None:
         wait = self._for(fault)
@@ -272,8 +279,10 @@ class Nemesis:
 
     def outages(self) -> list[tuple[float, float]]:
         """When every client link to Kafka was cut by one fault (all proxies down or black)."""
+        # From the fault's start to the start of its healing: the links carry data again as
+        # soon as the first proxy is healed, before the last is.
         return [
-            (a.started, a.healed)
+            (a.started, self.healing.get(id(a.fault), a.healed))
             for a in self.applied
             if a.fault.kind in ("partition", "blackhole") and len(a.fault.targets) == BROKERS
         ]
