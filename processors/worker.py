@@ -204,10 +204,12 @@ async def start_engine(engine: Engine, stop: asyncio.Event) -> bool:
     while not stop.is_set():
         try:
             await engine.start()
-        except (KafkaError, OSError, TimeoutError) as exc:
+        except Exception as exc:
             refused = denial(exc, "worker")
             if refused is not None:
                 raise refused from None
+            if not isinstance(exc, KafkaError | OSError | TimeoutError):
+                raise  # not Kafka's absence: a bug, not retried
             failed += 1
             if type(exc).__name__ != reason:
                 reason = type(exc).__name__
@@ -216,11 +218,6 @@ async def start_engine(engine: Engine, stop: asyncio.Event) -> bool:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), min(START_RETRY_MAX, float(failed)))
             continue
-        except Exception as exc:
-            refused = denial(exc, "worker")
-            if refused is None:
-                raise
-            raise refused from None
         if failed:
             log.info("started after %d failed attempts", failed)
         return True
