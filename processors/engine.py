@@ -578,7 +578,8 @@ class Engine:
 
     async def _committed(self, partitions: list[int]) -> dict[TopicPartition, int]:
         tps = [TopicPartition(t, p) for p in partitions for t in (self.raw_topic, self.rate_topic)]
-        return await restore.committed_offsets(self.consumer, tps)
+        # Every producer of the app's, either CFN_TRANSACTIONS mode (processors/transactions.py).
+        return await restore.committed_offsets(self.consumer, tps, f"{self.settings.app_id}-")
 
     def _rebuild_indexes(self) -> None:
         """Timers and indexes are derived from the tables, which hold owned partitions only."""

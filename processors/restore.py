@@ -158,11 +158,12 @@ class Restorer:
 
 
 async def committed_offsets(
-    consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], owners: str
 ) -> dict[TopicPartition, int]:
     """The group's committed offsets of `tps` (-1 for none), once no transaction that holds
-    offsets of them is open (OffsetFetch with require_stable)."""
-    committed = await internals.fetch_committed(consumer, tps)
+    offsets of them is open (OffsetFetch with require_stable); `owners` is the transactional
+    id prefix of the workers' producers (see internals.fetch_committed)."""
+    committed = await internals.fetch_committed(consumer, tps, owners=owners)
     return {tp: committed.get(tp, -1) for tp in tps}
 
 

@@ -76,7 +76,7 @@ def test_consumer_internals_exist_and_work(kafka: str) -> None:
         try:
             internals.check_consumer(consumer)
             cluster = await internals.fetch_metadata(consumer)
-            committed = await internals.fetch_committed(consumer, [])
+            committed = await internals.fetch_committed(consumer, [], owners="t-")
             assert committed == {}
             return len(cluster.brokers())
         finally:
@@ -93,11 +93,12 @@ def test_group_metadata_commits_and_stable_offsets_on_the_broker(kafka: str) -> 
     token = uuid.uuid4().hex[:8]
     topic, group = f"kip447-{token}", f"kip447-{token}"
     tp = TopicPartition(topic, 0)
+    owners = f"t-{token}"
 
     async def scenario() -> tuple[int, int, bool, int]:
         await create_topics(kafka, [topic])
         consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=group)
-        producer = AIOKafkaProducer(bootstrap_servers=kafka, transactional_id=f"t-{token}")
+        producer = AIOKafkaProducer(bootstrap_servers=kafka, transactional_id=owners)
         await consumer.start()
         await producer.start()
         try:
@@ -109,7 +110,7 @@ def test_group_metadata_commits_and_stable_offsets_on_the_broker(kafka: str) -> 
 
             async with producer.transaction():
                 await producer.send_offsets_to_transaction({tp: 5}, group)
-            first = (await internals.fetch_committed(consumer, [tp]))[tp]
+            first = (await internals.fetch_committed(consumer, [tp], owners=owners))[tp]
 
             # A zombie: the same member, one generation behind.
             coordinator = consumer._coordinator
@@ -121,12 +122,15 @@ def test_group_metadata_commits_and_stable_offsets_on_the_broker(kafka: str) -> 
                 await producer.abort_transaction()
             finally:
                 coordinator.generation += 1
-            after_refusal = (await internals.fetch_committed(consumer, [tp]))[tp]
+            after_refusal = (await internals.fetch_committed(consumer, [tp], owners=owners))[tp]
 
-            # Pending offsets: the fetch waits for the transaction to end.
+            # Pending offsets: the fetch waits for the transaction to end, which the broker
+            # lists as open each time the fetch asks (every 0.3 s here).
             await producer.begin_transaction()
             await producer.send_offsets_to_transaction({tp: 9}, group)
-            fetch = asyncio.ensure_future(internals.fetch_committed(consumer, [tp]))
+            fetch = asyncio.ensure_future(
+                internals.fetch_committed(consumer, [tp], owners=owners, orphan_check=0.3)
+            )
             await asyncio.sleep(1.0)
             waited = not fetch.done()
             await producer.commit_transaction()
@@ -140,3 +144,59 @@ def test_group_metadata_commits_and_stable_offsets_on_the_broker(kafka: str) -> 
     assert after_refusal == 5, "the stale generation's offsets were taken"
     assert waited, "OffsetFetch answered while a transaction held pending offsets"
     assert stable == 9
+
+
+@pytest.mark.broker
+def test_pending_offsets_no_open_transaction_of_the_owners_holds_are_read_past(
+    kafka: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pending offsets whose transaction is not one of `owners` (the stand-in for the ended
+    transaction Kafka's group coordinator can keep as pending): after `orphan_check` the
+    coordinators list no open transaction of `owners`, and the committed offsets are read
+    without require_stable, with one warning. The same pending offsets under the owners'
+    prefix are waited for: the list sees the transaction open."""
+    token = uuid.uuid4().hex[:8]
+    topic, group = f"orphan-{token}", f"orphan-{token}"
+    tp = TopicPartition(topic, 0)
+
+    async def scenario() -> tuple[int, bool, bool]:
+        await create_topics(kafka, [topic])
+        consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=group)
+        stranger = AIOKafkaProducer(bootstrap_servers=kafka, transactional_id=f"other-{token}")
+        await consumer.start()
+        await stranger.start()
+        try:
+            async with stranger.transaction():
+                await stranger.send_offsets_to_transaction({tp: 5}, group)
+            await stranger.begin_transaction()
+            await stranger.send_offsets_to_transaction({tp: 11}, group)
+            async with asyncio.timeout(20):
+                read = await internals.fetch_committed(
+                    consumer, [tp], owners=f"cfn-{token}-", orphan_check=0.5
+                )
+            # The owners' own open transaction is waited for past several checks.
+            fetch = asyncio.ensure_future(
+                internals.fetch_committed(consumer, [tp], owners="other-", orphan_check=0.3)
+            )
+            await asyncio.sleep(2.0)
+            waited = not fetch.done()
+            fetch.cancel()
+            open_listed = not await internals.no_open_transactions(consumer, f"other-{token}")
+            await stranger.abort_transaction()
+            # PrepareAbort until the markers are written, then CompleteAbort: not open.
+            async with asyncio.timeout(10):
+                while not await internals.no_open_transactions(consumer, f"other-{token}"):
+                    await asyncio.sleep(0.1)
+            return read[tp], waited, open_listed
+        finally:
+            await stranger.stop()
+            await consumer.stop()
+
+    with caplog.at_level("WARNING", logger="cfn.worker"):
+        read, waited, open_listed = run(scenario())
+    assert read == 5, "the pending offsets were taken for committed ones"
+    warnings = [r.getMessage() for r in caplog.records if "no open transaction" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert f"cfn-{token}-*" in warnings[0]
+    assert waited, "an open transaction of the owners was read past"
+    assert open_listed

@@ -18,7 +18,7 @@ cfn reaches past the public APIs where they lack what it needs:
   process supervisor (`ingest_supervisor`: SIGHUP passed on instead of restarting);
 * aiokafka modules that are not its public API, re-exported from here: `BatchBuilder` (a
   task's records batched by hand), `collect_hosts` and `create_conn` (one bare connection, the
-  access probe).
+  access probe); and used here: `ConfigResource` (`topic_configs`, a topic's retention).
 
 No other module imports a non-public module of aiokafka or uvicorn (tests/test_layout.py).
 
@@ -33,9 +33,11 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from importlib import metadata
 from typing import Any
 
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import collect_hosts as collect_hosts
 from aiokafka.conn import create_conn as create_conn
 from aiokafka.errors import (
@@ -53,7 +55,8 @@ from aiokafka.structs import TopicPartition
 from cfn.internals.protocol import (
     STALE_MEMBER,
     UNSTABLE_OFFSET_COMMIT,
-    StableOffsetFetch,
+    ListOpenTransactions,
+    OffsetFetchV7,
     TxnOffsetCommitV3,
 )
 
@@ -65,7 +68,14 @@ except ImportError as exc:  # pragma: no cover - only with an untested aiokafka
         "cfn/internals/ for the aiokafka version it is tested with)"
     ) from exc
 
+log = logging.getLogger("cfn.worker")  # fetch_committed's one warning
+
 RETRY_BACKOFF = 0.1  # seconds between two asks of a group coordinator that is not ready
+# Seconds of UNSTABLE_OFFSET_COMMIT answers before fetch_committed asks whether any transaction
+# is still open: a transaction ends within a second of its commit or abort, and an open one is
+# listed as open, so this only spaces the questions (and stays under the worker's 30 s bound on
+# opening tasks).
+ORPHAN_CHECK = 10.0
 
 # The minor versions whose internals these adapters were written and tested against.
 TESTED = {"aiokafka": "0.14", "uvicorn": "0.54"}
@@ -289,6 +299,22 @@ async def list_offsets_errors(client_owner: Any, node_id: int, partitions: list[
     ]
 
 
+async def topic_configs(admin: Any, topic: str) -> dict[str, str | None]:
+    """A topic's configuration as the broker applies it (its own settings and the defaults),
+    through an AIOKafkaAdminClient; needs DESCRIBE_CONFIGS on the topic. aiokafka's
+    ConfigResource lives in a module outside its public API.
+
+    Raises:
+        KafkaError: the broker's refusal (TopicAuthorizationFailedError without the ACL).
+    """
+    (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    (resource,) = response.resources
+    error_code, message, _type, _name, entries, *_ = resource
+    if error_code:
+        raise for_code(error_code)(message or topic)
+    return {entry[0]: entry[1] for entry in entries}
+
+
 def group_generation(consumer: Any) -> int:
     """The generation of the consumer's group membership (-1 when not a member)."""
     generation: int = consumer._coordinator.generation
@@ -300,18 +326,32 @@ def request_rejoin(consumer: Any) -> None:
     consumer._coordinator.request_rejoin()
 
 
-async def fetch_committed(consumer: Any, partitions: list[Any]) -> dict[Any, int]:
+async def fetch_committed(
+    consumer: Any, partitions: list[Any], *, owners: str, orphan_check: float = ORPHAN_CHECK
+) -> dict[Any, int]:
     """The group's committed offsets of `partitions` (-1: none), in one request, once no
     transaction holds pending offsets for them (OffsetFetch v7, require_stable, KIP-447): a
     new owner then starts where the previous owner's last transaction left off, whether that
-    transaction was still to commit or abort when the partitions moved."""
+    transaction was still to commit or abort when the partitions moved.
+
+    `owners` is the transactional id prefix of every producer that commits offsets for the
+    group. Kafka's group coordinator can keep answering UNSTABLE_OFFSET_COMMIT for pending
+    offsets whose transaction has ended (seen with Kafka 4.4 after every worker was killed and
+    then two of three brokers: docs/reliability.md). So after `orphan_check` seconds of such
+    answers the transaction coordinators are asked: when every broker answers and lists no
+    open transaction of `owners`, no transaction can still decide those offsets, and the
+    committed ones are read without require_stable (logged as a warning).
+    """
     coordinator = consumer._coordinator
     by_topic: dict[str, list[int]] = {}
     for tp in partitions:
         by_topic.setdefault(tp.topic, []).append(tp.partition)
-    request = StableOffsetFetch(coordinator.group_id, sorted(by_topic.items()))
+    topics = sorted(by_topic.items())
+    require_stable = True
+    unstable_since: float | None = None
     while True:
         await coordinator.ensure_coordinator_known()
+        request = OffsetFetchV7(coordinator.group_id, topics, require_stable)
         try:
             response = await coordinator._send_req(request)
         except KafkaError as exc:
@@ -328,8 +368,24 @@ async def fetch_committed(consumer: Any, partitions: list[Any]) -> dict[Any, int
         codes.discard(0)
         if not codes:
             return offsets
-        if codes <= {UNSTABLE_OFFSET_COMMIT}:
-            await asyncio.sleep(RETRY_BACKOFF)  # a transaction is still to end: ask again
+        if codes <= {UNSTABLE_OFFSET_COMMIT}:  # a transaction is still to end: ask again
+            now = time.monotonic()
+            if unstable_since is None:
+                unstable_since = now
+            elif now - unstable_since >= orphan_check:
+                unstable_since = now
+                if await no_open_transactions(consumer, owners):
+                    log.warning(
+                        "group %s: pending offsets of %d partition(s) belong to no open "
+                        "transaction of %s* on any broker; reading its committed offsets "
+                        "without waiting for them",
+                        coordinator.group_id,
+                        len(partitions),
+                        owners,
+                    )
+                    require_stable = False
+                    continue
+            await asyncio.sleep(RETRY_BACKOFF)
             continue
         error = for_code(min(codes))
         if error in (NotCoordinatorError, CoordinatorNotAvailableError):
@@ -337,6 +393,32 @@ async def fetch_committed(consumer: Any, partitions: list[Any]) -> dict[Any, int
         elif not error.retriable:
             raise error(coordinator.group_id)
         await asyncio.sleep(RETRY_BACKOFF)
+
+
+async def no_open_transactions(client_owner: Any, owners: str) -> bool:
+    """True when every broker in fresh metadata answers ListTransactions without an error and
+    none lists an open transaction whose id starts with `owners`. False when one does, or when
+    a broker cannot tell (down, loading its coordinator partitions): the answer must be
+    complete to mean "none"."""
+    cluster = await client_owner._client.fetch_all_metadata()
+    brokers = [broker.nodeId for broker in cluster.brokers()]
+    if not brokers:
+        return False
+    answers = await asyncio.gather(
+        *(client_owner._client.send(node, ListOpenTransactions()) for node in brokers),
+        return_exceptions=True,
+    )
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            if isinstance(answer, (KafkaError, OSError, asyncio.TimeoutError)):
+                return False
+            raise answer
+        if answer.error_code != 0:
+            return False
+        for transactional_id, _producer, _state, _tags in answer.transaction_states:
+            if transactional_id.startswith(owners):
+                return False
+    return True
 
 
 def ingest_supervisor(log: logging.Logger) -> Any:

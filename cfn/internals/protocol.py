@@ -1,4 +1,5 @@
-"""The two Kafka requests of KIP-447 that aiokafka 0.14 lacks, in aiokafka's own protocol types.
+"""The Kafka requests aiokafka 0.14 lacks, in aiokafka's own protocol types: the two of KIP-447
+and ListTransactions (KIP-664).
 
 One transactional producer per worker (`CFN_TRANSACTIONS=worker`, see processors/transactions.py) is
 only safe when a worker that lost its partitions can no longer commit for them. KIP-447 does
@@ -11,9 +12,13 @@ that with the consumer group's generation instead of a transactional id per part
   transaction holds pending offsets for a partition, so the partition's new owner starts from
   what the previous owner's last transaction decided, not from before it.
 
-Both versions are "flexible" (compact strings and arrays, tagged fields); Kafka has accepted
-them since 2.5 (this project runs 4.x). The wire schemas follow the Kafka protocol's
-TxnOffsetCommit and OffsetFetch JSON definitions.
+* **ListTransactions v0** asks one broker for the transactions its coordinator partitions hold
+  in given states: whether any transaction of cfn's is still open (see
+  `cfn.internals.fetch_committed`).
+
+All three are "flexible" (compact strings and arrays, tagged fields); Kafka has accepted
+them since 2.5 and 3.0 (this project runs 4.x). The wire schemas follow the Kafka protocol's
+TxnOffsetCommit, OffsetFetch and ListTransactions JSON definitions.
 """
 
 from __future__ import annotations
@@ -164,17 +169,69 @@ class OffsetFetchRequest_v7(RequestStruct):  # type: ignore[misc]
     )
 
 
-class StableOffsetFetch(Request[OffsetFetchRequest_v7]):  # type: ignore[misc]
-    """OffsetFetch v7 with require_stable set."""
+class OffsetFetchV7(Request[OffsetFetchRequest_v7]):  # type: ignore[misc]
+    """OffsetFetch v7, which has require_stable."""
 
     API_KEY = 9
 
-    def __init__(self, group_id: str, topics: list[tuple[str, list[int]]]) -> None:
+    def __init__(
+        self, group_id: str, topics: list[tuple[str, list[int]]], require_stable: bool
+    ) -> None:
         self._group_id = group_id
         self._topics = topics
+        self._require_stable = require_stable
 
     def build(self, request_struct_class: type[OffsetFetchRequest_v7]) -> OffsetFetchRequest_v7:
         topics: list[tuple[str, list[int], dict[int, bytes]]] = [
             (topic, partitions, {}) for topic, partitions in self._topics
         ]
-        return request_struct_class(self._group_id, topics, True, {})
+        return request_struct_class(self._group_id, topics, self._require_stable, {})
+
+
+# The transaction states in which a transaction may still hold pending offsets (Kafka's
+# TransactionState names); Empty, CompleteCommit, CompleteAbort and Dead are ended.
+OPEN_TRANSACTION_STATES = ("Ongoing", "PrepareCommit", "PrepareAbort", "PrepareEpochFence")
+
+
+class ListTransactionsResponse_v0(Response):  # type: ignore[misc]
+    API_KEY = 66
+    API_VERSION = 0
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        ("error_code", Int16),
+        ("unknown_state_filters", CompactArray(CompactString("utf-8"))),
+        (
+            "transaction_states",
+            CompactArray(
+                ("transactional_id", CompactString("utf-8")),
+                ("producer_id", Int64),
+                ("transaction_state", CompactString("utf-8")),
+                ("tags", TaggedFields),
+            ),
+        ),
+        ("tags", TaggedFields),
+    )
+
+
+class ListTransactionsRequest_v0(RequestStruct):  # type: ignore[misc]
+    FLEXIBLE_VERSION = True
+    API_KEY = 66
+    API_VERSION = 0
+    RESPONSE_TYPE = ListTransactionsResponse_v0
+    SCHEMA = Schema(
+        ("states_filters", CompactArray(CompactString("utf-8"))),
+        ("producer_id_filters", CompactArray(Int64)),
+        ("tags", TaggedFields),
+    )
+
+
+class ListOpenTransactions(Request[ListTransactionsRequest_v0]):  # type: ignore[misc]
+    """ListTransactions v0 for the states in OPEN_TRANSACTION_STATES. A broker lists only the
+    transactional ids the principal may describe (WRITE implies DESCRIBE)."""
+
+    API_KEY = 66
+
+    def build(
+        self, request_struct_class: type[ListTransactionsRequest_v0]
+    ) -> ListTransactionsRequest_v0:
+        return request_struct_class(list(OPEN_TRANSACTION_STATES), [], {})
