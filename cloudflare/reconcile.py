@@ -14,11 +14,12 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from cfn import internals
 from cfn.cloudflare.client import AlertingClient, RetryPolicy
@@ -61,6 +62,7 @@ class TenantResult:
     outcome: Outcome = field(default_factory=Outcome)
     written: int = 0
     error: str | None = None
+    horizon: datetime | None = None  # the window's start, moved up to what cfn.raw still holds
 
     def lines(self) -> list[str]:
         if self.error is not None:
@@ -75,6 +77,11 @@ class TenantResult:
         if self.written:
             head += f", {self.written} backfilled now"
         rows = [head]
+        if self.horizon is not None:
+            rows.append(
+                f"  not compared: history sent before {self.horizon:%Y-%m-%dT%H:%M:%SZ}, "
+                "older than cfn.raw holds"
+            )
         for record in o.missed:
             rows.append(
                 f"  missed: sent {record.sent:%Y-%m-%dT%H:%M:%SZ} {record.alert_type} "
@@ -104,7 +111,19 @@ async def run_pass(
         if name not in index.cloudflare:
             raise SecretsError(f"tenant {name!r} names no Cloudflare account in the secrets file")
     moment = datetime.fromtimestamp(now(), UTC)
-    seen = await read_raw(settings, window.since - timedelta(minutes=10))
+    horizon = await raw_horizon(settings, moment)
+    raw = await read_raw(settings, window.since - timedelta(minutes=10))
+    if raw.horizon is not None:
+        horizon = raw.horizon if horizon is None else max(horizon, raw.horizon)
+    cut = horizon if horizon is not None and horizon > window.since else None
+    if cut is not None:
+        # What cfn.raw no longer holds cannot be told from what it never got: not judged.
+        log.warning(
+            "cfn.raw holds nothing before %s (its retention): older history is not compared",
+            f"{cut:%Y-%m-%dT%H:%M:%SZ}",
+        )
+        window = replace(window, since=cut)
+    seen = raw.seen
     results: list[TenantResult] = []
     async with aiohttp.ClientSession() as session:
         for name in names:
@@ -112,7 +131,7 @@ async def run_pass(
             client = AlertingClient(
                 session, settings.api_base, account.account_id, account.token, retry
             )
-            result = TenantResult(name)
+            result = TenantResult(name, horizon=cut)
             try:
                 await _tenant(client, result, seen.get(name, []), window, moment)
             except (CloudflareError, SecretsError) as exc:
@@ -187,29 +206,67 @@ def _count(metrics: ReconcileMetrics, result: TenantResult) -> None:
         metrics.backfilled.labels(tenant).inc(result.written)
 
 
-async def read_raw(settings: CloudflareSettings, since: datetime) -> dict[str, list[Seen]]:
-    """Every body of `cfn.raw` accepted since `since`, by tenant."""
+async def raw_horizon(settings: CloudflareSettings, moment: datetime) -> datetime | None:
+    """The oldest time `cfn.raw` is sure to hold everything from, by its `retention.ms`: Kafka
+    deletes a segment only once its newest record is older than that. None: kept for ever.
+
+    Raises:
+        KafkaError: DESCRIBE_CONFIGS on the topic is refused (`cfn acls --role reconcile`
+            grants it), or the topic is missing.
+    """
+    admin = AIOKafkaAdminClient(**aiokafka_options(settings.bootstrap, settings.security))
+    await admin.start()
+    try:
+        configs = await internals.topic_configs(admin, settings.raw_topic)
+    finally:
+        await admin.close()
+    retention_ms = int(configs.get("retention.ms") or -1)
+    return None if retention_ms < 0 else moment - timedelta(milliseconds=retention_ms)
+
+
+@dataclass
+class RawRead:
+    """What `cfn.raw` holds since a time: the bodies by tenant, and the horizon, the time of
+    a partition's oldest record where older ones that may have been in the span were deleted
+    (by size, or by DeleteRecords; None: none was)."""
+
+    seen: dict[str, list[Seen]] = field(default_factory=dict)
+    horizon: datetime | None = None
+
+
+async def read_raw(settings: CloudflareSettings, since: datetime) -> RawRead:
+    """Every body of `cfn.raw` accepted since `since`, by tenant, and the horizon."""
     consumer = AIOKafkaConsumer(
         **aiokafka_options(settings.bootstrap, settings.security),
         enable_auto_commit=False,
         group_id=None,
     )
     await consumer.start()
-    found: dict[str, list[Seen]] = {}
+    read = RawRead()
+    found = read.seen
     try:
         cluster = await internals.fetch_metadata(consumer)
         partitions = sorted(cluster.partitions_for_topic(settings.raw_topic) or ())
         tps = [TopicPartition(settings.raw_topic, p) for p in partitions]
         if not tps:
-            return found
-        end = await consumer.end_offsets(tps)
+            return read
+        begin, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
         start_ms = int(since.timestamp() * 1000)
         first = await consumer.offsets_for_times({tp: start_ms for tp in tps})
+        # A partition whose first record in the span is its oldest left, with older ones
+        # deleted: those may have been in the span too, so the span starts at that record.
+        cut = [
+            found_at.timestamp
+            for tp, found_at in first.items()
+            if found_at is not None and begin[tp] > 0 and found_at.offset == begin[tp]
+        ]
+        if cut:
+            read.horizon = datetime.fromtimestamp(max(cut) / 1000, UTC)
         remaining = {
             tp: end[tp] for tp in tps if first.get(tp) is not None and first[tp].offset < end[tp]
         }
         if not remaining:
-            return found
+            return read
         consumer.assign(list(remaining))
         for tp in remaining:
             consumer.seek(tp, first[tp].offset)
@@ -233,7 +290,7 @@ async def read_raw(settings: CloudflareSettings, since: datetime) -> dict[str, l
                     del remaining[tp]
     finally:
         await consumer.stop()
-    return found
+    return read
 
 
 async def write_backfill(

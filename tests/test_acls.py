@@ -92,6 +92,7 @@ def test_role_acls_are_exact() -> None:
     assert [(a.resource_type, a.name, a.pattern, a.operation) for a in reconcile] == [
         ("TOPIC", "p.raw", "LITERAL", "READ"),
         ("TOPIC", "p.raw", "LITERAL", "WRITE"),
+        ("TOPIC", "p.raw", "LITERAL", "DESCRIBE_CONFIGS"),
     ]
     assert all(a.allow and a.host == "*" for a in role_acls("worker", "User:w"))
     with pytest.raises(ValueError):
@@ -147,7 +148,8 @@ async def worker_work(options: dict[str, Any], prefix: str, app_id: str) -> None
     """What the worker does (CFN_TRANSACTIONS=worker, the default): consume raw and rate-input
     in group <app_id> (read_committed), write every output and changelog in a transaction of
     `<app_id>-worker-<id>` that also commits the consumed offsets as a group member (KIP-447,
-    TxnOffsetCommit v3), read the committed offsets back, and restore the changelogs."""
+    TxnOffsetCommit v3) and that it lists as open (ListTransactions), read the committed offsets
+    back, and restore the changelogs."""
     topics = topic_names(prefix)
     changelogs = [changelog_topic(app_id)]
     inputs = [topics["raw"], topics["rate-input"]]
@@ -178,6 +180,8 @@ async def worker_work(options: dict[str, Any], prefix: str, app_id: str) -> None
             ]
             await asyncio.gather(*sent)
             await producer.send_offsets_to_transaction(offsets, app_id)
+            # It sees its own open transaction (fetch_committed's check for orphaned offsets).
+            assert not await internals.no_open_transactions(consumer, f"{app_id}-")
         for tp, offset in offsets.items():
             # The transaction's offsets count once its marker reached the offsets topic.
             while await consumer.committed(tp) != offset:
@@ -200,20 +204,25 @@ async def worker_work(options: dict[str, Any], prefix: str, app_id: str) -> None
 
 
 async def reconcile_work(options: dict[str, Any], prefix: str, _app_id: str) -> None:
-    """What `cfn reconcile --backfill` does (cfn.cloudflare.reconcile): read raw since a time
-    with a consumer in no group (its partitions from a metadata round trip, end offsets, the
-    offsets for the time, assign, seek, fetch), then write a backfill and its copies with an
-    idempotent acks=all producer, each to a partition it chose."""
+    """What `cfn reconcile --backfill` does (cfn.cloudflare.reconcile): read raw's retention,
+    read raw since a time with a consumer in no group (its partitions from a metadata round
+    trip, beginning and end offsets, the offsets for the time, assign, seek, fetch), then write
+    a backfill and its copies with an idempotent acks=all producer, each to a partition it
+    chose."""
     raw = topic_names(prefix)["raw"]
     consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **options)
     producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **options)
+    admin = AIOKafkaAdminClient(**options)
     try:
+        await admin.start()
+        assert "retention.ms" in await internals.topic_configs(admin, raw)
         await consumer.start()
         cluster = await internals.fetch_metadata(consumer)
         partitions = sorted(cluster.partitions_for_topic(raw) or ())
         if not partitions:  # a topic the principal may not describe is left out of metadata
             raise PermissionError(f"{raw} is not in this principal's metadata")
         tps = [TopicPartition(raw, p) for p in partitions]
+        await consumer.beginning_offsets(tps)
         end = await consumer.end_offsets(tps)
         first = await consumer.offsets_for_times({tp: 0 for tp in tps})
         consumer.assign(tps)
@@ -234,6 +243,8 @@ async def reconcile_work(options: dict[str, Any], prefix: str, _app_id: str) -> 
         for client in (producer, consumer):
             with contextlib.suppress(Exception):
                 await client.stop()
+        with contextlib.suppress(Exception):
+            await admin.close()
 
 
 async def provisioner_work(options: dict[str, Any], prefix: str, app_id: str) -> None:

@@ -346,6 +346,87 @@ def test_reconcile_reports_the_gaps_backfills_once_and_skips_silences(stack: Sta
     assert all(dict(r.headers)["cfn-history-id"] == headers["cfn-history-id"] for r in marks)
 
 
+async def _set_retention(kafka: str, topic: str, retention: timedelta) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    ms = str(int(retention.total_seconds() * 1000))
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"retention.ms": ms})]
+        )
+    finally:
+        await admin.close()
+
+
+async def _delete_all_but_last(kafka: str, topic: str) -> tuple[datetime, int]:
+    """Delete the records of `topic`'s fullest partition but its last (as retention.bytes or
+    kafka-delete-records.sh would); returns that record's time and how many went."""
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+    from aiokafka.structs import TopicPartition
+
+    by_partition: dict[int, list[Any]] = {}
+    for record in await drain(kafka, topic, settle=1.0):
+        by_partition.setdefault(record.partition, []).append(record)
+    kept = max(by_partition.values(), key=len)[-1]
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        tp = TopicPartition(topic, kept.partition)
+        await admin.delete_records({tp: RecordsToDelete(kept.offset)}, timeout_ms=10_000)
+    finally:
+        await admin.close()
+    return datetime.fromtimestamp(kept.timestamp / 1000, UTC), kept.offset
+
+
+@pytest.mark.broker
+def test_reconcile_compares_no_history_older_than_cfn_raw_holds(stack: Stack) -> None:
+    """Retention decides where the window may start: history older than `retention.ms`, and
+    older than a partition's oldest record where older ones were deleted, is not compared
+    (it would look missed, and be backfilled again)."""
+    fake = stack.fake
+    with_client(fake, lambda c: connect(c, stack.file, "acme", stack.url, [], FAST))
+    hook_id = next(iter(fake.accounts[ACCOUNT].webhooks))
+
+    def sent_ago(age: timedelta) -> str:
+        return (datetime.now(UTC) - age).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    fake.accounts[ACCOUNT].history += [
+        fake.history_record(hook_id, {**alert(correlation=f"h{age}"), "text": text}, sent_ago(age))
+        for text, age in [
+            ("two hours ago", timedelta(hours=2)),
+            ("forty minutes ago", timedelta(minutes=40)),
+        ]
+    ]
+    window = Window(since=datetime.now(UTC) - timedelta(hours=3))
+    (whole,) = run(run_pass(stack.settings, window))
+    assert whole.horizon is None
+    assert sorted(r.alert_body for r in whole.outcome.missed) == [
+        "forty minutes ago",
+        "two hours ago",
+    ]
+
+    raw = f"{stack.prefix}raw"
+    run(_set_retention(stack.kafka, raw, timedelta(hours=1)))
+    moment = datetime.now(UTC).replace(microsecond=0)
+    (kept,) = run(run_pass(stack.settings, window, now=moment.timestamp))
+    assert kept.horizon == moment - timedelta(hours=1)
+    assert [r.alert_body for r in kept.outcome.missed] == ["forty minutes ago"]
+    assert any(line.startswith("  not compared: history sent before") for line in kept.lines())
+
+    for i in range(8):  # records on every partition, several on some
+        assert fake.deliver(ACCOUNT, alert(correlation=f"c{i}"), record=False) == 202
+    kept_at, deleted = run(_delete_all_but_last(stack.kafka, raw))
+    assert deleted >= 1
+    (cut,) = run(run_pass(stack.settings, window))
+    # The partition cut by deletion holds nothing before its oldest record: the later horizon.
+    assert cut.horizon == kept_at
+    assert cut.outcome.missed == [], cut.lines()
+    assert any(line.startswith("  not compared: history sent before") for line in cut.lines())
+
+
 def _correlation_on(partition: int, body: dict[str, Any], want_home: bool) -> dict[str, Any]:
     """`body` with a correlation id whose raw key falls on `partition` (or off it)."""
     for i in range(1000):

@@ -119,8 +119,9 @@ def role_acls(
         return acls
     if role == "reconcile":
         # No group (it assigns partitions and seeks by time), no progress topic (each pass
-        # reads cfn.raw again), no transaction: an idempotent producer for --backfill.
-        return topic(topics["raw"], "READ", "WRITE")
+        # reads cfn.raw again), no transaction: an idempotent producer for --backfill. Its
+        # retention.ms (DESCRIBE_CONFIGS) says how far back cfn.raw can be compared.
+        return topic(topics["raw"], "READ", "WRITE", "DESCRIBE_CONFIGS")
     if role == "provisioner":
         # CREATE alone would create blind: DESCRIBE lets it see which topics already exist.
         acls = [Acl("TOPIC", prefix, "PREFIXED", op, principal) for op in ("CREATE", "DESCRIBE")]
