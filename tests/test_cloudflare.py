@@ -403,7 +403,7 @@ def test_reconcile_compares_no_history_older_than_cfn_raw_holds(stack: Stack) ->
     window = Window(since=datetime.now(UTC) - timedelta(hours=3))
     (whole,) = run(run_pass(stack.settings, window))
     assert whole.horizon is None
-    assert sorted(r.alert_body for r in whole.outcome.missed) == [
+    assert sorted(str(r.alert_body) for r in whole.outcome.missed) == [
         "forty minutes ago",
         "two hours ago",
     ]
