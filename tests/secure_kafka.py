@@ -120,6 +120,7 @@ _OPERATION_CODE = {
     "DELETE": 6,
     "ALTER": 7,
     "DESCRIBE": 8,
+    "DESCRIBE_CONFIGS": 10,
     "IDEMPOTENT_WRITE": 12,
 }
 _ANY = 1

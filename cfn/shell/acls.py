@@ -28,7 +28,7 @@ from cfn.config import (
 
 RESOURCE_TYPES = ("TOPIC", "GROUP", "TRANSACTIONAL_ID", "CLUSTER")
 PATTERNS = ("LITERAL", "PREFIXED")
-OPERATIONS = ("READ", "WRITE", "CREATE", "DESCRIBE", "IDEMPOTENT_WRITE", "ALTER", "DELETE")
+OPERATIONS = ("READ", "WRITE", "CREATE", "DESCRIBE", "IDEMPOTENT_WRITE", "ALTER", "DELETE", "DESCRIBE_CONFIGS")
 ROLES = ("ingest", "worker", "reconcile", "provisioner")
 CLUSTER_NAME = "kafka-cluster"  # the one name Kafka gives the CLUSTER resource
 
@@ -49,7 +49,7 @@ class Acl:
     resource_type: str  # TOPIC, GROUP, TRANSACTIONAL_ID or CLUSTER
     name: str  # the resource name, or its prefix when pattern is PREFIXED
     pattern: str  # LITERAL or PREFIXED
-    operation: str  # READ, WRITE, CREATE, DESCRIBE, IDEMPOTENT_WRITE, ...
+    operation: str  # READ, WRITE, CREATE, DESCRIBE, IDEMPOTENT_WRITE, DESCRIBE_CONFIGS, ...
     principal: str  # User:NAME
     allow: bool = True
     host: str = "*"
