@@ -13,15 +13,17 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from cfn import internals
+from cfn.access import denial
 from cfn.cloudflare.client import AlertingClient, RetryPolicy
 from cfn.cloudflare.connect import find_destination
 from cfn.cloudflare.errors import ApiError, CloudflareError
@@ -359,9 +361,13 @@ async def run_every(
     backfill: bool,
     metrics: ReconcileMetrics,
     print_line: Callable[[str], None],
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> None:
     """Reconcile every `every` seconds, each pass over the last `window.since`-to-now span of
-    the same length as the first, until cancelled."""
+    the same length as the first, until cancelled. A pass that fails (Kafka or the secrets
+    file unavailable) is logged and the next one comes on time; Kafka's refusal of an ACL
+    ends it (raised), since no later pass would fare better.
+    """
     span = datetime.now(UTC) - window.since
     while True:
         current = Window(datetime.now(UTC) - span, window.grace, window.window)
@@ -369,10 +375,14 @@ async def run_every(
             results = await run_pass(
                 settings, current, tenants=tenants, backfill=backfill, metrics=metrics
             )
-        except (SecretsError, OSError) as exc:
-            log.error("reconcile pass failed: %s", exc)
+        except (SecretsError, OSError, KafkaError) as exc:
+            if isinstance(exc, KafkaError) and denial(exc, "reconcile") is not None:
+                raise
+            log.error(
+                "reconcile pass failed (%s: %s); the next in %gs", type(exc).__name__, exc, every
+            )
         else:
             for result in results:
                 for line in result.lines():
                     print_line(line)
-        await asyncio.sleep(every)
+        await sleep(every)

@@ -14,12 +14,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiokafka.errors import TopicAuthorizationFailedError
+from prometheus_client import CollectorRegistry
 
 from cfn.cloudflare.client import AlertingClient, RetryPolicy, retry_after
 from cfn.cloudflare.connect import Timing, connect, destination_name, rotate
 from cfn.cloudflare.errors import ApiError, PermissionDenied
 from cfn.cloudflare.match import Seen, backfill_body, reconcile
-from cfn.cloudflare.reconcile import Window, run_pass
+from cfn.cloudflare.metrics import ReconcileMetrics
+from cfn.cloudflare.reconcile import Window, run_every, run_pass
 from cfn.cloudflare.records import HistoryRecord, Silence
 from cfn.cloudflare.secretsfile import SecretsFile
 from cfn.cloudflare.settings import CloudflareSettings
@@ -194,24 +197,87 @@ def test_a_backfill_body_is_the_same_bytes_for_the_same_record() -> None:
     }
 
 
+class _Stop(Exception):
+    pass
+
+
+def _passes(n: int) -> Callable[[float], Any]:
+    """An injected sleep for run_every that ends it at the `n`-th wait."""
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == n:
+            raise _Stop
+
+    return sleep
+
+
+def _secrets(tmp_path: Path) -> Path:
+    token_file = tmp_path / "acme.token"
+    token_file.write_text(TOKEN + "\n")
+    path = tmp_path / "secrets.json"
+    account = {"account_id": ACCOUNT, "api_token_file": str(token_file)}
+    path.write_bytes(jsonio.dumps({"acme": {"secrets": [FIRST], "cloudflare": account}}))
+    return path
+
+
+def test_reconcile_every_outlives_a_kafka_it_cannot_reach(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = CloudflareSettings(secrets_file=_secrets(tmp_path), bootstrap="127.0.0.1:1")
+    metrics = ReconcileMetrics.create(CollectorRegistry())
+    window = Window(since=datetime.now(UTC) - timedelta(hours=1))
+    lines: list[str] = []
+    with caplog.at_level("ERROR", logger="cfn.reconcile"), pytest.raises(_Stop):
+        asyncio.run(
+            run_every(
+                settings,
+                window,
+                60.0,
+                tenants=None,
+                backfill=False,
+                metrics=metrics,
+                print_line=lines.append,
+                sleep=_passes(3),
+            )
+        )
+    failed = [r.getMessage() for r in caplog.records if "reconcile pass failed" in r.getMessage()]
+    assert len(failed) == 3 and "KafkaConnectionError" in failed[0], failed
+    assert "the next in 60s" in failed[0] and lines == []
+
+
+def test_reconcile_every_ends_on_a_refused_acl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refused(*_args: Any, **_kwargs: Any) -> Any:
+        raise TopicAuthorizationFailedError("cfn.raw")
+
+    monkeypatch.setattr("cfn.cloudflare.reconcile.run_pass", refused)
+    settings = CloudflareSettings(secrets_file=_secrets(tmp_path))
+    window = Window(since=datetime.now(UTC) - timedelta(hours=1))
+    metrics = ReconcileMetrics.create(CollectorRegistry())
+    with pytest.raises(TopicAuthorizationFailedError):
+        asyncio.run(
+            run_every(
+                settings,
+                window,
+                60.0,
+                tenants=None,
+                backfill=False,
+                metrics=metrics,
+                print_line=print,
+                sleep=_passes(3),
+            )
+        )
+
+
 # ---- against a real ingest --------------------------------------------------------------------
 
 
 class Stack:
     def __init__(self, tmp: Path, kafka: str, prefix: str, fake: FakeCloudflare) -> None:
-        token_file = tmp / "acme.token"
-        token_file.write_text(TOKEN + "\n")
-        self.path = tmp / "secrets.json"
-        self.path.write_bytes(
-            jsonio.dumps(
-                {
-                    "acme": {
-                        "secrets": [FIRST],
-                        "cloudflare": {"account_id": ACCOUNT, "api_token_file": str(token_file)},
-                    }
-                }
-            )
-        )
+        self.path = _secrets(tmp)
         self.file = SecretsFile(self.path)
         self.prefix = prefix
         self.kafka = kafka
