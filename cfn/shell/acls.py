@@ -28,7 +28,16 @@ from cfn.config import (
 
 RESOURCE_TYPES = ("TOPIC", "GROUP", "TRANSACTIONAL_ID", "CLUSTER")
 PATTERNS = ("LITERAL", "PREFIXED")
-OPERATIONS = ("READ", "WRITE", "CREATE", "DESCRIBE", "IDEMPOTENT_WRITE", "ALTER", "DELETE", "DESCRIBE_CONFIGS")
+OPERATIONS = (
+    "READ",
+    "WRITE",
+    "CREATE",
+    "DESCRIBE",
+    "IDEMPOTENT_WRITE",
+    "ALTER",
+    "DELETE",
+    "DESCRIBE_CONFIGS",
+)
 ROLES = ("ingest", "worker", "reconcile", "provisioner")
 CLUSTER_NAME = "kafka-cluster"  # the one name Kafka gives the CLUSTER resource
 
