@@ -15,7 +15,7 @@ from cfn.schemas import jsonio
 from cfn.schemas.payload import Notification, parse
 from tests.nemesis.checker import History, RawRecord, check
 from tests.nemesis.load import plan
-from tests.nemesis.report import BEGIN, END, load, render, write_doc
+from tests.nemesis.report import BEGIN, END, keep, load, load_all, render, write_doc
 from tests.nemesis.schedule import WEIGHTS, draw
 
 EPOCH = 1_765_000_000
@@ -192,3 +192,29 @@ def test_the_report_sums_up_runs_per_fault_kind(tmp_path: Path) -> None:
     doc.write_text(f"before\n{BEGIN}\nold\n{END}\nafter\n")
     write_doc(doc, text)
     assert doc.read_text() == f"before\n{BEGIN}\n{text}\n{END}\nafter\n"
+
+
+def test_runs_kept_in_the_repository_count_with_local_ones_latest_last(tmp_path: Path) -> None:
+    local, kept = tmp_path / "local", tmp_path / "kept"
+
+    def run(name: str, seed: int, violations: list[dict[str, str]]) -> Path:
+        folder = local / name
+        folder.mkdir(parents=True)
+        outcome = {"seed": seed, "duration": 180, "violations": violations, "faults": []}
+        (folder / "outcome.json").write_text(json.dumps(outcome))
+        return folder
+
+    keep([run("seed-9-20261207-080000", 9, [{"check": "settles"}])], kept)
+    assert [p.name for p in kept.iterdir()] == ["seed-9-20261207-080000.json"]
+    (local / "seed-9-20261207-080000").rename(tmp_path / "gone")  # a new checkout's .local
+    run("seed-10-20261207-070000", 10, [])
+    run("seed-9-20261207-090000", 9, [])  # the rerun, after a fix
+    outcomes = load_all(local, kept)
+    assert [(o["seed"], bool(o["violations"])) for o in outcomes] == [
+        (9, True),
+        (9, False),
+        (10, False),
+    ]
+    text = render(outcomes)
+    assert text.startswith("2 runs (seeds 9, 10) of 180 s of load each: **0 violations**.")
+    assert "Earlier runs of seeds [9] found violations" in text

@@ -1,6 +1,9 @@
-"""`python -m tests.nemesis.report [--doc PAGE] [--min-duration S] [FOLDER ...]`: the nemesis runs
-kept under .local/nemesis/ (each run's outcome.json), summed up per fault kind. With --doc, the
-summary replaces what stands between the markers in that file; otherwise it is printed."""
+"""`python -m tests.nemesis.report [--doc PAGE] [--keep] [--min-duration S] [FOLDER ...]`: the
+nemesis runs kept under .local/nemesis/ (each run's outcome.json) and those kept in the
+repository (tests/nemesis/runs/), summed up per fault kind. With --doc, the summary replaces
+what stands between the markers in that file; otherwise it is printed. With --keep, the runs
+under .local/nemesis/ are copied into tests/nemesis/runs/ first, so that the page's figures
+stay reproducible from the repository."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any
 
 BEGIN, END = "<!-- nemesis-report:begin -->", "<!-- nemesis-report:end -->"
 ROOT = Path(__file__).resolve().parents[2] / ".local" / "nemesis"
+KEPT = Path(__file__).resolve().parent / "runs"
 
 
 def load(folders: list[Path]) -> list[dict[str, Any]]:
@@ -22,6 +26,30 @@ def load(folders: list[Path]) -> list[dict[str, Any]]:
         if path.exists():
             outcomes.append(json.loads(path.read_text()))
     return outcomes
+
+
+def keep(folders: list[Path], kept: Path = KEPT) -> None:
+    """Copy each run's outcome.json to kept/<run folder's name>.json."""
+    kept.mkdir(parents=True, exist_ok=True)
+    for folder in folders:
+        path = folder / "outcome.json"
+        if path.exists():
+            (kept / f"{folder.name}.json").write_bytes(path.read_bytes())
+
+
+def load_all(local: Path = ROOT, kept: Path = KEPT) -> list[dict[str, Any]]:
+    """The runs kept in the repository and under .local/nemesis/, one per run folder name, in
+    the order of their names (seed, then the time it started)."""
+    by_name = {p.stem: p for p in kept.glob("seed-*.json")}
+    by_name.update(
+        {p.name: p / "outcome.json" for p in local.glob("seed-*") if (p / "outcome.json").exists()}
+    )
+    return [json.loads(by_name[name].read_text()) for name in sorted(by_name, key=_run_order)]
+
+
+def _run_order(name: str) -> tuple[int, str]:
+    _, seed, started = name.split("-", 2)
+    return int(seed), started
 
 
 def render(outcomes: list[dict[str, Any]]) -> str:
@@ -93,10 +121,15 @@ def main() -> int:
     parser.add_argument(
         "--min-duration", type=float, default=0.0, help="leave out runs with less load (s)"
     )
+    parser.add_argument(
+        "--keep", action="store_true", help="copy the runs under .local/nemesis/ into " + str(KEPT)
+    )
     parser.add_argument("folders", nargs="*", type=Path, help="run folders (default: all kept)")
     args = parser.parse_args()
-    folders = args.folders or sorted(p for p in ROOT.glob("seed-*") if p.is_dir())
-    text = render([o for o in load(folders) if o["duration"] >= args.min_duration])
+    if args.keep:
+        keep(sorted(p for p in ROOT.glob("seed-*") if p.is_dir()))
+    outcomes = load(args.folders) if args.folders else load_all()
+    text = render([o for o in outcomes if o["duration"] >= args.min_duration])
     if args.doc:
         write_doc(args.doc, text)
     else:
