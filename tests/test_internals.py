@@ -5,12 +5,13 @@ These fail when an upgrade moves one, before any request or commit would."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import IllegalGenerationError
+from aiokafka.errors import IllegalGenerationError, KafkaError
 from aiokafka.structs import TopicPartition
 
 from cfn import internals
@@ -83,6 +84,36 @@ def test_consumer_internals_exist_and_work(kafka: str) -> None:
             await consumer.stop()
 
     assert run(scenario()) >= 1
+
+
+@pytest.mark.broker
+def test_abandoned_records_fail_at_once_and_leave_no_unretrieved_error(kafka: str) -> None:
+    """A closed task's records fail with the caller's error, which the caller reports once:
+    asyncio must not log each of their futures as "exception was never retrieved"."""
+    topic = f"abandon-{uuid.uuid4().hex[:8]}"
+    unretrieved: list[str] = []
+
+    async def scenario() -> None:
+        await create_topics(kafka, [topic])
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: unretrieved.append(context["message"]))
+        producer = AIOKafkaProducer(
+            bootstrap_servers=kafka, transactional_id=f"abandon-{topic}", linger_ms=60_000
+        )
+        await producer.start()
+        try:
+            await producer.begin_transaction()
+            futures = [await producer.send(topic, b"held") for _ in range(3)]
+            internals.abandon(producer, KafkaError("task closed"))
+            assert all(future.done() for future in futures)
+            del futures
+            gc.collect()
+        finally:
+            await producer.stop()
+        gc.collect()
+
+    run(scenario())
+    assert unretrieved == []
 
 
 @pytest.mark.broker

@@ -115,7 +115,8 @@ def check_transactional(producer: Any) -> None:
     """The internals the worker uses exist on a transactional producer: the transaction
     manager it reads, and the accumulator `abandon` empties."""
     _need(producer, "_txn_manager._transaction_waiter", "AIOKafkaProducer (transactional)")
-    _need(producer, "_message_accumulator.fail_all", "AIOKafkaProducer (transactional)")
+    for name in ("fail_all", "_batches", "_pending_batches"):
+        _need(producer, f"_message_accumulator.{name}", "AIOKafkaProducer (transactional)")
 
 
 def check_group_transactions(producer: Any, consumer: Any) -> None:
@@ -186,8 +187,19 @@ def transaction_error(producer: Any) -> BaseException | None:
 
 def abandon(producer: Any, exc: BaseException) -> None:
     """Fail every record the producer still holds with `exc`, so that stopping it is immediate
-    (an idempotent producer otherwise retries them until the broker takes them)."""
-    producer._message_accumulator.fail_all(exc)
+    (an idempotent producer otherwise retries them until the broker takes them). `exc` is the
+    caller's to report: the futures it fails are marked retrieved, or asyncio would log each
+    one as an error when it is collected."""
+    accumulator = producer._message_accumulator
+    batches = [batch for held in accumulator._batches.values() for batch in held]
+    batches += list(accumulator._pending_batches)
+    accumulator.fail_all(exc)
+    for batch in batches:
+        futures = [batch.future, batch._drain_waiter]
+        futures += [future for future, _ in batch._msg_futures]
+        for future in futures:
+            if future.done() and not future.cancelled():
+                future.exception()
 
 
 def commit_offsets_as_member(producer: Any, consumer: Any) -> None:
