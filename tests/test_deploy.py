@@ -86,6 +86,7 @@ GAUGES: dict[str, frozenset[str]] = {
     "cfn_consumer_lag_records": frozenset({"topic"}),
     "cfn_worker_partitions": frozenset(),
     "cfn_kafka_up": frozenset(),
+    "cfn_build_info": frozenset({"version"}),
     # `cfn reconcile --every` (job cfn-reconcile).
     "cfn_cloudflare_destination_last_success_timestamp_seconds": frozenset({"tenant"}),
     "cfn_cloudflare_destination_last_failure_timestamp_seconds": frozenset({"tenant"}),
