@@ -304,20 +304,26 @@ class Engine:
         """The explicit timers: expiry, orphan release, dedup TTL and rate watermarks, for
         every owned partition, inside that partition's transaction."""
         now = self.pipeline.clock()
-        lag = 0
         for partition in sorted(self.tasks):
             # Every owned partition, idle or not: its tick record keeps the repartition topic
             # moving, so a group's committed offsets reach past the last transaction marker
             # (skipping idle partitions left them one behind the end offsets for good).
             await self._guarded(partition, self._tick_task, partition, now)
-            task = self.tasks.get(partition)
-            if task is None:
-                continue
-            high = self.consumer.highwater(TopicPartition(self.raw_topic, partition))
+        self.pipeline.metrics.consumer_lag.labels(self.raw_topic).set(self.raw_lag())
+        self.pipeline.publish_gauges()
+
+    def raw_lag(self) -> int:
+        """Records of `cfn.raw` behind the tasks, over the partitions the consumer is assigned.
+        A task can outlive its partition's assignment for a moment: a rebalance changes the
+        consumer's assignment before the callback that releases the task gets the lock."""
+        assigned = self.consumer.assignment()
+        lag = 0
+        for partition, task in self.tasks.items():
+            tp = TopicPartition(self.raw_topic, partition)
+            high = self.consumer.highwater(tp) if tp in assigned else None
             if high is not None and task.next_raw >= 0:
                 lag += max(0, high - task.next_raw)
-        self.pipeline.metrics.consumer_lag.labels(self.raw_topic).set(lag)
-        self.pipeline.publish_gauges()
+        return lag
 
     async def _tick_task(self, partition: int, now: float) -> None:
         task = self.tasks[partition]

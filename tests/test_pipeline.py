@@ -179,3 +179,32 @@ def test_tasks_sharing_a_transaction_send_one_batch_per_output_partition() -> No
     assert producer.commits == 1
     assert producer.offsets == {TopicPartition("cfn.raw", p): 10 + p for p in range(3)}
     assert not txn.open and txn.pending == [] and txn.builders == {}
+
+
+def test_the_lag_counts_only_partitions_the_consumer_is_still_assigned() -> None:
+    """A rebalance changes the consumer's assignment before the callback that releases the
+    tasks of the partitions it took away gets the engine's lock; a tick in between must not ask
+    the consumer about those (aiokafka asserts; seed 106 of the nemesis)."""
+    from aiokafka import AIOKafkaConsumer
+
+    from cfn.processors.engine import Engine, Task, Txn
+
+    class Consumer:
+        def __init__(self, assigned: set[TopicPartition]) -> None:
+            self.assigned = assigned
+
+        def assignment(self) -> set[TopicPartition]:
+            return set(self.assigned)
+
+        def highwater(self, tp: TopicPartition) -> int:
+            assert tp in self.assigned, "Partition is not assigned"  # as aiokafka does
+            return 100
+
+    engine = Engine(WorkerSettings(), pipeline(CollectorRegistry()), {})
+    txn = Txn(cast(AIOKafkaProducer, RecordingProducer()), open=False)
+    engine.tasks = {p: Task(p, txn, next_raw=90 + p) for p in range(3)}
+    consumer = Consumer({TopicPartition(engine.raw_topic, p) for p in range(3)})
+    engine._consumer = cast(AIOKafkaConsumer, consumer)
+    assert engine.raw_lag() == 10 + 9 + 8
+    consumer.assigned.discard(TopicPartition(engine.raw_topic, 2))  # moving away
+    assert engine.raw_lag() == 10 + 9
