@@ -174,6 +174,14 @@ def producer_config(
         # retries under the new epoch are not deduplicated by the broker (MESSAGE_TIMEOUT_S).
         "message.timeout.ms": int(max(MESSAGE_TIMEOUT_S, ack_timeout) * 1000),
         "request.timeout.ms": timeout_ms,
+        # One produce request in flight per broker, so a partition's batches reach the broker
+        # strictly one after another. With more, a first batch refused for a retriable cause
+        # (NOT_ENOUGH_REPLICAS) goes back to be retried while the next one is accepted: a broker
+        # takes any sequence as the first of a producer id it does not know (KIP-360), and
+        # librdkafka then counts the refused batch as delivered ("implicitly acked by
+        # subsequent batch success"). Its records were answered 202 and never written (the
+        # nemesis, seed 116: docs/reliability.md).
+        "max.in.flight.requests.per.connection": 1,
         "message.max.bytes": max_request_size,
         # What the producer may hold unacknowledged (librdkafka's default is 1 GiB): past it,
         # a write is refused at once (503) rather than the process growing.
