@@ -23,13 +23,21 @@ from cfn.schemas import jsonio
 LISTEN_PORTS = (12000, 22000)  # + 10000 for a controller port stays below 32768
 
 
+# Every port free_block has handed out in this process: a process started on one may not have
+# bound it yet when the next is drawn (the nemesis starts its workers without waiting), so a
+# port is never handed out twice (seed 129: two workers drew the same metrics port).
+_HANDED_OUT: set[int] = set()
+
+
 def free_block(size: int, spread: tuple[int, ...] = (0,)) -> int:
-    """A first port p such that p..p+size-1, each plus every offset in `spread`, are free."""
+    """A first port p such that p..p+size-1, each plus every offset in `spread`, are free and
+    were not handed out before by this process."""
     rng = random.SystemRandom()
     for _ in range(500):
         base = rng.randrange(LISTEN_PORTS[0], LISTEN_PORTS[1] - size)
         wanted = [p + offset for p in range(base, base + size) for offset in spread]
-        if all(_bindable(port) for port in wanted):
+        if not _HANDED_OUT.intersection(wanted) and all(_bindable(port) for port in wanted):
+            _HANDED_OUT.update(wanted)
             return base
     raise RuntimeError(f"no {size} free ports on loopback in {LISTEN_PORTS}")
 

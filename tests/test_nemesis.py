@@ -218,3 +218,12 @@ def test_runs_kept_in_the_repository_count_with_local_ones_latest_last(tmp_path:
     text = render(outcomes)
     assert text.startswith("2 runs (seeds 9, 10) of 180 s of load each: **0 violations**.")
     assert "Earlier runs of seeds [9] found violations" in text
+
+
+def test_a_port_is_handed_out_once_per_process() -> None:
+    from tests.services import free_block, free_port
+
+    ports = {free_port() for _ in range(200)}
+    assert len(ports) == 200
+    block = free_block(3, spread=(0, 10))
+    assert not {block, block + 1, block + 2, block + 10, block + 12} & ports
